@@ -1,0 +1,23 @@
+# Shared helpers of the README commands.
+
+step() { printf '\n==> %s\n' "$*"; }
+
+# Debian packages the suite uses at run time: mkfs/resize tools, losetup, blkid.
+ensure_packages() {
+    local need=()
+    command -v mkfs.ext4 >/dev/null 2>&1 || need+=(e2fsprogs)
+    command -v mkfs.xfs >/dev/null 2>&1 || need+=(xfsprogs)
+    command -v losetup >/dev/null 2>&1 || need+=(mount)
+    command -v blkid >/dev/null 2>&1 || need+=(util-linux)
+    if [ ${#need[@]} -eq 0 ]; then
+        echo "system packages present"
+    elif [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "installing ${need[*]}"
+        DEBIAN_FRONTEND=noninteractive apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+    else
+        echo "error: missing packages ${need[*]}; install them (as root: apt-get install ${need[*]})" >&2
+        return 1
+    fi
+    command -v cargo >/dev/null 2>&1 || { echo "error: cargo is required (https://rustup.rs)" >&2; return 1; }
+}

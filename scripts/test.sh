@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Runs every check and test of the suite: formatting, lints, unit tests, the
+# node-side tests on real loop devices, and the end-to-end tests in the lab.
+# Installs what it needs (Debian packages when root). Exits non-zero on failure.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/lib.sh
+
+step "installing system dependencies"
+ensure_packages
+
+step "checking formatting (cargo fmt)"
+cargo fmt --all -- --check
+
+step "building the workspace (first build takes several minutes)"
+cargo build --workspace --all-targets --locked
+
+step "linting (cargo clippy -D warnings)"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "running all tests"
+if ! command -v kubectl >/dev/null 2>&1; then
+    echo "note: kubectl is not installed; the tests that drive the lab with kubectl will fail" >&2
+fi
+# Tests that attach loop devices and mount filesystems need root.
+if [ "$(id -u)" != 0 ]; then
+    echo "error: the node-side and lab tests need root (loop devices, mount)" >&2
+    exit 1
+fi
+cargo test --workspace --locked --no-fail-fast -- --test-threads="${TEST_THREADS:-2}"
+step "all checks passed"
