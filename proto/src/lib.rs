@@ -1,0 +1,24 @@
+//! The Container Storage Interface (CSI v1.12.0) as Rust types: prost messages
+//! and tonic clients/servers generated at build time from our own
+//! wire-compatible transcription of the spec's `csi.proto`.
+//!
+//! Everything lives in [`v1`], mirroring the protobuf package `csi.v1`, e.g.
+//! `v1::node_server::{Node, NodeServer}`, `v1::identity_client::IdentityClient`
+//! or `v1::NodeStageVolumeRequest`. [`FILE_DESCRIPTOR_SET`] holds the encoded
+//! descriptors (with their google/protobuf imports) for gRPC reflection.
+
+/// Protobuf package `csi.v1`: messages, enums, and the `*_client` /
+/// `*_server` modules of the Identity, Controller, Node, GroupController and
+/// SnapshotMetadata services.
+#[allow(clippy::all, missing_docs)]
+pub mod v1 {
+    tonic::include_proto!("csi.v1");
+}
+
+/// The encoded `google.protobuf.FileDescriptorSet` of `csi.proto` and its
+/// imports, for a gRPC reflection service.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/csi_descriptor.bin"));
+
+#[cfg(test)]
+mod tests;
