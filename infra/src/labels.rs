@@ -28,7 +28,7 @@ pub const TENANT_SERVICE_NAMESPACE_LABEL: &str = "cluster.x-k8s.io/tenant-servic
 /// Label on every virt-launcher pod.
 pub const VIRT_LAUNCHER_LABEL: &str = "kubevirt.io";
 pub const VIRT_LAUNCHER_VALUE: &str = "virt-launcher";
-/// Label on a virt-launcher pod naming its VMI (set from the VMI name).
+/// Label on a virt-launcher pod carrying the UID of its VMI.
 pub const CREATED_BY_LABEL: &str = "kubevirt.io/created-by";
 /// Label on a VMI and its pod naming the VM when it was created from one.
 pub const VM_NAME_LABEL: &str = "vm.kubevirt.io/name";

@@ -29,6 +29,8 @@ pub struct VolumeSnapshotSpec {
     pub source: VolumeSnapshotSource,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub volume_snapshot_class_name: Option<String>,
+    #[serde(flatten)]
+    pub extra: Extra,
 }
 
 /// `VolumeSnapshot.spec.source`: exactly one of the two is set.
@@ -89,6 +91,8 @@ pub struct VolumeSnapshotContentSpec {
     pub volume_snapshot_class_name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_volume_mode: Option<String>,
+    #[serde(flatten)]
+    pub extra: Extra,
 }
 
 /// `VolumeSnapshotContent.spec.source`.

@@ -1,0 +1,141 @@
+//! The CustomResourceDefinitions the simulators serve (KubeVirt VM/VMI, CDI
+//! DataVolume, CSI snapshot VolumeSnapshot/Content/Class), embedded from
+//! `e2e/crds/`, and [`apply`], which creates or updates them and waits until
+//! the API server reports them Established.
+
+use std::time::Duration;
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, PostParams};
+use kube::runtime::wait::{await_condition, conditions};
+use kube::{Client, ResourceExt};
+
+use crate::Error;
+use crate::error::not_found_ok;
+
+/// `(file name, YAML)` of every embedded CRD.
+pub const CRDS: &[(&str, &str)] = &[
+    (
+        "kubevirt.io_virtualmachines.yaml",
+        include_str!("../../crds/kubevirt.io_virtualmachines.yaml"),
+    ),
+    (
+        "kubevirt.io_virtualmachineinstances.yaml",
+        include_str!("../../crds/kubevirt.io_virtualmachineinstances.yaml"),
+    ),
+    (
+        "cdi.kubevirt.io_datavolumes.yaml",
+        include_str!("../../crds/cdi.kubevirt.io_datavolumes.yaml"),
+    ),
+    (
+        "snapshot.storage.k8s.io_volumesnapshots.yaml",
+        include_str!("../../crds/snapshot.storage.k8s.io_volumesnapshots.yaml"),
+    ),
+    (
+        "snapshot.storage.k8s.io_volumesnapshotcontents.yaml",
+        include_str!("../../crds/snapshot.storage.k8s.io_volumesnapshotcontents.yaml"),
+    ),
+    (
+        "snapshot.storage.k8s.io_volumesnapshotclasses.yaml",
+        include_str!("../../crds/snapshot.storage.k8s.io_volumesnapshotclasses.yaml"),
+    ),
+];
+
+/// How long [`apply`] waits for each CRD to become Established.
+const ESTABLISH_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The embedded CRDs, parsed.
+pub fn definitions() -> Result<Vec<CustomResourceDefinition>, Error> {
+    CRDS.iter()
+        .map(|(file, yaml)| {
+            serde_yaml::from_str(yaml).map_err(|source| Error::Crd { file, source })
+        })
+        .collect()
+}
+
+/// Creates every CRD, or replaces the spec of one that already exists, then
+/// waits until each is Established.
+pub async fn apply(client: &Client) -> Result<(), Error> {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let crds = definitions()?;
+    for crd in &crds {
+        let name = crd.name_any();
+        match not_found_ok(api.get(&name).await)? {
+            None => {
+                api.create(&PostParams::default(), crd).await?;
+            }
+            Some(existing) if existing.spec != crd.spec => {
+                let mut updated = existing;
+                updated.spec = crd.spec.clone();
+                api.replace(&name, &PostParams::default(), &updated).await?;
+            }
+            Some(_) => {}
+        }
+    }
+    for crd in &crds {
+        let name = crd.name_any();
+        let established = await_condition(api.clone(), &name, conditions::is_crd_established());
+        match tokio::time::timeout(ESTABLISH_TIMEOUT, established).await {
+            Ok(result) => {
+                result.map_err(|e| Error::NotReady(format!("waiting for CRD {name}: {e}")))?;
+            }
+            Err(_) => {
+                return Err(Error::NotReady(format!(
+                    "CRD {name} not Established after {ESTABLISH_TIMEOUT:?}"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_crds_parse_with_open_schemas() -> Result<(), Error> {
+        let crds = definitions()?;
+        let names: Vec<_> = crds.iter().map(|c| c.name_any()).collect();
+        assert_eq!(
+            names,
+            [
+                "virtualmachines.kubevirt.io",
+                "virtualmachineinstances.kubevirt.io",
+                "datavolumes.cdi.kubevirt.io",
+                "volumesnapshots.snapshot.storage.k8s.io",
+                "volumesnapshotcontents.snapshot.storage.k8s.io",
+                "volumesnapshotclasses.snapshot.storage.k8s.io",
+            ]
+        );
+        for crd in &crds {
+            let version = &crd.spec.versions[0];
+            let schema = version
+                .schema
+                .as_ref()
+                .and_then(|s| s.open_api_v3_schema.as_ref())
+                .expect("every CRD has a schema");
+            assert_eq!(schema.x_kubernetes_preserve_unknown_fields, Some(true));
+            let has_status = version
+                .subresources
+                .as_ref()
+                .is_some_and(|s| s.status.is_some());
+            assert_eq!(
+                has_status,
+                crd.spec.names.kind != "VolumeSnapshotClass",
+                "{}",
+                crd.name_any()
+            );
+        }
+        let short = |kind: &str| {
+            crds.iter()
+                .find(|c| c.spec.names.kind == kind)
+                .and_then(|c| c.spec.names.short_names.clone())
+                .unwrap_or_default()
+        };
+        assert_eq!(short("VirtualMachine"), ["vm", "vms"]);
+        assert_eq!(short("VirtualMachineInstance"), ["vmi", "vmis"]);
+        assert_eq!(short("DataVolume"), ["dv", "dvs"]);
+        Ok(())
+    }
+}

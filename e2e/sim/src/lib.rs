@@ -1,0 +1,29 @@
+//! Infra-cluster simulators for the lab: the parts of KubeVirt, CDI, the CSI
+//! snapshot controller, a load-balancer allocator and the EndpointSlice
+//! controller that the suite's daemons talk to, written as ordinary controllers
+//! over the Kubernetes API so they run against the lab's API server or a real one.
+//!
+//! Each simulator module exposes `run(client, config)`, which reconciles until
+//! its future is dropped, and keeps its "object in, desired object out" logic
+//! in pure functions next to it. [`crds`] installs the custom resource
+//! definitions they serve; [`virt_api`] is the HTTP side of KubeVirt's hotplug
+//! subresources; [`devices`] turns attached volumes into loop devices.
+
+pub mod cdi;
+pub mod crds;
+pub mod devices;
+pub mod endpoints;
+pub mod error;
+pub mod files;
+pub mod hotplug;
+pub mod kubevirt;
+pub mod lb;
+pub mod pool;
+pub mod quantity;
+pub mod snapshot;
+pub mod virt_api;
+
+mod meta;
+mod runner;
+
+pub use error::Error;
