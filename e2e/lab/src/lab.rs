@@ -1,0 +1,502 @@
+//! [`Lab`]: the infra and guest API servers, the infra simulators and the
+//! worker VMs of one (or more) guest clusters, plus the files daemons under
+//! test read: `DIR/infra.kubeconfig`, `DIR/guest.kubeconfig`, `DIR/lab.env`,
+//! and each guest node's device tree under `DIR/nodes/<node>/dev`.
+//!
+//! [`Lab::shutdown`] stops everything and detaches every loop device and
+//! mount the lab made; dropping a `Lab` does the same without waiting.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Namespace, Node};
+use k8s_openapi::api::storage::v1::StorageClass;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::Client;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kubevirt_infra::kubevirt::{VirtualMachineInstance, phase};
+use kubevirt_infra::snapshot::VolumeSnapshotClass;
+use lab_apiserver::{ApiServer, ApiServerConfig};
+use lab_sim::cdi::{CdiConfig, DEFAULT_CLASS_ANNOTATION, PROVISIONER};
+use lab_sim::devices::{DeviceConfig, Devices};
+use lab_sim::endpoints::EndpointsConfig;
+use lab_sim::hotplug::HotplugConfig;
+use lab_sim::kubevirt::{InfraNode, KubevirtConfig};
+use lab_sim::lb::LbConfig;
+use lab_sim::snapshot::SnapshotConfig;
+use lab_sim::virt_api::{self, VirtApi};
+use tokio::task::JoinSet;
+
+use crate::guest::{guest_node, worker_labels, worker_name, worker_vm};
+use crate::{LabError, mounts, wait};
+
+/// Name of the infra StorageClass the lab creates (the default class).
+pub const INFRA_STORAGE_CLASS: &str = "local";
+/// Name of the infra VolumeSnapshotClass the lab creates (the default class).
+pub const INFRA_SNAPSHOT_CLASS: &str = "local-snapshot";
+/// How long [`Lab::start`] waits for the worker VMIs to run.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What [`Lab::start`] builds.
+#[derive(Clone, Debug)]
+pub struct LabConfig {
+    /// Lab directory; empty: a temporary directory removed with the lab.
+    pub dir: PathBuf,
+    /// Worker VMs (and guest Nodes) of the guest cluster.
+    pub vms: usize,
+    /// Emulate hotplugged disks as loop devices (needs root).
+    pub devices: bool,
+    /// Minimum time between two hotplug phases of a volume.
+    pub hotplug_step_latency: Duration,
+    /// Guest cluster name (`cluster.x-k8s.io/cluster-name`).
+    pub cluster_name: String,
+    /// Infra namespace holding the guest cluster's VMs and volumes.
+    pub infra_namespace: String,
+    /// Labels on every infra object of the guest cluster.
+    pub infra_labels: BTreeMap<String, String>,
+}
+
+impl Default for LabConfig {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::new(),
+            vms: 2,
+            devices: true,
+            hotplug_step_latency: Duration::ZERO,
+            cluster_name: "demo".to_string(),
+            infra_namespace: "clusters-demo".to_string(),
+            infra_labels: BTreeMap::from([(
+                "hypershift.openshift.io/infra-id".to_string(),
+                "demo".to_string(),
+            )]),
+        }
+    }
+}
+
+/// A further guest cluster sharing the infra cluster (and maybe its namespace).
+#[derive(Clone)]
+pub struct GuestCluster {
+    pub name: String,
+    pub api: ApiServer,
+    pub infra_namespace: String,
+    pub infra_labels: BTreeMap<String, String>,
+    pub nodes: Vec<String>,
+    pub kubeconfig: PathBuf,
+}
+
+/// A running lab.
+pub struct Lab {
+    pub infra: ApiServer,
+    pub guest: ApiServer,
+    pub dir: PathBuf,
+    pub cluster_name: String,
+    pub infra_namespace: String,
+    pub infra_labels: BTreeMap<String, String>,
+    /// Guest node names (= worker VM names).
+    pub nodes: Vec<String>,
+    pub infra_kubeconfig: PathBuf,
+    pub guest_kubeconfig: PathBuf,
+    /// The loop-device registry, when devices are emulated.
+    pub devices: Option<Arc<Devices>>,
+    /// Guest clusters added with [`Lab::add_guest_cluster`].
+    pub tenants: Vec<GuestCluster>,
+    virt_api: Option<VirtApi>,
+    tasks: JoinSet<()>,
+    _tempdir: Option<tempfile::TempDir>,
+}
+
+impl Lab {
+    /// Starts both API servers and the simulators, creates the infra
+    /// namespace, storage classes, infra Nodes and worker VMs, waits until the
+    /// VMIs run, creates the guest Nodes and writes the lab files.
+    pub async fn start(cfg: LabConfig) -> Result<Lab, LabError> {
+        let (dir, tempdir) = if cfg.dir.as_os_str().is_empty() {
+            let t = tempfile::Builder::new()
+                .prefix("kubevirt-lab-")
+                .tempdir()
+                .map_err(LabError::io(
+                    "create temporary directory in",
+                    std::env::temp_dir(),
+                ))?;
+            (t.path().to_path_buf(), Some(t))
+        } else {
+            std::fs::create_dir_all(&cfg.dir).map_err(LabError::io("create", &cfg.dir))?;
+            let dir = cfg
+                .dir
+                .canonicalize()
+                .map_err(LabError::io("resolve", &cfg.dir))?;
+            (dir, None)
+        };
+        let infra = ApiServer::start(ApiServerConfig {
+            name: "infra".to_string(),
+            ..ApiServerConfig::default()
+        })
+        .await?;
+        let guest = ApiServer::start(ApiServerConfig {
+            name: cfg.cluster_name.clone(),
+            ..ApiServerConfig::default()
+        })
+        .await?;
+        let client = infra.client().await;
+
+        lab_sim::crds::apply(&client).await?;
+        ensure_namespace(&client, &cfg.infra_namespace).await?;
+        ensure_storage_classes(&client).await?;
+
+        let devices = if cfg.devices {
+            Some(Devices::open(&DeviceConfig {
+                root: dir.join("nodes"),
+            })?)
+        } else {
+            None
+        };
+        let mut tasks = JoinSet::new();
+        let infra_nodes = InfraNode::standard(3);
+        lab_sim::kubevirt::ensure_nodes(&client, &infra_nodes).await?;
+        spawn_sim(
+            &mut tasks,
+            "kubevirt",
+            lab_sim::kubevirt::run(
+                client.clone(),
+                KubevirtConfig {
+                    infra_nodes,
+                    ..KubevirtConfig::default()
+                },
+            ),
+        );
+        spawn_sim(
+            &mut tasks,
+            "cdi",
+            lab_sim::cdi::run(
+                client.clone(),
+                CdiConfig {
+                    volume_dir: dir.join("volumes"),
+                },
+            ),
+        );
+        spawn_sim(
+            &mut tasks,
+            "snapshot",
+            lab_sim::snapshot::run(
+                client.clone(),
+                SnapshotConfig {
+                    data_dir: dir.join("snapshots"),
+                    default_driver: PROVISIONER.to_string(),
+                },
+            ),
+        );
+        spawn_sim(
+            &mut tasks,
+            "hotplug",
+            lab_sim::hotplug::run(
+                client.clone(),
+                HotplugConfig {
+                    step_latency: cfg.hotplug_step_latency,
+                    devices: devices.clone(),
+                },
+            ),
+        );
+        spawn_sim(
+            &mut tasks,
+            "lb",
+            lab_sim::lb::run(client.clone(), LbConfig::default()),
+        );
+        spawn_sim(
+            &mut tasks,
+            "endpoints",
+            lab_sim::endpoints::run(client.clone(), EndpointsConfig::default()),
+        );
+        let virt_api = VirtApi::start(client.clone()).await?;
+        infra.register_aggregated_api(
+            kubevirt_infra::hotplug::GROUP,
+            kubevirt_infra::hotplug::VERSION,
+            &virt_api.url(),
+            virt_api::api_resources(),
+        );
+
+        let infra_kubeconfig = dir.join("infra.kubeconfig");
+        let guest_kubeconfig = dir.join("guest.kubeconfig");
+        infra
+            .write_kubeconfig(
+                &infra_kubeconfig,
+                &infra.admin_token(),
+                Some(&cfg.infra_namespace),
+            )
+            .map_err(LabError::io("write", &infra_kubeconfig))?;
+        guest
+            .write_kubeconfig(&guest_kubeconfig, &guest.admin_token(), Some("default"))
+            .map_err(LabError::io("write", &guest_kubeconfig))?;
+
+        let mut lab = Lab {
+            infra,
+            guest,
+            dir,
+            cluster_name: cfg.cluster_name.clone(),
+            infra_namespace: cfg.infra_namespace.clone(),
+            infra_labels: cfg.infra_labels.clone(),
+            nodes: Vec::new(),
+            infra_kubeconfig,
+            guest_kubeconfig,
+            devices,
+            tenants: Vec::new(),
+            virt_api: Some(virt_api),
+            tasks,
+            _tempdir: tempdir,
+        };
+        let guest_client = lab.guest.client().await;
+        lab.nodes = lab
+            .start_workers(
+                &guest_client,
+                &cfg.cluster_name,
+                &cfg.infra_namespace,
+                &cfg.infra_labels,
+                cfg.vms,
+            )
+            .await?;
+        lab.write_env()?;
+        tracing::info!(dir = %lab.dir.display(), nodes = ?lab.nodes, "lab ready");
+        Ok(lab)
+    }
+
+    /// An admin client of the infra cluster.
+    pub async fn infra_client(&self) -> Client {
+        self.infra.client().await
+    }
+
+    /// An admin client of the guest cluster.
+    pub async fn guest_client(&self) -> Client {
+        self.guest.client().await
+    }
+
+    /// `DIR/nodes/<node>/dev`: the device tree of a guest node.
+    pub fn node_dev_dir(&self, node: &str) -> PathBuf {
+        self.dir.join("nodes").join(node).join("dev")
+    }
+
+    /// `DIR/nodes/<node>/dev/disk/by-id`.
+    pub fn by_id_dir(&self, node: &str) -> PathBuf {
+        self.node_dev_dir(node).join("disk/by-id")
+    }
+
+    /// The labels of the guest cluster's worker VMs, VMIs and virt-launcher
+    /// pods: role worker, cluster name and the infra labels.
+    pub fn worker_labels(&self) -> BTreeMap<String, String> {
+        worker_labels(&self.cluster_name, &self.infra_labels)
+    }
+
+    /// `DIR/lab.env`.
+    pub fn env_file(&self) -> PathBuf {
+        self.dir.join("lab.env")
+    }
+
+    /// Adds a guest cluster `name` whose `vms` workers live in the lab's infra
+    /// namespace, labelled with `infra_labels` (e.g. another infra-id), with
+    /// its own guest API server and `DIR/<name>.kubeconfig`.
+    pub async fn add_guest_cluster(
+        &mut self,
+        name: &str,
+        infra_labels: BTreeMap<String, String>,
+        vms: usize,
+    ) -> Result<&GuestCluster, LabError> {
+        let api = ApiServer::start(ApiServerConfig {
+            name: name.to_string(),
+            ..ApiServerConfig::default()
+        })
+        .await?;
+        let kubeconfig = self.dir.join(format!("{name}.kubeconfig"));
+        api.write_kubeconfig(&kubeconfig, &api.admin_token(), Some("default"))
+            .map_err(LabError::io("write", &kubeconfig))?;
+        let client = api.client().await;
+        let namespace = self.infra_namespace.clone();
+        let nodes = self
+            .start_workers(&client, name, &namespace, &infra_labels, vms)
+            .await?;
+        self.tenants.push(GuestCluster {
+            name: name.to_string(),
+            api,
+            infra_namespace: namespace,
+            infra_labels,
+            nodes,
+            kubeconfig,
+        });
+        self.tenants
+            .last()
+            .ok_or_else(|| LabError::Invalid("guest cluster vanished".into()))
+    }
+
+    /// Creates `count` worker VMs of `cluster`, waits for their VMIs and
+    /// creates their Nodes in the guest cluster behind `guest`.
+    async fn start_workers(
+        &self,
+        guest: &Client,
+        cluster: &str,
+        namespace: &str,
+        infra_labels: &BTreeMap<String, String>,
+        count: usize,
+    ) -> Result<Vec<String>, LabError> {
+        let infra = self.infra_client().await;
+        let vms: Api<kubevirt_infra::kubevirt::VirtualMachine> =
+            Api::namespaced(infra.clone(), namespace);
+        let vmis: Api<VirtualMachineInstance> = Api::namespaced(infra, namespace);
+        let labels = worker_labels(cluster, infra_labels);
+        let names: Vec<String> = (0..count).map(|i| worker_name(cluster, i)).collect();
+        for name in &names {
+            vms.create(
+                &PostParams::default(),
+                &worker_vm(name, namespace, &labels)?,
+            )
+            .await?;
+            let dev = self.by_id_dir(name);
+            std::fs::create_dir_all(&dev).map_err(LabError::io("create", &dev))?;
+        }
+        let nodes: Api<Node> = Api::all(guest.clone());
+        for name in &names {
+            let vmi = wait::until(&vmis, name, START_TIMEOUT, |vmi| {
+                vmi.filter(|v| {
+                    v.phase() == phase::RUNNING && !v.status.iter().all(|s| s.interfaces.is_empty())
+                })
+                .cloned()
+            })
+            .await?;
+            let node = guest_node(&vmi, namespace);
+            nodes.create(&PostParams::default(), &node).await?;
+            // The guest API server may drop status on create, like a real one.
+            nodes
+                .patch_status(
+                    name,
+                    &PatchParams::default(),
+                    &Patch::Merge(&serde_json::json!({"status": node.status})),
+                )
+                .await?;
+        }
+        Ok(names)
+    }
+
+    /// Writes `DIR/lab.env` (shell `KEY=value` lines).
+    fn write_env(&self) -> Result<(), LabError> {
+        let labels = self
+            .infra_labels
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let env = format!(
+            "LAB_DIR={dir}\nINFRA_NAMESPACE={ns}\nINFRA_CLUSTER_LABELS={labels}\nCLUSTER_NAME={cluster}\nNODES=\"{nodes}\"\nINFRA_KUBECONFIG={infra}\nGUEST_KUBECONFIG={guest}\nNODE_DEVICE_ROOT={root}\n",
+            dir = self.dir.display(),
+            ns = self.infra_namespace,
+            cluster = self.cluster_name,
+            nodes = self.nodes.join(" "),
+            infra = self.infra_kubeconfig.display(),
+            guest = self.guest_kubeconfig.display(),
+            root = self.dir.join("nodes").display(),
+        );
+        let path = self.env_file();
+        std::fs::write(&path, env).map_err(LabError::io("write", &path))
+    }
+
+    /// Stops the simulators and servers, then detaches every loop device and
+    /// unmounts everything under the lab directory.
+    pub async fn shutdown(mut self) -> Result<(), LabError> {
+        self.tasks.shutdown().await;
+        if let Some(api) = self.virt_api.take() {
+            api.shutdown().await;
+        }
+        let detached = match self.devices.take() {
+            Some(devices) => {
+                let d = devices.clone();
+                tokio::task::spawn_blocking(move || d.detach_all())
+                    .await
+                    .map_err(|e| LabError::Invalid(format!("detach task: {e}")))?
+            }
+            None => Ok(()),
+        };
+        mounts::unmount_all_under(&self.dir);
+        for tenant in std::mem::take(&mut self.tenants) {
+            tenant.api.shutdown().await;
+        }
+        self.infra.clone().shutdown().await;
+        self.guest.clone().shutdown().await;
+        detached.map_err(LabError::from)
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        self.tasks.abort_all();
+        if let Some(devices) = self.devices.take()
+            && let Err(e) = devices.detach_all()
+        {
+            tracing::warn!("detaching loop devices: {e}");
+        }
+        mounts::unmount_all_under(&self.dir);
+    }
+}
+
+fn spawn_sim(
+    tasks: &mut JoinSet<()>,
+    name: &'static str,
+    sim: impl std::future::Future<Output = Result<(), lab_sim::Error>> + Send + 'static,
+) {
+    tasks.spawn(async move {
+        if let Err(e) = sim.await {
+            tracing::error!(simulator = name, "simulator stopped: {e}");
+        }
+    });
+}
+
+async fn ensure_namespace(client: &Client, name: &str) -> Result<(), LabError> {
+    let api: Api<Namespace> = Api::all(client.clone());
+    if api.get_opt(name).await?.is_none() {
+        let ns = Namespace {
+            metadata: ObjectMeta {
+                name: Some(name.to_string()),
+                ..ObjectMeta::default()
+            },
+            ..Namespace::default()
+        };
+        api.create(&PostParams::default(), &ns).await?;
+    }
+    Ok(())
+}
+
+/// The infra cluster's default StorageClass (expandable, provisioned by the
+/// CDI simulator) and default VolumeSnapshotClass.
+async fn ensure_storage_classes(client: &Client) -> Result<(), LabError> {
+    let classes: Api<StorageClass> = Api::all(client.clone());
+    if classes.get_opt(INFRA_STORAGE_CLASS).await?.is_none() {
+        let class = StorageClass {
+            metadata: ObjectMeta {
+                name: Some(INFRA_STORAGE_CLASS.to_string()),
+                annotations: Some(BTreeMap::from([(
+                    DEFAULT_CLASS_ANNOTATION.to_string(),
+                    "true".to_string(),
+                )])),
+                ..ObjectMeta::default()
+            },
+            provisioner: PROVISIONER.to_string(),
+            allow_volume_expansion: Some(true),
+            reclaim_policy: Some("Delete".to_string()),
+            volume_binding_mode: Some("Immediate".to_string()),
+            ..StorageClass::default()
+        };
+        classes.create(&PostParams::default(), &class).await?;
+    }
+    let snapshot_classes: Api<VolumeSnapshotClass> = Api::all(client.clone());
+    if snapshot_classes
+        .get_opt(INFRA_SNAPSHOT_CLASS)
+        .await?
+        .is_none()
+    {
+        let mut class = VolumeSnapshotClass::new(INFRA_SNAPSHOT_CLASS, PROVISIONER, "Delete");
+        class.metadata.annotations = Some(BTreeMap::from([(
+            lab_sim::snapshot::DEFAULT_CLASS_ANNOTATION.to_string(),
+            "true".to_string(),
+        )]));
+        snapshot_classes
+            .create(&PostParams::default(), &class)
+            .await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,158 @@
+//! Waiting by watching: [`until`] follows one named object through a watch
+//! and returns as soon as a predicate accepts its state (or its absence);
+//! [`file_exists`] watches a directory with inotify until a file appears or
+//! goes. Both are bounded by a timeout. Used by the lab, the demo and tests.
+
+use std::fmt::Debug;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use futures::StreamExt;
+use kube::Resource;
+use kube::api::Api;
+use kube::runtime::watcher::{self, Event};
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+use serde::de::DeserializeOwned;
+
+use crate::LabError;
+
+/// Watches `name` in `api` and returns the first `Some` that `check` gives for
+/// its current state (`None` while it does not exist), failing after `timeout`.
+/// `check` sees every version the watch delivers, in order.
+pub async fn until<K, T>(
+    api: &Api<K>,
+    name: &str,
+    timeout: Duration,
+    mut check: impl FnMut(Option<&K>) -> Option<T>,
+) -> Result<T, LabError>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + 'static,
+{
+    let what = format!("{} {name}", K::kind(&()));
+    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    let watch = async {
+        let mut events = std::pin::pin!(watcher::watcher(api.clone(), config));
+        let mut seen_in_init = false;
+        while let Some(event) = events.next().await {
+            let event = event.map_err(|e| LabError::Watch {
+                what: what.clone(),
+                message: e.to_string(),
+            })?;
+            let found = match event {
+                Event::Init => {
+                    seen_in_init = false;
+                    None
+                }
+                Event::InitApply(obj) => {
+                    seen_in_init = true;
+                    check(Some(&obj))
+                }
+                Event::InitDone if !seen_in_init => check(None),
+                Event::InitDone => None,
+                Event::Apply(obj) => check(Some(&obj)),
+                Event::Delete(_) => check(None),
+            };
+            if let Some(found) = found {
+                return Ok(found);
+            }
+        }
+        Err(LabError::Watch {
+            what: what.clone(),
+            message: "watch ended".to_string(),
+        })
+    };
+    match tokio::time::timeout(timeout, watch).await {
+        Ok(result) => result,
+        Err(_) => Err(LabError::Timeout {
+            what,
+            after: timeout,
+        }),
+    }
+}
+
+/// Waits until `path` exists (`exists = true`) or is gone (`false`), watching
+/// its parent directory (which must exist) with inotify, at most `timeout`.
+pub async fn file_exists(path: &Path, exists: bool, timeout: Duration) -> Result<(), LabError> {
+    let dir = path.parent().unwrap_or(Path::new("/")).to_path_buf();
+    let inotify = Inotify::init(InitFlags::IN_CLOEXEC)
+        .map_err(|e| LabError::io("inotify on", &dir)(e.into()))?;
+    inotify
+        .add_watch(
+            &dir,
+            AddWatchFlags::IN_CREATE
+                | AddWatchFlags::IN_MOVED_TO
+                | AddWatchFlags::IN_DELETE
+                | AddWatchFlags::IN_MOVED_FROM
+                | AddWatchFlags::IN_CLOSE_WRITE,
+        )
+        .map_err(|e| LabError::io("watch", &dir)(e.into()))?;
+    let cancelled = Arc::new(AtomicBool::new(false));
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let (target, stop) = (path.to_path_buf(), cancelled.clone());
+    let watcher = std::thread::spawn(move || {
+        // Checked after the watch is set up, so no change slips between.
+        let result = loop {
+            if target.exists() == exists {
+                break Ok(());
+            }
+            if stop.load(Ordering::SeqCst) {
+                break Ok(());
+            }
+            if let Err(e) = inotify.read_events() {
+                break Err(e);
+            }
+        };
+        let _ = tx.send(result);
+    });
+    let outcome = tokio::time::timeout(timeout, rx).await;
+    if outcome.is_err() {
+        // Wake the blocked reader with an event of our own, then let it go.
+        cancelled.store(true, Ordering::SeqCst);
+        let nudge = dir.join(format!(".lab-wait-{}", uuid::Uuid::new_v4().simple()));
+        if std::fs::write(&nudge, b"").is_ok() {
+            let _ = std::fs::remove_file(&nudge);
+        }
+    }
+    let _ = tokio::task::spawn_blocking(move || watcher.join()).await;
+    match outcome {
+        Ok(Ok(Ok(()))) => Ok(()),
+        Ok(Ok(Err(e))) => Err(LabError::io("read inotify events for", &dir)(e.into())),
+        Ok(Err(_)) => Err(LabError::Invalid("inotify watcher vanished".into())),
+        Err(_) => Err(LabError::Timeout {
+            what: format!(
+                "{} to {}",
+                path.display(),
+                if exists { "appear" } else { "go" }
+            ),
+            after: timeout,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn sees_files_come_and_go() -> Result<(), LabError> {
+        let dir = tempfile::tempdir().map_err(LabError::io("create", "/tmp"))?;
+        let file = dir.path().join("ready");
+        let later = file.clone();
+        let writer = tokio::spawn(async move {
+            tokio::task::yield_now().await;
+            std::fs::write(&later, "ok")
+        });
+        file_exists(&file, true, Duration::from_secs(5)).await?;
+        writer
+            .await
+            .map_err(|e| LabError::Invalid(e.to_string()))?
+            .map_err(LabError::io("write", &file))?;
+        std::fs::remove_file(&file).map_err(LabError::io("remove", &file))?;
+        file_exists(&file, false, Duration::from_secs(5)).await?;
+        let missing = file_exists(&dir.path().join("never"), true, Duration::from_millis(50)).await;
+        assert!(matches!(missing, Err(LabError::Timeout { .. })));
+        Ok(())
+    }
+}

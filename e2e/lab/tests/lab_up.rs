@@ -1,0 +1,183 @@
+//! The `lab` binary as a user runs it: `lab up` serves kubectl through the
+//! kubeconfigs it writes, and on SIGTERM exits 0 leaving no loop device
+//! behind; `lab demo` narrates its steps and exits 0.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, ensure};
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
+use kube::api::{Api, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config, ResourceExt};
+use kubevirt_infra::cdi::DataVolume;
+use kubevirt_infra::hotplug::{AddVolumeOptions, Target, add_volume};
+use kubevirt_infra::kubevirt::VirtualMachineInstance;
+use kubevirt_lab::{daemon, wait};
+use serde_json::json;
+
+const LAB: &str = env!("CARGO_BIN_EXE_lab");
+const WAIT: Duration = Duration::from_secs(60);
+
+async fn client_from(kubeconfig: &Path) -> anyhow::Result<Client> {
+    let config = Config::from_custom_kubeconfig(
+        Kubeconfig::read_from(kubeconfig)?,
+        &KubeConfigOptions::default(),
+    )
+    .await?;
+    Ok(Client::try_from(config)?)
+}
+
+/// Loop devices attached to `file`, per `losetup -j`.
+async fn loops_of(file: &Path) -> anyhow::Result<String> {
+    let out = tokio::process::Command::new("losetup")
+        .arg("-j")
+        .arg(file)
+        .output()
+        .await?;
+    ensure!(out.status.success(), "losetup -j failed");
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+#[tokio::test]
+async fn lab_up_serves_kubectl_and_cleans_up_on_sigterm() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let lab_dir = dir.path().join("lab");
+    std::fs::create_dir_all(&lab_dir)?;
+    let mut lab = daemon::spawn(
+        LAB,
+        ["up", "--dir", &lab_dir.to_string_lossy(), "--vms", "2"],
+        [("RUST_LOG", "info")],
+        &dir.path().join("lab.log"),
+    )?;
+    let ready = lab_dir.join("ready");
+    if let Err(e) = wait::file_exists(&ready, true, WAIT).await {
+        anyhow::bail!("{e}; log:\n{}", lab.log());
+    }
+
+    let kubeconfig = lab_dir.join("infra.kubeconfig");
+    let out = tokio::time::timeout(
+        WAIT,
+        tokio::process::Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .args(["get", "vmi", "-n", "clusters-demo", "-o", "name"])
+            .output(),
+    )
+    .await??;
+    let listed = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        out.status.success(),
+        "kubectl failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for vm in ["demo-worker-0", "demo-worker-1"] {
+        ensure!(
+            listed.contains(&format!("virtualmachineinstance.kubevirt.io/{vm}")),
+            "kubectl listed:\n{listed}"
+        );
+    }
+    let env = std::fs::read_to_string(lab_dir.join("lab.env"))?;
+    ensure!(
+        env.contains("NODES=\"demo-worker-0 demo-worker-1\""),
+        "{env}"
+    );
+
+    // Hotplug a volume through the kubeconfig so the lab holds a loop device.
+    let client = client_from(&kubeconfig).await?;
+    let ns = "clusters-demo";
+    let dvs: Api<DataVolume> = Api::namespaced(client.clone(), ns);
+    let dv: DataVolume = serde_json::from_value(json!({
+        "apiVersion": "cdi.kubevirt.io/v1beta1", "kind": "DataVolume",
+        "metadata": {"name": "pvc-up", "namespace": ns},
+        "spec": {"source": {"blank": {}}, "storage": {"resources": {"requests": {"storage": "8Mi"}}}}
+    }))?;
+    dvs.create(&PostParams::default(), &dv).await?;
+    let dv = wait::until(&dvs, "pvc-up", WAIT, |d| {
+        d.filter(|d| d.phase() == "Succeeded").cloned()
+    })
+    .await?;
+    let serial = dv.uid().context("uid")?;
+    add_volume(
+        &client,
+        Target::VirtualMachine,
+        ns,
+        "demo-worker-0",
+        &AddVolumeOptions::data_volume("pvc-up", "scsi", &serial),
+    )
+    .await?;
+    let vmis: Api<VirtualMachineInstance> = Api::namespaced(client.clone(), ns);
+    wait::until(&vmis, "demo-worker-0", WAIT, |v| {
+        v?.volume_status("pvc-up")
+            .filter(|s| s.is_ready())
+            .map(|_| ())
+    })
+    .await?;
+    let pvc = Api::<PersistentVolumeClaim>::namespaced(client.clone(), ns)
+        .get("pvc-up")
+        .await?;
+    let pv = Api::<PersistentVolume>::all(client.clone())
+        .get(&pvc.spec.and_then(|s| s.volume_name).context("volumeName")?)
+        .await?;
+    let file = PathBuf::from(pv.spec.and_then(|s| s.host_path).context("hostPath")?.path);
+    ensure!(
+        !loops_of(&file).await?.trim().is_empty(),
+        "no loop device for the hotplugged volume"
+    );
+    let link = lab_dir
+        .join("nodes/demo-worker-0/dev/disk/by-id")
+        .join(format!("scsi-0QEMU_QEMU_HARDDISK_{serial}"));
+    ensure!(
+        std::fs::read_link(&link).is_ok(),
+        "no by-id link in the guest node's device tree"
+    );
+
+    let status = lab
+        .terminate(Duration::from_secs(30))
+        .await?
+        .context("lab was running")?;
+    ensure!(
+        status.success(),
+        "lab up exited with {status}; log:\n{}",
+        lab.log()
+    );
+    ensure!(
+        loops_of(&file).await?.trim().is_empty(),
+        "loop device left behind after SIGTERM"
+    );
+    ensure!(
+        std::fs::symlink_metadata(&link).is_err(),
+        "by-id link left behind"
+    );
+    ensure!(!ready.exists(), "ready marker left behind");
+    Ok(())
+}
+
+#[tokio::test]
+async fn lab_demo_narrates_and_exits_zero() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut demo = daemon::spawn(
+        LAB,
+        ["demo"],
+        [("RUST_LOG", "warn")],
+        &dir.path().join("demo.log"),
+    )?;
+    let status = demo.wait(Duration::from_secs(120)).await?;
+    let log = demo.log();
+    ensure!(status.success(), "lab demo failed with {status}:\n{log}");
+    for expected in [
+        "DataVolume phase Succeeded",
+        "AttachedToNode",
+        "Ready",
+        "-> /dev/loop",
+        "gone",
+        "load balancer ingress: 192.168.200.",
+        "EndpointSlice",
+    ] {
+        ensure!(
+            log.contains(expected),
+            "demo output lacks {expected:?}:\n{log}"
+        );
+    }
+    Ok(())
+}
