@@ -16,6 +16,8 @@ pub enum Error {
     },
     #[error("invalid configuration: {0}")]
     Config(String),
+    #[error("cannot mint the server's TLS certificate: {0}")]
+    Certificate(#[from] rcgen::Error),
 }
 
 /// One failed API request: HTTP code, `reason`, message and optional `details`.

@@ -2,10 +2,17 @@
 //! all named after the server, with the server URL, the lab CA for https URLs, and a
 //! bearer token.
 
+use base64::prelude::{BASE64_STANDARD, Engine as _};
 use serde_json::json;
 
 /// A kubeconfig for `server` (URL) with `token`, everything named `name`.
-pub fn render(name: &str, server: &str, token: &str, namespace: Option<&str>) -> String {
+pub fn render(
+    name: &str,
+    server: &str,
+    ca_pem: &str,
+    token: &str,
+    namespace: Option<&str>,
+) -> String {
     let mut context = json!({"cluster": name, "user": name});
     if let (Some(ns), Some(map)) = (namespace, context.as_object_mut()) {
         map.insert("namespace".into(), json!(ns));
@@ -16,7 +23,7 @@ pub fn render(name: &str, server: &str, token: &str, namespace: Option<&str>) ->
     {
         map.insert(
             "certificate-authority-data".into(),
-            json!(crate::tls::CA_PEM_BASE64.trim()),
+            json!(BASE64_STANDARD.encode(ca_pem)),
         );
     }
     let doc = json!({
@@ -38,7 +45,7 @@ mod tests {
 
     #[test]
     fn kubeconfig_parses_with_kube() {
-        let yaml = render("lab", "http://127.0.0.1:1234", "tok", Some("ns1"));
+        let yaml = render("lab", "http://127.0.0.1:1234", "", "tok", Some("ns1"));
         let kc = kube::config::Kubeconfig::from_yaml(&yaml).expect("parses");
         assert_eq!(kc.current_context.as_deref(), Some("lab"));
         let ctx = kc.contexts[0].context.as_ref().expect("context");

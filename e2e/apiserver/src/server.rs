@@ -72,6 +72,7 @@ impl Shared {
 pub struct ApiServer {
     shared: Arc<Shared>,
     admin_token: String,
+    ca_pem: Arc<str>,
     tasks: Arc<Mutex<Vec<JoinHandle<()>>>>,
 }
 
@@ -126,8 +127,9 @@ impl ApiServer {
             .fallback(crate::http::handle)
             .with_state(shared.clone());
         let token = shared.shutdown.clone();
+        let certs = crate::tls::Certs::generate(&shared.cfg.name)?;
         let listener =
-            crate::tls::DualListener::new(listener, token.clone()).map_err(|source| {
+            crate::tls::DualListener::new(listener, &certs, token.clone()).map_err(|source| {
                 Error::Bind {
                     addr: local,
                     source,
@@ -144,6 +146,7 @@ impl ApiServer {
         Ok(ApiServer {
             shared,
             admin_token,
+            ca_pem: certs.ca_pem.into(),
             tasks: Arc::new(Mutex::new(tasks)),
         })
     }
@@ -168,14 +171,20 @@ impl ApiServer {
     }
 
     /// The lab CA certificate (PEM) that signs the server's TLS certificate.
-    pub fn ca_pem(&self) -> &'static str {
-        crate::tls::CA_PEM
+    pub fn ca_pem(&self) -> &str {
+        &self.ca_pem
     }
 
     /// A kubeconfig for `token`: the https URL with the lab CA, since client-go
     /// (kubectl) sends bearer tokens only over TLS; kube-rs accepts it too.
     pub fn kubeconfig_yaml(&self, token: &str, namespace: Option<&str>) -> String {
-        kubeconfig::render(&self.shared.cfg.name, &self.https_url(), token, namespace)
+        kubeconfig::render(
+            &self.shared.cfg.name,
+            &self.https_url(),
+            &self.ca_pem,
+            token,
+            namespace,
+        )
     }
 
     pub fn write_kubeconfig(
