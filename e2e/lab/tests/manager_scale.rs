@@ -1,0 +1,145 @@
+//! The manager at scale: 100 HostedClusters, each with its own guest API
+//! server, are all Available within 30 seconds; once they are, a round of
+//! reconciles of every cluster writes nothing; and the manager's resident
+//! memory stays within 48 MiB.
+
+mod manager_support;
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, ensure};
+use futures::StreamExt;
+use kube::ResourceExt;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::watcher::{self, Event};
+use lab_apiserver::{ApiServer, ApiServerConfig};
+use manager_support::*;
+use serde_json::json;
+
+const CLUSTERS: usize = 100;
+const AVAILABLE_WITHIN: Duration = Duration::from_secs(30);
+const RSS_LIMIT_KIB: u64 = 48 * 1024;
+
+/// Resident set size of a process, in KiB.
+fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no VmRSS")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundred_clusters_available_quietly_and_small() -> anyhow::Result<()> {
+    let lab = lab().await?;
+    let mut guests = Vec::new();
+    for i in 0..CLUSTERS {
+        guests.push(
+            ApiServer::start(ApiServerConfig {
+                name: format!("g{i}"),
+                ..ApiServerConfig::default()
+            })
+            .await?,
+        );
+    }
+    let mut manager = start_manager(&lab, &[])?;
+    let infra = lab.infra_client().await;
+
+    let result = async {
+        // The published versions are written once the manager runs.
+        let cms: kube::Api<k8s_openapi::api::core::v1::ConfigMap> =
+            kube::Api::namespaced(infra.clone(), MANAGER_NAMESPACE);
+        until(&cms, "supported-versions", "manager up", |cm| {
+            cm.map(|_| ())
+        })
+        .await?;
+        let idle = rss_kib(manager.pid().context("manager not running")?)?;
+        eprintln!("manager RSS idle: {idle} KiB");
+        let started = Instant::now();
+        for (i, guest) in guests.iter().enumerate() {
+            create_hosted_cluster(&lab, guest, &format!("g{i}"), "0.1.0", json!({})).await?;
+        }
+        // Watch until every cluster is Available.
+        let hcs = hosted_clusters(&infra);
+        let all_available = async {
+            let mut available = std::collections::BTreeSet::new();
+            let mut events =
+                std::pin::pin!(watcher::watcher(hcs.clone(), watcher::Config::default()));
+            while let Some(event) = events.next().await {
+                if let Ok(Event::Apply(hc) | Event::InitApply(hc)) = event
+                    && is_true(&hc, "Available")
+                {
+                    available.insert(hc.name_any());
+                    if available.len() == CLUSTERS {
+                        return Ok(());
+                    }
+                }
+            }
+            anyhow::bail!("watch ended")
+        };
+        tokio::time::timeout(AVAILABLE_WITHIN, all_available)
+            .await
+            .with_context(|| {
+                format!("not all {CLUSTERS} clusters Available within {AVAILABLE_WITHIN:?}")
+            })??;
+        let took = started.elapsed();
+        eprintln!("{CLUSTERS} clusters Available after {took:?}");
+
+        // A reconcile of every cluster (each poked once) writes nothing.
+        let quiet =
+            |servers: &[ApiServer]| servers.iter().map(writes).sum::<u64>() + writes(&lab.infra);
+        let breakdown = |servers: &[ApiServer]| {
+            let mut all = std::collections::BTreeMap::new();
+            for s in servers.iter().chain(std::iter::once(&lab.infra)) {
+                for ((verb, resource, user), n) in s.counters().counts {
+                    if user == USER && !matches!(verb.as_str(), "get" | "list" | "watch") {
+                        *all.entry((verb, resource)).or_insert(0u64) += n;
+                    }
+                }
+            }
+            all
+        };
+        let before_detail = breakdown(&guests);
+        let before = quiet(&guests);
+        for i in 0..CLUSTERS {
+            hcs.patch(
+                &format!("g{i}"),
+                &PatchParams::default(),
+                &Patch::Merge(&json!({"metadata": {"annotations": {"e2e/poke": "1"}}})),
+            )
+            .await?;
+        }
+        // A bounded quiet period for the reconciles to run.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let after = quiet(&guests);
+        let after_detail = breakdown(&guests);
+        let changed: Vec<_> = after_detail
+            .iter()
+            .filter(|(k, n)| before_detail.get(*k) != Some(*n))
+            .map(|(k, n)| (k.clone(), n - before_detail.get(k).copied().unwrap_or(0)))
+            .collect();
+        ensure!(
+            before == after,
+            "{} writes in a reconcile round that changed nothing: {changed:?}",
+            after - before
+        );
+
+        let pid = manager.pid().context("manager not running")?;
+        let rss = rss_kib(pid)?;
+        eprintln!("manager RSS with {CLUSTERS} clusters: {} KiB", rss);
+        ensure!(
+            rss <= RSS_LIMIT_KIB,
+            "manager RSS {rss} KiB > {RSS_LIMIT_KIB} KiB"
+        );
+        Ok(())
+    }
+    .await;
+    let log = log_of(&manager);
+    manager.terminate(Duration::from_secs(5)).await?;
+    for g in guests {
+        g.shutdown().await;
+    }
+    lab.shutdown().await?;
+    result.with_context(|| format!("manager log:\n{log}"))
+}

@@ -1,0 +1,553 @@
+//! Shared pieces of the hosted-control-plane manager's end-to-end tests: a
+//! lab without worker VMs or loop devices, the manager's CRDs (read from
+//! `manifests/manager/crds`), the `kubevirt-hcp-manager` binary started as a
+//! real process with its own identity (user `hcp-manager` on both API
+//! servers, so its writes can be counted), HostedCluster and NodePool
+//! objects, and the guest "node agent" stand-in that plays kubelet and the
+//! in-place update agent.
+//!
+//! The binary must be built first: `cargo build -p kubevirt-hcp-manager`.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use futures::StreamExt;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::{Namespace, Node, NodeCondition, NodeSpec, NodeStatus, Secret};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
+use kube::runtime::watcher::{self, Event};
+use kube::{Client, Resource, ResourceExt};
+use kubevirt_infra::kubevirt::{VirtualMachine, VirtualMachineInstance};
+use kubevirt_lab::daemon::{self, Daemon};
+use kubevirt_lab::{Lab, LabConfig};
+use lab_apiserver::ApiServer;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+use tokio::task::JoinHandle;
+
+pub const BINARY: &str = "kubevirt-hcp-manager";
+/// The user the manager authenticates as on both API servers.
+pub const USER: &str = "hcp-manager";
+/// Namespace of the manager and of its supported-versions ConfigMap.
+pub const MANAGER_NAMESPACE: &str = "kubevirt-hcp-manager";
+/// Namespace of the HostedClusters and NodePools.
+pub const NS: &str = "clusters";
+/// Upper bound of every wait in these tests.
+pub const WAIT: Duration = Duration::from_secs(60);
+
+pub const INFRA_ID_LABEL: &str = "hypershift.openshift.io/infra-id";
+pub const NODE_POOL_LABEL: &str = "hypershift.openshift.io/nodePool";
+pub const VERSION_ANNOTATION: &str = "hcp.kubevirt-rs.io/version";
+pub const DESIRED_VERSION: &str = "hcp.kubevirt-rs.io/desired-version";
+pub const CURRENT_VERSION: &str = "hcp.kubevirt-rs.io/current-version";
+
+/// Log to stderr once per test binary (visible with `--nocapture`).
+pub fn init_logging() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+/// A lab with no workers of its own: the manager makes them.
+pub async fn lab() -> anyhow::Result<Lab> {
+    init_logging();
+    let path = daemon::binary(BINARY);
+    if !path.exists() {
+        bail!(
+            "{} is not built; run `cargo build -p kubevirt-hcp-manager` first",
+            path.display()
+        );
+    }
+    let cfg = LabConfig {
+        vms: 0,
+        devices: false,
+        ..LabConfig::default()
+    };
+    let lab = Lab::start(cfg).await?;
+    install_crds(&lab.infra_client().await).await?;
+    ensure_namespace(&lab.infra_client().await, MANAGER_NAMESPACE).await?;
+    ensure_namespace(&lab.infra_client().await, NS).await?;
+    Ok(lab)
+}
+
+/// The manager's CRDs, from the committed manifests.
+pub async fn install_crds(client: &Client) -> anyhow::Result<()> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../manifests/manager/crds");
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for entry in std::fs::read_dir(&dir).with_context(|| format!("read {}", dir.display()))? {
+        let path = entry?.path();
+        let text = std::fs::read_to_string(&path)?;
+        let crd: CustomResourceDefinition =
+            serde_yaml::from_str(&text).with_context(|| format!("{}", path.display()))?;
+        crds.patch(
+            &crd.name_any(),
+            &PatchParams::apply("e2e").force(),
+            &Patch::Apply(&crd),
+        )
+        .await
+        .with_context(|| format!("apply {}", path.display()))?;
+    }
+    Ok(())
+}
+
+pub async fn ensure_namespace(client: &Client, name: &str) -> anyhow::Result<()> {
+    let api: Api<Namespace> = Api::all(client.clone());
+    if api.get_opt(name).await?.is_none() {
+        let ns = Namespace {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        api.create(&PostParams::default(), &ns).await?;
+    }
+    Ok(())
+}
+
+pub fn hc_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("hcp.kubevirt-rs.io", "v1alpha1", "HostedCluster"),
+        "hostedclusters",
+    )
+}
+
+pub fn np_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("hcp.kubevirt-rs.io", "v1alpha1", "NodePool"),
+        "nodepools",
+    )
+}
+
+pub fn hosted_clusters(client: &Client) -> Api<DynamicObject> {
+    Api::namespaced_with(client.clone(), NS, &hc_resource())
+}
+
+pub fn node_pools(client: &Client) -> Api<DynamicObject> {
+    Api::namespaced_with(client.clone(), NS, &np_resource())
+}
+
+/// Starts the manager against the lab's infra cluster (the management
+/// cluster here), with `extra` flags.
+pub fn start_manager(lab: &Lab, extra: &[&str]) -> anyhow::Result<Daemon> {
+    let token = format!("{USER}-token");
+    lab.infra.add_token(&token, USER, &[]);
+    lab.guest.add_token(&token, USER, &[]);
+    let kubeconfig = lab.dir.join("hcp-manager.kubeconfig");
+    lab.infra
+        .write_kubeconfig(&kubeconfig, &token, Some(MANAGER_NAMESPACE))
+        .context("write kubeconfig")?;
+    let mut args = vec![
+        format!("--kubeconfig={}", kubeconfig.display()),
+        format!("--namespace={MANAGER_NAMESPACE}"),
+        "--leader-elect=false".to_string(),
+        "--metrics-address=".to_string(),
+        "--health-address=".to_string(),
+        "--supported-versions=0.1,0.2".to_string(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    Ok(daemon::spawn(
+        BINARY,
+        args,
+        [("RUST_LOG", "info,kube=warn"), ("RUST_BACKTRACE", "1")],
+        &lab.dir.join("hcp-manager.log"),
+    )?)
+}
+
+/// The guest kubeconfig Secret of a hosted cluster on `guest`.
+pub async fn guest_kubeconfig_secret(
+    lab: &Lab,
+    guest: &ApiServer,
+    name: &str,
+) -> anyhow::Result<()> {
+    let token = format!("{USER}-token");
+    guest.add_token(&token, USER, &[]);
+    let secret = Secret {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some(NS.into()),
+            ..Default::default()
+        },
+        data: Some(BTreeMap::from([(
+            "kubeconfig".to_string(),
+            ByteString(guest.kubeconfig_yaml(&token, Some("default")).into_bytes()),
+        )])),
+        ..Default::default()
+    };
+    let api: Api<Secret> = Api::namespaced(lab.infra_client().await, NS);
+    api.patch(
+        name,
+        &PatchParams::apply("e2e").force(),
+        &Patch::Apply(&secret),
+    )
+    .await?;
+    Ok(())
+}
+
+/// A HostedCluster `name` (infra id `<name>-id`) with `platform`.
+pub fn hosted_cluster(name: &str, version: &str, platform: Value) -> anyhow::Result<DynamicObject> {
+    Ok(serde_json::from_value(json!({
+        "apiVersion": "hcp.kubevirt-rs.io/v1alpha1",
+        "kind": "HostedCluster",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": {
+            "release": {"version": version},
+            "infraID": format!("{name}-id"),
+            "kubeconfig": {"name": format!("{name}-admin-kubeconfig"), "key": "kubeconfig"},
+            "platform": {"kubevirt": platform}
+        }
+    }))?)
+}
+
+/// Creates the guest kubeconfig Secret and the HostedCluster.
+pub async fn create_hosted_cluster(
+    lab: &Lab,
+    guest: &ApiServer,
+    name: &str,
+    version: &str,
+    platform: Value,
+) -> anyhow::Result<()> {
+    guest_kubeconfig_secret(lab, guest, &format!("{name}-admin-kubeconfig")).await?;
+    let hc = hosted_cluster(name, version, platform)?;
+    hosted_clusters(&lab.infra_client().await)
+        .create(&PostParams::default(), &hc)
+        .await?;
+    Ok(())
+}
+
+/// A NodePool of cluster `cluster`.
+pub fn node_pool(
+    name: &str,
+    cluster: &str,
+    replicas: i32,
+    version: &str,
+    management: Value,
+) -> anyhow::Result<DynamicObject> {
+    Ok(serde_json::from_value(json!({
+        "apiVersion": "hcp.kubevirt-rs.io/v1alpha1",
+        "kind": "NodePool",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": {
+            "clusterName": cluster,
+            "replicas": replicas,
+            "release": {"version": version},
+            "platform": {"kubevirt": {
+                "compute": {"cores": 2, "memory": "4Gi"},
+                "rootVolume": {"size": "10Gi"},
+                "bootImage": {"containerDiskImage": "quay.io/containerdisks/fedora:41"}
+            }},
+            "management": management
+        }
+    }))?)
+}
+
+/// The condition `type_` of a dynamic object: (status, reason).
+pub fn condition(obj: &DynamicObject, type_: &str) -> Option<(String, String)> {
+    obj.data["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == type_)
+        .map(|c| {
+            (
+                c["status"].as_str().unwrap_or_default().to_string(),
+                c["reason"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+}
+
+pub fn is_true(obj: &DynamicObject, type_: &str) -> bool {
+    condition(obj, type_).is_some_and(|(s, _)| s == "True")
+}
+
+/// Writes by the manager on `server` (create, update, patch, delete).
+pub fn writes(server: &ApiServer) -> u64 {
+    let c = server.counters();
+    c.counts
+        .iter()
+        .filter(|((verb, _, user), _)| {
+            user == USER
+                && matches!(
+                    verb.as_str(),
+                    "create" | "update" | "patch" | "delete" | "deletecollection"
+                )
+        })
+        .map(|(_, n)| n)
+        .sum()
+}
+
+/// Waits until `check` accepts the named object (or its absence).
+pub async fn until<K, T>(
+    api: &Api<K>,
+    name: &str,
+    what: &str,
+    check: impl FnMut(Option<&K>) -> Option<T>,
+) -> anyhow::Result<T>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + 'static,
+{
+    kubevirt_lab::wait::until(api, name, WAIT, check)
+        .await
+        .with_context(|| format!("waiting for {what}"))
+}
+
+/// Waits until `check` accepts a dynamic object (or its absence).
+pub async fn until_dynamic<T>(
+    api: &Api<DynamicObject>,
+    name: &str,
+    what: &str,
+    mut check: impl FnMut(Option<&DynamicObject>) -> Option<T>,
+) -> anyhow::Result<T> {
+    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    let watch = async {
+        let mut events = std::pin::pin!(watcher::watcher(api.clone(), config));
+        let mut seen = false;
+        let mut last = None;
+        while let Some(event) = events.next().await {
+            let found = match event? {
+                Event::Init => {
+                    seen = false;
+                    None
+                }
+                Event::InitApply(o) | Event::Apply(o) => {
+                    seen = true;
+                    let r = check(Some(&o));
+                    last = Some(o);
+                    r
+                }
+                Event::InitDone if !seen => check(None),
+                Event::InitDone => None,
+                Event::Delete(_) => {
+                    last = None;
+                    check(None)
+                }
+            };
+            if let Some(found) = found {
+                return Ok(found);
+            }
+        }
+        bail!("watch ended; last seen: {last:#?}")
+    };
+    match tokio::time::timeout(WAIT, watch).await {
+        Ok(r) => r.with_context(|| format!("waiting for {what}")),
+        Err(_) => bail!("timed out after {WAIT:?} waiting for {what}"),
+    }
+}
+
+/// Waits until `check` accepts the objects matching `labels` (watching).
+pub async fn until_list<K, T>(
+    api: &Api<K>,
+    labels: &str,
+    what: &str,
+    mut check: impl FnMut(&[K]) -> Option<T>,
+) -> anyhow::Result<T>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + 'static,
+{
+    let config = watcher::Config::default().labels(labels);
+    let watch = async {
+        let mut events = std::pin::pin!(watcher::watcher(api.clone(), config));
+        let mut current: BTreeMap<String, K> = BTreeMap::new();
+        let mut listing: BTreeMap<String, K> = BTreeMap::new();
+        let mut last = Vec::new();
+        while let Some(event) = events.next().await {
+            match event? {
+                Event::Init => listing.clear(),
+                Event::InitApply(obj) => {
+                    listing.insert(obj.name_any(), obj);
+                    continue;
+                }
+                Event::InitDone => current = std::mem::take(&mut listing),
+                Event::Apply(obj) => {
+                    current.insert(obj.name_any(), obj);
+                }
+                Event::Delete(obj) => {
+                    current.remove(&obj.name_any());
+                }
+            }
+            last = current.values().cloned().collect::<Vec<_>>();
+            if let Some(found) = check(&last) {
+                return Ok(found);
+            }
+        }
+        bail!("watch ended; last seen: {last:#?}")
+    };
+    match tokio::time::timeout(WAIT, watch).await {
+        Ok(result) => result.with_context(|| format!("waiting for {what}")),
+        Err(_) => bail!("timed out after {WAIT:?} waiting for {what}"),
+    }
+}
+
+/// Waits until the HostedCluster is Available.
+pub async fn until_available(lab: &Lab, name: &str) -> anyhow::Result<DynamicObject> {
+    let api = hosted_clusters(&lab.infra_client().await);
+    until_dynamic(
+        &api,
+        name,
+        &format!("HostedCluster {name} Available"),
+        |hc| hc.filter(|hc| is_true(hc, "Available")).cloned(),
+    )
+    .await
+}
+
+/// The manager's log tail, for failure messages.
+pub fn log_of(d: &Daemon) -> String {
+    let log = d.log();
+    let tail: Vec<&str> = log.lines().rev().take(80).collect();
+    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+}
+
+// === the guest node agent stand-in ===
+
+fn ready_node(name: &str, version: Option<&str>) -> Node {
+    let now = Time(jiff::Timestamp::now());
+    let mut annotations = BTreeMap::new();
+    if let Some(v) = version {
+        annotations.insert(CURRENT_VERSION.to_string(), v.to_string());
+    }
+    Node {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            annotations: Some(annotations),
+            ..Default::default()
+        },
+        spec: Some(NodeSpec {
+            provider_id: Some(format!("kubevirt://{name}")),
+            ..Default::default()
+        }),
+        status: Some(NodeStatus {
+            conditions: Some(vec![NodeCondition {
+                type_: "Ready".into(),
+                status: "True".into(),
+                reason: Some("KubeletReady".into()),
+                last_heartbeat_time: Some(now.clone()),
+                last_transition_time: Some(now),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+    }
+}
+
+/// Plays kubelet and the in-place update agent of every VM of `infra_id`:
+/// a Running VMI registers its guest Node (Ready, `current-version` = the
+/// VM's version annotation, after `boot`); a Node asked for another version
+/// (`desired-version`) reports it after `update`. Stops when dropped.
+pub struct NodeAgent {
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for NodeAgent {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+impl NodeAgent {
+    /// Stops the agent and waits until its watches are closed.
+    pub async fn stop(mut self) {
+        for t in std::mem::take(&mut self.tasks) {
+            t.abort();
+            let _ = t.await;
+        }
+    }
+
+    pub fn start(
+        infra: Client,
+        guest: Client,
+        infra_namespace: &str,
+        infra_id: &str,
+        boot: Duration,
+        update: Duration,
+    ) -> Self {
+        let vmis: Api<VirtualMachineInstance> = Api::namespaced(infra.clone(), infra_namespace);
+        let vms: Api<VirtualMachine> = Api::namespaced(infra, infra_namespace);
+        let nodes: Api<Node> = Api::all(guest);
+        let selector = format!("{INFRA_ID_LABEL}={infra_id}");
+        let register_nodes = nodes.clone();
+        let register = tokio::spawn(async move {
+            let mut events = std::pin::pin!(watcher::watcher(
+                vmis,
+                watcher::Config::default().labels(&selector)
+            ));
+            while let Some(event) = events.next().await {
+                let Ok(Event::Apply(vmi) | Event::InitApply(vmi)) = event else {
+                    continue;
+                };
+                if vmi.phase() != "Running" || vmi.metadata.deletion_timestamp.is_some() {
+                    continue;
+                }
+                let name = vmi.name_any();
+                if matches!(register_nodes.get_opt(&name).await, Ok(Some(_))) {
+                    continue;
+                }
+                let version = vms.get_opt(&name).await.ok().flatten().and_then(|vm| {
+                    vm.metadata
+                        .annotations
+                        .and_then(|mut a| a.remove(VERSION_ANNOTATION))
+                });
+                let nodes = register_nodes.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(boot).await;
+                    let node = ready_node(&name, version.as_deref());
+                    if nodes.create(&PostParams::default(), &node).await.is_ok() {
+                        let _ = nodes
+                            .patch_status(
+                                &name,
+                                &PatchParams::default(),
+                                &Patch::Merge(&json!({"status": node.status})),
+                            )
+                            .await;
+                    }
+                });
+            }
+        });
+        let agent = tokio::spawn(async move {
+            let mut events =
+                std::pin::pin!(watcher::watcher(nodes.clone(), watcher::Config::default()));
+            while let Some(event) = events.next().await {
+                let Ok(Event::Apply(node) | Event::InitApply(node)) = event else {
+                    continue;
+                };
+                let annotations = node.metadata.annotations.clone().unwrap_or_default();
+                let (Some(desired), current) = (
+                    annotations.get(DESIRED_VERSION),
+                    annotations.get(CURRENT_VERSION),
+                ) else {
+                    continue;
+                };
+                if Some(desired) == current {
+                    continue;
+                }
+                let (nodes, name, desired) = (nodes.clone(), node.name_any(), desired.clone());
+                tokio::spawn(async move {
+                    tokio::time::sleep(update).await;
+                    let _ = nodes
+                        .patch(
+                            &name,
+                            &PatchParams::default(),
+                            &Patch::Merge(
+                                &json!({"metadata": {"annotations": {CURRENT_VERSION: desired}}}),
+                            ),
+                        )
+                        .await;
+                });
+            }
+        });
+        Self {
+            tasks: vec![register, agent],
+        }
+    }
+}

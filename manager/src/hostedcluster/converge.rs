@@ -1,0 +1,368 @@
+//! The apply path of a HostedCluster: resolve its inputs, build its object
+//! sets, apply them to the management, external infra and guest clusters,
+//! keep the infra tokens fresh, prune what is no longer desired (when the
+//! spec changed), and report the outcome in the status.
+
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+use k8s_openapi::api::storage::v1::{CSIDriver, StorageClass};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Patch, PatchParams};
+use kube::core::ApiResource;
+use kube::runtime::controller::Action;
+use kube::{Api, Resource};
+use kubevirt_infra::snapshot::VolumeSnapshotClass;
+
+use super::tokens;
+use crate::api::conditions::{self, Desired, kind, reason};
+use crate::api::{HostedCluster, HostedClusterStatus, StorageDriverType};
+use crate::apply::{Applier, keys};
+use crate::context::Context;
+use crate::desired::ClusterInputs;
+use crate::desired::kubeconfig::endpoint;
+use crate::desired::sets::{self, side, side_selector};
+use crate::error::{Error, Result, Target};
+use crate::names;
+
+fn ar<K: Resource<DynamicType = ()>>() -> ApiResource {
+    ApiResource::erase::<K>(&())
+}
+
+/// Kinds pruned in the control-plane namespace.
+pub fn management_kinds() -> Vec<(ApiResource, bool)> {
+    vec![
+        (ar::<Deployment>(), true),
+        (ar::<ConfigMap>(), true),
+        (ar::<Secret>(), true),
+        (ar::<RoleBinding>(), true),
+        (ar::<Role>(), true),
+        (ar::<ServiceAccount>(), true),
+    ]
+}
+
+/// Kinds pruned in an external infra namespace.
+pub fn infra_kinds() -> Vec<(ApiResource, bool)> {
+    vec![
+        (ar::<RoleBinding>(), true),
+        (ar::<Role>(), true),
+        (ar::<ServiceAccount>(), true),
+    ]
+}
+
+/// Kinds pruned in a guest cluster.
+pub fn guest_kinds() -> Vec<(ApiResource, bool)> {
+    vec![
+        (ar::<StorageClass>(), false),
+        (ar::<VolumeSnapshotClass>(), false),
+        (ar::<DaemonSet>(), true),
+        (ar::<CSIDriver>(), false),
+        (ar::<ClusterRoleBinding>(), false),
+        (ar::<ClusterRole>(), false),
+        (ar::<ServiceAccount>(), true),
+        (ar::<Namespace>(), false),
+    ]
+}
+
+/// What a successful convergence learned.
+pub struct Converged {
+    pub inputs: ClusterInputs,
+    /// When an infra token needs refreshing.
+    pub refresh_at: Option<jiff::Timestamp>,
+}
+
+/// Bring every cluster of `hc` to its desired state.
+pub async fn converge(hc: &HostedCluster, ctx: &Context) -> Result<Converged> {
+    ctx.settings.supported.check(&hc.spec.release.version)?;
+    let handles = ctx.clients.handles(hc).await?;
+    let endpoint = handles
+        .infra_kubeconfig
+        .as_deref()
+        .map(endpoint)
+        .transpose()?;
+    let inputs = ClusterInputs::new(hc, &ctx.settings.images, handles.guest_kubeconfig.clone());
+
+    let live_default = if inputs.storage_type == StorageDriverType::Default {
+        Api::<StorageClass>::all(handles.guest.clone())
+            .get_opt(names::DEFAULT_STORAGE_CLASS)
+            .await
+            .map_err(Error::kube(Target::Guest, "get StorageClass"))?
+            .and_then(|sc| sc.metadata.annotations)
+            .and_then(|mut a| a.remove(names::IS_DEFAULT_CLASS_ANNOTATION))
+    } else {
+        None
+    };
+    let set = sets::cluster_objects(&inputs, endpoint.as_ref(), live_default.as_deref())?;
+
+    let management = Applier {
+        client: &ctx.client,
+        target: Target::Management,
+        metrics: &ctx.metrics,
+    };
+    let infra = Applier {
+        client: &handles.infra,
+        target: Target::Infra,
+        metrics: &ctx.metrics,
+    };
+    let guest = Applier {
+        client: &handles.guest,
+        target: Target::Guest,
+        metrics: &ctx.metrics,
+    };
+
+    management.apply_all(&set.management).await?;
+    let mut keep_management = keys(&set.management);
+    let mut refresh_at = None;
+    if let Some(ep) = &endpoint {
+        infra.apply_all(&set.infra).await?;
+        let (token_keys, next) = tokens::ensure(ctx, &inputs, &handles.infra, ep).await?;
+        keep_management.extend(token_keys);
+        refresh_at = next;
+    }
+    guest.apply_all(&set.guest).await?;
+
+    // Prune only when the spec changed since the last success: the sets can
+    // only shrink then.
+    let observed = hc.status.as_ref().and_then(|s| s.observed_generation);
+    if observed.is_none() || observed != hc.metadata.generation {
+        let pruned = management
+            .prune(
+                &management_kinds(),
+                Some(&inputs.control_plane_namespace),
+                &side_selector(&inputs, side::MANAGEMENT),
+                &keep_management,
+            )
+            .await?
+            + guest
+                .prune(
+                    &guest_kinds(),
+                    Some(names::GUEST_CSI_NAMESPACE),
+                    &side_selector(&inputs, side::GUEST),
+                    &keys(&set.guest),
+                )
+                .await?;
+        let pruned_infra = if inputs.external_infra {
+            infra
+                .prune(
+                    &infra_kinds(),
+                    Some(&inputs.infra_namespace),
+                    &side_selector(&inputs, side::INFRA),
+                    &keys(&set.infra),
+                )
+                .await?
+        } else {
+            0
+        };
+        if pruned + pruned_infra > 0 {
+            tracing::info!(
+                pruned = pruned + pruned_infra,
+                "removed objects no longer desired"
+            );
+        }
+    }
+    Ok(Converged { inputs, refresh_at })
+}
+
+/// The status after a convergence attempt: conditions with the outcome.
+pub fn status_after(
+    hc: &HostedCluster,
+    outcome: &Result<Converged>,
+    now: &Time,
+) -> HostedClusterStatus {
+    let mut status = hc.status.clone().unwrap_or_default();
+    let generation = hc.metadata.generation;
+    let hc_namespace = hc.metadata.namespace.clone().unwrap_or_default();
+    let hc_name = hc.metadata.name.clone().unwrap_or_default();
+    status.control_plane_namespace = Some(names::control_plane_namespace(&hc_namespace, &hc_name));
+    let (available, degraded, valid_version) = match outcome {
+        Ok(c) => {
+            status.infra_namespace = Some(c.inputs.infra_namespace.clone());
+            status.version = Some(c.inputs.version.clone());
+            status.observed_generation = generation;
+            (
+                Desired::new(
+                    kind::AVAILABLE,
+                    true,
+                    reason::AS_EXPECTED,
+                    "All components are deployed",
+                ),
+                Desired::new(kind::DEGRADED, false, reason::AS_EXPECTED, ""),
+                Desired::new(kind::VALID_VERSION, true, reason::AS_EXPECTED, ""),
+            )
+        }
+        Err(e) => {
+            let message = e.to_string();
+            let valid_version = match e {
+                Error::Version(_) => {
+                    Desired::new(kind::VALID_VERSION, false, e.reason(), message.clone())
+                }
+                _ => Desired::new(kind::VALID_VERSION, true, reason::AS_EXPECTED, ""),
+            };
+            // Keep Available if it was and only a transient failure happened.
+            (
+                Desired::new(kind::AVAILABLE, false, e.reason(), message.clone()),
+                Desired::new(kind::DEGRADED, !e.is_pending(), e.reason(), message),
+                valid_version,
+            )
+        }
+    };
+    for d in [&available, &degraded, &valid_version] {
+        conditions::set(&mut status.conditions, d, generation, now);
+    }
+    status
+}
+
+/// Write the status `compute` gives, if it changed. The object a reconcile
+/// works on may be older than the live one (the watch cache lags our own
+/// writes); when the cached status differs, the status is computed again on
+/// the live object and written only if that differs too, so a status already
+/// written is not written again.
+pub async fn write_status(
+    ctx: &Context,
+    hc: &HostedCluster,
+    compute: impl Fn(&HostedCluster) -> HostedClusterStatus,
+) -> Result<()> {
+    if hc.status.as_ref() == Some(&compute(hc)) {
+        return Ok(());
+    }
+    let ns = hc.metadata.namespace.clone().unwrap_or_default();
+    let name = hc.metadata.name.clone().unwrap_or_default();
+    let api: Api<HostedCluster> = Api::namespaced(ctx.client.clone(), &ns);
+    let Some(live) = api.get_opt(&name).await.map_err(Error::kube(
+        Target::Management,
+        format!("get HostedCluster {name}"),
+    ))?
+    else {
+        return Ok(());
+    };
+    let status = compute(&live);
+    if live.status.as_ref() == Some(&status) {
+        return Ok(());
+    }
+    let patch = serde_json::json!({"status": status});
+    ctx.metrics
+        .wrote(Target::Management.as_str(), "HostedCluster", "status");
+    api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map_err(Error::kube(
+            Target::Management,
+            format!("update status of HostedCluster {name}"),
+        ))?;
+    Ok(())
+}
+
+/// Converge, report, and decide when to look again.
+pub async fn apply(hc: &HostedCluster, ctx: &Context) -> Result<Action> {
+    let outcome = converge(hc, ctx).await;
+    let now = Time(jiff::Timestamp::now());
+    write_status(ctx, hc, |base| status_after(base, &outcome, &now)).await?;
+    match outcome {
+        Ok(c) => {
+            let mut after = ctx.settings.resync;
+            if let Some(at) = c.refresh_at {
+                let until = at.duration_since(jiff::Timestamp::now());
+                let until = Duration::try_from(until).unwrap_or(Duration::ZERO);
+                after = after.min(until.max(Duration::from_secs(1)));
+            }
+            Ok(Action::requeue(after))
+        }
+        // A refused version waits for the spec to change.
+        Err(Error::Version(_)) => Ok(Action::await_change()),
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::desired::fixtures::hosted_cluster;
+    use crate::version::Refusal;
+
+    fn now() -> Time {
+        Time(jiff::Timestamp::from_second(1_700_000_000).expect("ts"))
+    }
+
+    #[test]
+    fn success_is_available_and_records_the_generation() {
+        let mut hc = hosted_cluster();
+        hc.metadata.generation = Some(3);
+        let inputs = crate::desired::fixtures::inputs(&hc);
+        let s = status_after(
+            &hc,
+            &Ok(Converged {
+                inputs,
+                refresh_at: None,
+            }),
+            &now(),
+        );
+        assert!(conditions::is_true(&s.conditions, kind::AVAILABLE));
+        assert!(!conditions::is_true(&s.conditions, kind::DEGRADED));
+        assert_eq!(s.observed_generation, Some(3));
+        assert_eq!(
+            s.control_plane_namespace.as_deref(),
+            Some("clusters-guest1")
+        );
+        assert_eq!(s.version.as_deref(), Some("0.1.0"));
+        assert!(
+            s.conditions
+                .iter()
+                .all(|c| c.observed_generation == Some(3))
+        );
+    }
+
+    #[test]
+    fn failures_are_degraded_with_their_reason() {
+        let mut hc = hosted_cluster();
+        hc.metadata.generation = Some(2);
+        let e = Error::Version(Refusal::Unsupported {
+            version: "9.9.9".into(),
+            supported: "0.1".into(),
+        });
+        let s = status_after(&hc, &Err(e), &now());
+        let available = conditions::find(&s.conditions, kind::AVAILABLE).expect("available");
+        assert_eq!(
+            (available.status.as_str(), available.reason.as_str()),
+            ("False", "UnsupportedVersion")
+        );
+        assert!(conditions::is_true(&s.conditions, kind::DEGRADED));
+        assert!(!conditions::is_true(&s.conditions, kind::VALID_VERSION));
+        assert_eq!(s.observed_generation, None);
+
+        let e = Error::SecretMissing {
+            namespace: "clusters".into(),
+            name: "k".into(),
+        };
+        let s = status_after(&hc, &Err(e), &now());
+        let degraded = conditions::find(&s.conditions, kind::DEGRADED).expect("degraded");
+        assert_eq!(degraded.reason, "GuestKubeconfigUnavailable");
+        assert!(conditions::is_true(&s.conditions, kind::VALID_VERSION));
+    }
+
+    #[test]
+    fn an_unchanged_outcome_leaves_the_status_equal() {
+        let hc0 = hosted_cluster();
+        let inputs = crate::desired::fixtures::inputs(&hc0);
+        let first = status_after(
+            &hc0,
+            &Ok(Converged {
+                inputs: inputs.clone(),
+                refresh_at: None,
+            }),
+            &now(),
+        );
+        let mut hc1 = hc0.clone();
+        hc1.status = Some(first.clone());
+        let later = Time(jiff::Timestamp::from_second(1_700_000_500).expect("ts"));
+        let second = status_after(
+            &hc1,
+            &Ok(Converged {
+                inputs,
+                refresh_at: None,
+            }),
+            &later,
+        );
+        assert_eq!(first, second);
+    }
+}

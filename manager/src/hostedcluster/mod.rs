@@ -1,0 +1,172 @@
+//! The HostedCluster controller: `reconcile` wraps the finalizer helper and
+//! dispatches to [`converge::apply`] and [`cleanup::cleanup`];
+//! `error_policy` decides the retry; [`controller`] wires the watches that
+//! trigger it (HostedClusters, the Secrets they name, their NodePools, and
+//! the Deployments and ConfigMaps the manager made).
+
+pub mod cleanup;
+pub mod converge;
+pub mod tokens;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::{Future, StreamExt};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::core::PartialObjectMeta;
+use kube::runtime::controller::{Action, Config};
+use kube::runtime::finalizer::{Event, finalizer};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::{Controller, watcher};
+use kube::{Api, Resource, ResourceExt};
+
+use crate::api::{FINALIZER, HostedCluster, NodePool};
+use crate::context::Context;
+use crate::desired::sets::side;
+use crate::error::{Error, Result};
+use crate::names;
+
+const CONTROLLER: &str = "hostedcluster";
+
+/// Reconcile one HostedCluster.
+pub async fn reconcile(hc: Arc<HostedCluster>, ctx: Arc<Context>) -> Result<Action> {
+    let started = Instant::now();
+    let ns = hc.namespace().unwrap_or_default();
+    let api: Api<HostedCluster> = Api::namespaced(ctx.client.clone(), &ns);
+    let span = tracing::info_span!("reconcile", kind = "HostedCluster", namespace = %ns, name = %hc.name_any());
+    let _enter = span.enter();
+    drop(_enter);
+    match crate::finalizers::ensure(&api, hc.as_ref(), FINALIZER).await {
+        Ok(true) => {
+            ctx.metrics.reconciled(CONTROLLER, "ok", started.elapsed());
+            return Ok(Action::await_change());
+        }
+        Ok(false) => {}
+        Err(e) => {
+            return Err(Error::kube(
+                crate::error::Target::Management,
+                "add finalizer",
+            )(e));
+        }
+    }
+    let result = finalizer(&api, FINALIZER, hc, |event| async {
+        match event {
+            Event::Apply(hc) => converge::apply(&hc, &ctx).await,
+            Event::Cleanup(hc) => cleanup::cleanup(&hc, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)));
+    let label = match &result {
+        Ok(_) => "ok",
+        Err(e) if e.is_pending() => "pending",
+        Err(e) => e.metric_label(),
+    };
+    ctx.metrics.reconciled(CONTROLLER, label, started.elapsed());
+    result
+}
+
+/// Retry after a failed or unfinished reconcile.
+pub fn error_policy(hc: Arc<HostedCluster>, error: &Error, _ctx: Arc<Context>) -> Action {
+    if error.is_pending() {
+        tracing::debug!(namespace = ?hc.namespace(), name = %hc.name_any(), %error, "pending");
+        Action::requeue(Duration::from_secs(5))
+    } else {
+        tracing::warn!(namespace = ?hc.namespace(), name = %hc.name_any(), %error, "reconcile failed");
+        Action::requeue(Duration::from_secs(15))
+    }
+}
+
+/// The HostedClusters of `store` that name Secret `ns/name`.
+fn referencing(
+    store: &Store<HostedCluster>,
+    ns: &str,
+    name: &str,
+) -> Vec<ObjectRef<HostedCluster>> {
+    store
+        .state()
+        .iter()
+        .filter(|hc| hc.namespace().as_deref() == Some(ns))
+        .filter(|hc| {
+            hc.spec.kubeconfig.name == name
+                || hc
+                    .external_infra()
+                    .is_some_and(|c| c.infra_kube_config_secret.name == name)
+        })
+        .map(|hc| ObjectRef::from_obj(hc.as_ref()))
+        .collect()
+}
+
+/// The HostedCluster a managed object belongs to, from its labels.
+fn owner_of<K: Resource>(obj: &PartialObjectMeta<K>) -> Option<ObjectRef<HostedCluster>> {
+    let labels = obj.metadata.labels.as_ref()?;
+    let ns = labels.get(names::HOSTED_CLUSTER_NAMESPACE_LABEL)?;
+    let name = labels.get(names::HOSTED_CLUSTER_NAME_LABEL)?;
+    Some(ObjectRef::new(name).within(ns))
+}
+
+/// Run the controller until `shutdown` resolves.
+pub async fn controller(
+    ctx: Arc<Context>,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
+    let client = ctx.client.clone();
+    let controller = Controller::new(
+        Api::<HostedCluster>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .with_config(
+        Config::default()
+            .debounce(Duration::from_millis(200))
+            .concurrency(ctx.settings.concurrency),
+    );
+    let store = controller.store();
+    let managed = format!(
+        "{}={},{}={}",
+        names::MANAGED_BY_LABEL,
+        names::FIELD_MANAGER,
+        names::SIDE_LABEL,
+        side::MANAGEMENT
+    );
+
+    // `Api<PartialObjectMeta<_>>` watches metadata only: small in memory.
+    controller
+        .watches(
+            Api::<PartialObjectMeta<Secret>>::all(client.clone()),
+            watcher::Config::default(),
+            move |s: PartialObjectMeta<Secret>| {
+                referencing(
+                    &store,
+                    s.metadata.namespace.as_deref().unwrap_or_default(),
+                    s.metadata.name.as_deref().unwrap_or_default(),
+                )
+            },
+        )
+        .watches(
+            Api::<NodePool>::all(client.clone()),
+            watcher::Config::default(),
+            |np: NodePool| {
+                np.namespace()
+                    .map(|ns| ObjectRef::new(&np.spec.cluster_name).within(&ns))
+            },
+        )
+        .watches(
+            Api::<PartialObjectMeta<Deployment>>::all(client.clone()),
+            watcher::Config::default().labels(&managed),
+            |d| owner_of(&d),
+        )
+        .watches(
+            Api::<PartialObjectMeta<ConfigMap>>::all(client.clone()),
+            watcher::Config::default().labels(&managed),
+            |c| owner_of(&c),
+        )
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "hostedcluster controller event");
+            }
+        })
+        .await;
+}

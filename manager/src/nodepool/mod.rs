@@ -1,0 +1,119 @@
+//! The NodePool controller: `reconcile` wraps the finalizer helper and
+//! dispatches to [`converge::apply`] and [`converge::cleanup`];
+//! `error_policy` decides the retry; [`controller`] wires the triggers
+//! (NodePools, their HostedClusters, and the per-cluster VM, Node and drain
+//! watches of [`crate::watches`]).
+
+pub mod converge;
+pub mod nodes;
+pub mod observe;
+pub mod status;
+pub mod validate;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::{Future, StreamExt};
+use kube::runtime::controller::{Action, Config};
+use kube::runtime::finalizer::{Event, finalizer};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::{Controller, watcher};
+use kube::{Api, ResourceExt};
+use tokio::sync::mpsc::UnboundedReceiver;
+
+use crate::api::{FINALIZER, HostedCluster, NodePool};
+use crate::context::Context;
+use crate::error::{Error, Result};
+
+const CONTROLLER: &str = "nodepool";
+
+/// Reconcile one NodePool.
+pub async fn reconcile(np: Arc<NodePool>, ctx: Arc<Context>) -> Result<Action> {
+    let started = Instant::now();
+    let ns = np.namespace().unwrap_or_default();
+    let api: Api<NodePool> = Api::namespaced(ctx.client.clone(), &ns);
+    match crate::finalizers::ensure(&api, np.as_ref(), FINALIZER).await {
+        Ok(true) => {
+            ctx.metrics.reconciled(CONTROLLER, "ok", started.elapsed());
+            return Ok(Action::await_change());
+        }
+        Ok(false) => {}
+        Err(e) => {
+            return Err(Error::kube(
+                crate::error::Target::Management,
+                "add finalizer",
+            )(e));
+        }
+    }
+    let result = finalizer(&api, FINALIZER, np, |event| async {
+        match event {
+            Event::Apply(np) => converge::apply(&np, &ctx).await,
+            Event::Cleanup(np) => converge::cleanup(&np, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)));
+    let label = match &result {
+        Ok(_) => "ok",
+        Err(e) if e.is_pending() => "pending",
+        Err(e) => e.metric_label(),
+    };
+    ctx.metrics.reconciled(CONTROLLER, label, started.elapsed());
+    result
+}
+
+/// Retry after a failed or unfinished reconcile.
+pub fn error_policy(np: Arc<NodePool>, error: &Error, _ctx: Arc<Context>) -> Action {
+    if error.is_pending() {
+        tracing::debug!(namespace = ?np.namespace(), name = %np.name_any(), %error, "pending");
+        Action::requeue(Duration::from_secs(5))
+    } else {
+        tracing::warn!(namespace = ?np.namespace(), name = %np.name_any(), %error, "reconcile failed");
+        Action::requeue(Duration::from_secs(15))
+    }
+}
+
+/// Run the controller until `shutdown` resolves. `triggers` is the stream
+/// of [`crate::watches::Triggers`].
+pub async fn controller(
+    ctx: Arc<Context>,
+    mut triggers: UnboundedReceiver<ObjectRef<NodePool>>,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
+    let client = ctx.client.clone();
+    let controller = Controller::new(
+        Api::<NodePool>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .with_config(
+        Config::default()
+            .debounce(Duration::from_millis(100))
+            .concurrency(ctx.settings.concurrency),
+    );
+    let store = controller.store();
+    let triggered = futures::stream::poll_fn(move |cx| triggers.poll_recv(cx));
+    controller
+        .watches(
+            Api::<HostedCluster>::all(client),
+            watcher::Config::default(),
+            move |hc: HostedCluster| {
+                let ns = hc.namespace();
+                let name = hc.name_any();
+                store
+                    .state()
+                    .iter()
+                    .filter(|np| np.namespace() == ns && np.spec.cluster_name == name)
+                    .map(|np| ObjectRef::from_obj(np.as_ref()))
+                    .collect::<Vec<_>>()
+            },
+        )
+        .reconcile_on(triggered)
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "nodepool controller event");
+            }
+        })
+        .await;
+}

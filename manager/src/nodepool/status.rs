@@ -1,0 +1,292 @@
+//! A NodePool's status from what its reconcile saw: counts, the version all
+//! nodes run, and the `Ready`, `UpdatingVersion` and `UpdatingConfig`
+//! conditions (the validity conditions are set by the reconcile). Pure.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+use super::observe::VmView;
+use crate::api::conditions::{self, Desired, kind, reason};
+use crate::api::{NodePool, NodePoolStatus};
+use crate::rollout::Machine;
+
+/// The status of `pool` after a reconcile that saw `vms`/`machines`.
+pub fn observed(
+    pool: &NodePool,
+    vms: &[VmView],
+    machines: &[Machine],
+    template_hash: &str,
+    extra: &[Desired],
+    now: &Time,
+) -> NodePoolStatus {
+    let mut status = pool.status.clone().unwrap_or_default();
+    let generation = pool.metadata.generation;
+    let version = &pool.spec.release.version;
+    let active: Vec<&Machine> = machines
+        .iter()
+        .filter(|m| !m.marked && !m.deleting)
+        .collect();
+    let active_vms: Vec<&VmView> = vms.iter().filter(|v| v.active()).collect();
+
+    status.replicas = active.len() as i32;
+    status.ready_replicas = active.iter().filter(|m| m.ready).count() as i32;
+    status.updated_replicas = active.iter().filter(|m| m.current).count() as i32;
+    status.observed_generation = generation;
+
+    let outdated_version = active_vms
+        .iter()
+        .filter(|v| v.version.as_deref() != Some(version.as_str()) || v.updating_to.is_some())
+        .count();
+    let outdated_config = active_vms
+        .iter()
+        .filter(|v| {
+            v.version.as_deref() == Some(version.as_str())
+                && v.template_hash.as_deref() != Some(template_hash)
+        })
+        .count();
+    let mut versions: Vec<&str> = active_vms
+        .iter()
+        .filter_map(|v| v.version.as_deref())
+        .collect();
+    versions.dedup();
+    if outdated_version == 0 && !active_vms.is_empty() {
+        status.version = Some(version.clone());
+    } else if status.version.is_none() && versions.len() == 1 {
+        status.version = versions.first().map(|v| v.to_string());
+    }
+
+    let want = pool.spec.replicas;
+    let ready = if status.ready_replicas == want
+        && status.replicas == want
+        && machines.len() as i32 == want
+    {
+        Desired::new(
+            kind::READY,
+            true,
+            reason::AS_EXPECTED,
+            format!("{want} of {want} nodes are ready"),
+        )
+    } else if status.replicas < want {
+        Desired::new(
+            kind::READY,
+            false,
+            reason::SCALING_UP,
+            format!("{} of {want} machines exist", status.replicas),
+        )
+    } else if machines.len() as i32 > want {
+        Desired::new(
+            kind::READY,
+            false,
+            reason::SCALING_DOWN,
+            format!("{} machines, {want} wanted", machines.len()),
+        )
+    } else {
+        Desired::new(
+            kind::READY,
+            false,
+            reason::WAITING_FOR_NODES,
+            format!("{} of {want} nodes are ready", status.ready_replicas),
+        )
+    };
+    let updating_version = if outdated_version > 0 {
+        Desired::new(
+            kind::UPDATING_VERSION,
+            true,
+            reason::ROLLING_OUT,
+            format!("{outdated_version} node(s) are not on version {version} yet"),
+        )
+    } else {
+        Desired::new(kind::UPDATING_VERSION, false, reason::AS_EXPECTED, "")
+    };
+    let updating_config = if outdated_config > 0 {
+        Desired::new(
+            kind::UPDATING_CONFIG,
+            true,
+            reason::ROLLING_OUT,
+            format!("{outdated_config} machine(s) are on an older configuration"),
+        )
+    } else {
+        Desired::new(kind::UPDATING_CONFIG, false, reason::AS_EXPECTED, "")
+    };
+    for d in [&ready, &updating_version, &updating_config]
+        .into_iter()
+        .chain(extra)
+    {
+        conditions::set(&mut status.conditions, d, generation, now);
+    }
+    status
+}
+
+/// The validity conditions of a pool that passed validation.
+pub fn valid() -> Vec<Desired> {
+    vec![
+        Desired::new(kind::VALID_VERSION, true, reason::AS_EXPECTED, ""),
+        Desired::new(kind::VALID_PLATFORM_CONFIG, true, reason::AS_EXPECTED, ""),
+        Desired::new(kind::VALID_HOSTED_CLUSTER, true, reason::AS_EXPECTED, ""),
+    ]
+}
+
+/// The status of a pool refused before looking at its machines: the
+/// matching validity condition goes False, `Ready` follows.
+pub fn refused(
+    pool: &NodePool,
+    condition: &'static str,
+    why: &crate::error::Error,
+    now: &Time,
+) -> NodePoolStatus {
+    let mut status = pool.status.clone().unwrap_or_default();
+    let generation = pool.metadata.generation;
+    let message = why.to_string();
+    for d in valid() {
+        let d = if d.type_ == condition {
+            Desired::new(condition, false, why.reason(), message.clone())
+        } else {
+            d
+        };
+        conditions::set(&mut status.conditions, &d, generation, now);
+    }
+    conditions::set(
+        &mut status.conditions,
+        &Desired::new(kind::READY, false, why.reason(), message),
+        generation,
+        now,
+    );
+    status.observed_generation = generation;
+    status
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::conditions::is_true;
+    use crate::api::{
+        BootImage, KubevirtNodePoolPlatform, NodePoolPlatform, NodePoolSpec, Release,
+    };
+    use crate::error::Error;
+    use crate::version::Refusal;
+
+    fn pool(replicas: i32, version: &str) -> NodePool {
+        let platform = KubevirtNodePoolPlatform {
+            compute: Default::default(),
+            root_volume: Default::default(),
+            boot_image: BootImage {
+                container_disk_image: Some("img".into()),
+                url: None,
+            },
+            additional_networks: vec![],
+            attach_default_network: true,
+            host_devices: vec![],
+            node_selector: Default::default(),
+        };
+        let mut p = NodePool::new(
+            "workers",
+            NodePoolSpec {
+                cluster_name: "guest1".into(),
+                replicas,
+                release: Release {
+                    version: version.into(),
+                },
+                platform: NodePoolPlatform { kubevirt: platform },
+                management: Default::default(),
+                node_drain_timeout_seconds: None,
+            },
+        );
+        p.metadata.generation = Some(4);
+        p
+    }
+
+    fn vm(name: &str, hash: &str, version: &str) -> VmView {
+        VmView {
+            name: name.into(),
+            template_hash: Some(hash.into()),
+            version: Some(version.into()),
+            updating_to: None,
+            marked: false,
+            deleting: false,
+            drain_started: None,
+            cache_source: None,
+        }
+    }
+
+    fn machine(name: &str, current: bool, ready: bool) -> Machine {
+        Machine {
+            name: name.into(),
+            current,
+            ready,
+            updating: false,
+            marked: false,
+            deleting: false,
+        }
+    }
+
+    fn now() -> Time {
+        Time(jiff::Timestamp::from_second(1_700_000_000).expect("ts"))
+    }
+
+    #[test]
+    fn all_ready_and_current_is_ready() {
+        let p = pool(2, "0.1.0");
+        let vms = [vm("a", "h", "0.1.0"), vm("b", "h", "0.1.0")];
+        let ms = [machine("a", true, true), machine("b", true, true)];
+        let s = observed(&p, &vms, &ms, "h", &valid(), &now());
+        assert_eq!(
+            (s.replicas, s.ready_replicas, s.updated_replicas),
+            (2, 2, 2)
+        );
+        assert_eq!(s.version.as_deref(), Some("0.1.0"));
+        assert!(is_true(&s.conditions, kind::READY));
+        assert!(!is_true(&s.conditions, kind::UPDATING_VERSION));
+        assert!(is_true(&s.conditions, kind::VALID_VERSION));
+        assert_eq!(s.observed_generation, Some(4));
+    }
+
+    #[test]
+    fn a_version_rollout_is_reported_until_done() {
+        let mut p = pool(2, "0.2.0");
+        p.status = Some(NodePoolStatus {
+            version: Some("0.1.0".into()),
+            ..Default::default()
+        });
+        let vms = [vm("a", "h1", "0.1.0"), vm("b", "h2", "0.2.0")];
+        let ms = [machine("a", false, true), machine("b", true, true)];
+        let s = observed(&p, &vms, &ms, "h2", &valid(), &now());
+        assert_eq!(s.version.as_deref(), Some("0.1.0"));
+        assert!(is_true(&s.conditions, kind::UPDATING_VERSION));
+        assert_eq!(s.updated_replicas, 1);
+        // Ready speaks of nodes, not of the rollout.
+        assert!(is_true(&s.conditions, kind::READY));
+    }
+
+    #[test]
+    fn scaling_reasons() {
+        let p = pool(3, "0.1.0");
+        let s = observed(
+            &p,
+            &[vm("a", "h", "0.1.0")],
+            &[machine("a", true, true)],
+            "h",
+            &valid(),
+            &now(),
+        );
+        assert_eq!(
+            conditions::find(&s.conditions, kind::READY).map(|c| c.reason.as_str()),
+            Some("ScalingUp")
+        );
+    }
+
+    #[test]
+    fn refusals_name_their_condition() {
+        let p = pool(1, "0.3.0");
+        let e = Error::Version(Refusal::NewerThanHostedCluster {
+            node_pool: "0.3.0".into(),
+            hosted_cluster: "0.2.0".into(),
+        });
+        let s = refused(&p, kind::VALID_VERSION, &e, &now());
+        let c = conditions::find(&s.conditions, kind::VALID_VERSION).expect("condition");
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "VersionNewerThanHostedCluster")
+        );
+        assert!(is_true(&s.conditions, kind::VALID_PLATFORM_CONFIG));
+        assert!(!is_true(&s.conditions, kind::READY));
+    }
+}
