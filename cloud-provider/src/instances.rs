@@ -201,13 +201,20 @@ pub fn has_taint(node: &Node, key: &str) -> bool {
 }
 
 /// The status patch setting the node's addresses, or `None` if they match.
+/// Carries the resourceVersion: the addresses were computed from this
+/// version of the node (its Hostname), so a newer one must not be overwritten.
 pub fn addresses_patch(node: &Node, addresses: &[NodeAddress]) -> Option<Value> {
     let current = node
         .status
         .as_ref()
         .and_then(|s| s.addresses.as_deref())
         .unwrap_or(&[]);
-    (current != addresses).then(|| json!({"status": {"addresses": addresses}}))
+    (current != addresses).then(|| {
+        json!({
+            "metadata": {"resourceVersion": node.metadata.resource_version},
+            "status": {"addresses": addresses}
+        })
+    })
 }
 
 /// The patch that initializes a node: providerID (if unset), the labels that
@@ -391,6 +398,9 @@ mod tests {
         assert_eq!(addrs.len(), 2);
         assert_eq!(addrs[0].address, "10.0.0.5");
         assert_eq!(addresses_patch(&n, &addrs), None);
+        let p = addresses_patch(&node(json!({})), &addrs).expect("differs");
+        assert_eq!(p["metadata"]["resourceVersion"], "5");
+        assert_eq!(p["status"]["addresses"][0]["address"], "10.0.0.5");
     }
 
     #[test]

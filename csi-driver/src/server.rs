@@ -53,6 +53,25 @@ pub enum Listener {
     Tcp(tokio::net::TcpListener),
 }
 
+/// Bind a unix socket so that it appears at `path` only once it listens:
+/// bind under a temporary name in the same directory, then rename. Whoever
+/// watches for the socket (a sidecar, the kubelet) never finds a socket
+/// that refuses connections.
+fn bind_unix(path: &Path) -> io::Result<tokio::net::UnixListener> {
+    let file = path
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{file}.{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    let listener = tokio::net::UnixListener::bind(&tmp)?;
+    if let Err(e) = std::fs::rename(&tmp, path) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    Ok(listener)
+}
+
 /// Bind the endpoint now so that errors surface before anything else starts.
 pub async fn bind(endpoint: &Endpoint) -> Result<Listener, ServeError> {
     match endpoint {
@@ -61,7 +80,7 @@ pub async fn bind(endpoint: &Endpoint) -> Result<Listener, ServeError> {
                 path: path.display().to_string(),
                 source,
             })?;
-            let l = tokio::net::UnixListener::bind(path).map_err(|source| ServeError::Listen {
+            let l = bind_unix(path).map_err(|source| ServeError::Listen {
                 endpoint: endpoint.to_string(),
                 source,
             })?;
@@ -126,5 +145,28 @@ mod tests {
         assert!(!sock.exists());
         std::fs::write(&sock, b"x").expect("writes");
         assert!(prepare_socket(&sock).is_err());
+    }
+
+    #[tokio::test]
+    async fn the_socket_appears_listening() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sock = dir.path().join("csi.sock");
+        let Listener::Unix(_l, path) = bind(&Endpoint::Unix(sock.clone())).await.expect("binds")
+        else {
+            panic!("not a unix listener");
+        };
+        assert_eq!(path, sock);
+        tokio::net::UnixStream::connect(&sock)
+            .await
+            .expect("accepts connections");
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .expect("lists")
+            .filter_map(|e| e.ok().map(|e| e.file_name()))
+            .collect();
+        assert_eq!(
+            names,
+            [std::ffi::OsString::from("csi.sock")],
+            "no temporary socket left"
+        );
     }
 }

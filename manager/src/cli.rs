@@ -19,7 +19,7 @@ pub enum LogFormat {
 
 /// The hosted-control-plane manager for KubeVirt.
 #[derive(Clone, Debug, Parser)]
-#[command(name = "kubevirt-hcp-manager", version)]
+#[command(name = "kubevirt-hcp-manager", version, args_override_self = true)]
 pub struct Args {
     /// Kubeconfig of the management cluster; empty: in-cluster configuration
     /// (or `$KUBECONFIG`).
@@ -193,6 +193,11 @@ mod tests {
         assert_eq!(s.images.csi_override.as_deref(), Some("example.com/csi:1"));
         assert!(s.supported.check("0.1.5").is_ok());
         assert!(s.supported.check("0.2.1").is_err());
+
+        // The last of a repeated flag wins.
+        let twice = Args::try_parse_from(["m", "--leader-elect=false", "--leader-elect=true"])
+            .expect("parses");
+        assert!(twice.leader_elect);
 
         let bad = Args::try_parse_from(["m", "--supported-versions", "latest"]).expect("parses");
         assert!(bad.settings().is_err());

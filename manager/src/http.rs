@@ -80,3 +80,55 @@ pub async fn serve(
     });
     Ok((bound, task))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn get(addr: SocketAddr, path: &str) -> String {
+        let mut stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .expect("connects");
+        let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.expect("writes");
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.expect("reads");
+        response
+    }
+
+    #[tokio::test]
+    async fn serves_health_readiness_and_metrics() {
+        let metrics = Metrics::new();
+        metrics.wrote("guest", "StorageClass", "apply");
+        let ready = Arc::new(AtomicBool::new(false));
+        let stop = CancellationToken::new();
+        let endpoints = Endpoints {
+            metrics,
+            ready: ready.clone(),
+        };
+        let (addr, task) = serve(
+            "127.0.0.1:0".parse().expect("addr"),
+            endpoints,
+            stop.clone(),
+        )
+        .await
+        .expect("binds");
+        let checks = async {
+            assert!(get(addr, "/healthz").await.starts_with("HTTP/1.1 200"));
+            assert!(get(addr, "/readyz").await.starts_with("HTTP/1.1 503"));
+            ready.store(true, Ordering::Relaxed);
+            assert!(get(addr, "/readyz").await.starts_with("HTTP/1.1 200"));
+            let text = get(addr, "/metrics").await;
+            assert!(text.contains("kubevirt_hcp_manager_writes_total{target=\"guest\",kind=\"StorageClass\",verb=\"apply\"} 1"), "{text}");
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(10), checks)
+            .await
+            .expect("in time");
+        stop.cancel();
+        tokio::time::timeout(std::time::Duration::from_secs(10), task)
+            .await
+            .expect("stops")
+            .expect("joins");
+    }
+}

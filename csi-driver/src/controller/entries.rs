@@ -56,6 +56,9 @@ pub struct VmiVolume {
     pub phase: Option<String>,
     pub hotplug: bool,
     pub message: Option<String>,
+    /// `reason: message` when KubeVirt reports a failure (a reason naming
+    /// a failure or an error, e.g. `FailedAttach`).
+    pub failure: Option<String>,
 }
 
 /// A VMI of the infra namespace (any tenant's: the RWO guard must see all).
@@ -187,6 +190,12 @@ pub fn vm_entry(vm: &VirtualMachine, scope: &TenantScope) -> VmEntry {
     }
 }
 
+/// Whether a volume status reason reports a failure.
+fn is_failure_reason(reason: &str) -> bool {
+    let r = reason.to_ascii_lowercase();
+    r.contains("fail") || r.contains("error")
+}
+
 /// Summarize a VMI: tenant membership, phase, and its tenant-named volumes.
 pub fn vmi_entry(vmi: &VirtualMachineInstance, scope: &TenantScope) -> VmiEntry {
     VmiEntry {
@@ -202,6 +211,11 @@ pub fn vmi_entry(vmi: &VirtualMachineInstance, scope: &TenantScope) -> VmiEntry 
                 phase: v.phase.clone(),
                 hotplug: v.hotplug_volume.is_some(),
                 message: v.message.clone().filter(|m| !m.is_empty()),
+                failure: v
+                    .reason
+                    .as_deref()
+                    .filter(|r| is_failure_reason(r))
+                    .map(|r| format!("{r}: {}", v.message.as_deref().unwrap_or_default())),
             })
             .collect(),
     }
@@ -277,13 +291,21 @@ mod tests {
             "spec": {},
             "status": {"phase": "Running", "volumeStatus": [
                 {"name": "rootdisk", "phase": "Ready"},
-                {"name": "pvc-1", "phase": "Ready", "hotplugVolume": {"attachPodName": "hp"}}]}
+                {"name": "pvc-1", "phase": "Ready", "hotplugVolume": {"attachPodName": "hp"}},
+                {"name": "pvc-2", "phase": "Pending", "reason": "FailedAttach", "message": "no device"}]}
         }))
         .expect("vmi");
         let e = vmi_entry(&vmi, &scope());
         assert!(e.tenant);
-        assert_eq!(e.volumes.len(), 1);
-        assert!(e.volume("pvc-1").is_some_and(|v| v.is_ready() && v.hotplug));
+        assert_eq!(e.volumes.len(), 2);
+        assert!(
+            e.volume("pvc-1")
+                .is_some_and(|v| v.is_ready() && v.hotplug && v.failure.is_none())
+        );
+        assert_eq!(
+            e.volume("pvc-2").and_then(|v| v.failure.as_deref()),
+            Some("FailedAttach: no device")
+        );
 
         let vm: VirtualMachine = serde_json::from_value(json!({
             "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine",

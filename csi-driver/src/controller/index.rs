@@ -373,6 +373,7 @@ mod tests {
                     phase: Some("Ready".into()),
                     hotplug: true,
                     message: None,
+                    failure: None,
                 })
                 .collect(),
         }

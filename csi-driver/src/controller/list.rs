@@ -40,13 +40,25 @@ fn csi_volume(name: &str, e: &VolumeEntry) -> Volume {
     }
 }
 
-fn condition(e: &VolumeEntry) -> VolumeCondition {
-    match &e.failure {
-        Some(why) => VolumeCondition {
+/// The volume's condition: abnormal when the DataVolume failed or a VMI
+/// reports a failed hotplug.
+fn condition(s: &State, name: &str, e: &VolumeEntry) -> VolumeCondition {
+    let hotplug_failure = s.vmis_with(name).find_map(|vmi| {
+        s.vmi(vmi)
+            .and_then(|v| v.volume(name))
+            .and_then(|v| v.failure.as_ref())
+            .map(|f| format!("hotplug into {vmi} failed: {f}"))
+    });
+    match (&e.failure, hotplug_failure) {
+        (Some(why), _) => VolumeCondition {
             abnormal: true,
             message: format!("infra DataVolume failed: {why}"),
         },
-        None => VolumeCondition {
+        (None, Some(why)) => VolumeCondition {
+            abnormal: true,
+            message: why,
+        },
+        (None, None) => VolumeCondition {
             abnormal: false,
             message: if e.phase.is_empty() {
                 "infra DataVolume has no phase yet".to_string()
@@ -82,7 +94,7 @@ pub(super) async fn list_volumes(
                     volume: Some(csi_volume(name, e)),
                     status: Some(list_volumes_response::VolumeStatus {
                         published_node_ids: published_nodes(s, ns, name),
-                        volume_condition: Some(condition(e)),
+                        volume_condition: Some(condition(s, name, e)),
                     }),
                 })
             },
@@ -106,12 +118,14 @@ pub(super) async fn get_volume(
         .await?
         .ok_or_else(|| Error::NotFound(format!("volume {id} not found")))?;
     let ns = svc.scope().namespace();
-    let published = svc.index.read(|s| published_nodes(s, ns, id));
+    let (published, condition) = svc
+        .index
+        .read(|s| (published_nodes(s, ns, id), condition(s, id, &e)));
     Ok(ControllerGetVolumeResponse {
         volume: Some(csi_volume(id, &e)),
         status: Some(controller_get_volume_response::VolumeStatus {
             published_node_ids: published,
-            volume_condition: Some(condition(&e)),
+            volume_condition: Some(condition),
         }),
     })
 }
@@ -119,9 +133,11 @@ pub(super) async fn get_volume(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::controller::entries::{VmiEntry, VmiVolume};
+    use crate::controller::index::Index;
 
     #[test]
-    fn failed_data_volume_is_abnormal() {
+    fn failed_data_volumes_and_hotplugs_are_abnormal() {
         let mut e = VolumeEntry {
             uid: "u".into(),
             size: Some(1),
@@ -132,9 +148,30 @@ mod tests {
             failure: None,
             deleting: false,
         };
-        assert!(!condition(&e).abnormal);
+        let idx = Index::new();
+        idx.read(|s| assert!(!condition(s, "pvc-1", &e).abnormal));
+        idx.write(|s| {
+            s.upsert_vmi(
+                "vm1".into(),
+                Some(VmiEntry {
+                    tenant: true,
+                    phase: "Running".into(),
+                    volumes: vec![VmiVolume {
+                        name: "pvc-1".into(),
+                        phase: Some("Pending".into()),
+                        hotplug: true,
+                        message: None,
+                        failure: Some("FailedAttach: no device".into()),
+                    }],
+                }),
+            )
+        });
+        idx.read(|s| {
+            let c = condition(s, "pvc-1", &e);
+            assert!(c.abnormal && c.message.contains("vm1"), "{c:?}");
+        });
         e.failure = Some("quota".into());
-        assert!(condition(&e).abnormal);
+        idx.read(|s| assert!(condition(s, "pvc-1", &e).message.contains("quota")));
         let v = csi_volume("pvc-1", &e);
         assert_eq!(
             v.volume_context.get("serial").map(String::as_str),

@@ -255,6 +255,7 @@ mod tests {
                 phase: Some(phase.into()),
                 hotplug: true,
                 message: None,
+                failure: None,
             }],
         };
         idx.write(|s| {

@@ -37,11 +37,30 @@ pub async fn run(ctx: Arc<Ctx>) {
     let provision = Controller::new(pvcs.clone(), watcher::Config::default())
         .run(reconcile_claim, crate::retry, ctx.clone())
         .for_each(|_| futures::future::ready(()));
-    let delete = Controller::new(pvs, watcher::Config::default())
-        .watches(pvcs, watcher::Config::default(), |pvc| {
-            pvc.spec
-                .and_then(|s| s.volume_name)
-                .map(|v| ObjectRef::new(&v))
+    let deleter = Controller::new(pvs, watcher::Config::default());
+    let volumes = deleter.store();
+    let delete = deleter
+        .watches(pvcs, watcher::Config::default(), move |pvc| {
+            // The claim's volume: by the claim's volumeName, or by a PV's
+            // claimRef naming it (pre-bound volumes).
+            let (ns, name) = (pvc.namespace(), pvc.name_any());
+            let mut refs: Vec<ObjectRef<PersistentVolume>> = volumes
+                .state()
+                .into_iter()
+                .filter(|pv| {
+                    pv.spec
+                        .as_ref()
+                        .and_then(|s| s.claim_ref.as_ref())
+                        .is_some_and(|r| {
+                            r.namespace == ns && r.name.as_deref() == Some(name.as_str())
+                        })
+                })
+                .map(|pv| ObjectRef::from_obj(&*pv))
+                .collect();
+            if let Some(v) = pvc.spec.and_then(|s| s.volume_name) {
+                refs.push(ObjectRef::new(&v));
+            }
+            refs
         })
         .run(reconcile_volume, crate::retry, ctx)
         .for_each(|_| futures::future::ready(()));

@@ -65,7 +65,18 @@ async fn create(d: &Driver, name: &str, bytes: i64) -> anyhow::Result<Volume> {
 #[tokio::test]
 async fn identity_and_capabilities() -> anyhow::Result<()> {
     let lab = lab(1, "ident", Duration::ZERO).await?;
-    let d = start_driver(&lab, DriverOptions::default()).await?;
+    let port = free_port()?;
+    let d = start_driver(
+        &lab,
+        DriverOptions {
+            extra_args: vec![
+                format!("--health-address=127.0.0.1:{port}"),
+                format!("--metrics-address=127.0.0.1:{port}"),
+            ],
+            ..Default::default()
+        },
+    )
+    .await?;
     let mut id = d.identity.clone();
     let info = id
         .get_plugin_info(GetPluginInfoRequest {})
@@ -96,6 +107,11 @@ async fn identity_and_capabilities() -> anyhow::Result<()> {
     synced(&d).await?;
     let probe = id.probe(ProbeRequest {}).await?.into_inner();
     assert_eq!(probe.ready, Some(true));
+    let health = http_get(port, "/healthz").await?;
+    assert!(
+        health.starts_with("HTTP/1.1 200") && health.ends_with("ok\n"),
+        "{health}"
+    );
 
     // Every advertised RPC answers (not Unimplemented); GetCapacity is neither.
     let mut c = d.controller.clone();
@@ -150,7 +166,40 @@ async fn identity_and_capabilities() -> anyhow::Result<()> {
         Code::NotFound,
         "ControllerGetVolume of an unknown volume",
     );
+
+    // Prometheus metrics: calls by method and code, latency.
+    let metrics = http_get(port, "/metrics").await?;
+    assert!(
+        metrics.contains(
+            r#"kubevirt_csi_grpc_requests_total{method="GetPluginInfo",grpc_code="Ok"} 1"#
+        ),
+        "{metrics}"
+    );
+    assert!(metrics.contains(
+        r#"kubevirt_csi_grpc_requests_total{method="GetCapacity",grpc_code="Unimplemented"} 1"#
+    ));
+    assert!(
+        metrics.contains(r#"kubevirt_csi_grpc_request_duration_seconds_count{method="Probe"} 1"#)
+    );
     Ok(())
+}
+
+/// A TCP port free right now on 127.0.0.1.
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// `GET path` on 127.0.0.1:port; the whole response as text.
+async fn http_get(port: u16, path: &str) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    s.write_all(request.as_bytes()).await?;
+    let mut out = String::new();
+    tokio::time::timeout(WAIT, s.read_to_string(&mut out)).await??;
+    Ok(out)
 }
 
 #[tokio::test]

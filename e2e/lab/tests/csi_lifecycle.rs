@@ -353,14 +353,21 @@ async fn guest_objects_cannot_reach_other_tenants() -> anyhow::Result<()> {
         }))?;
         dvs.create(&PostParams::default(), &dv).await?;
     }
-    // Guest PVs naming them (as a malicious guest admin could), attached.
+    // Guest PVs naming them (as a malicious guest admin could), bound to
+    // claims of a class of no driver (so nothing provisions them), attached.
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(g.client.clone(), NS);
     for (i, n) in [&theirs, &unlabelled].into_iter().enumerate() {
+        let mut claim = pvc(&format!("stolen-{i}"), "1Gi", None)?;
+        if let Some(spec) = claim.spec.as_mut() {
+            spec.storage_class_name = Some("manual".into());
+        }
+        let claim = pvcs.create(&PostParams::default(), &claim).await?;
         let pv: PersistentVolume = from_json(json!({
             "apiVersion": "v1", "kind": "PersistentVolume",
             "metadata": {"name": format!("stolen-{i}")},
             "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"],
                      "persistentVolumeReclaimPolicy": "Delete",
-                     "claimRef": {"namespace": NS, "name": format!("gone-{i}"), "uid": "00000000-0000-0000-0000-000000000000"},
+                     "claimRef": {"namespace": NS, "name": format!("stolen-{i}"), "uid": claim.uid()},
                      "csi": {"driver": DRIVER, "volumeHandle": n, "fsType": "ext4",
                              "volumeAttributes": {"bus": "scsi", "serial": "x"}}},
         }))?;
@@ -382,10 +389,12 @@ async fn guest_objects_cannot_reach_other_tenants() -> anyhow::Result<()> {
             "attach of a foreign volume: {err}"
         );
     }
-    // The released PVs (their claims never existed) are deleted through
-    // DeleteVolume, which succeeds without touching the foreign volumes.
+    // Released PVs (claims deleted) are deleted through DeleteVolume, which
+    // succeeds without touching the foreign volumes.
     for i in 0..2 {
         vas.delete(&format!("va-stolen-{i}"), &DeleteParams::default())
+            .await?;
+        pvcs.delete(&format!("stolen-{i}"), &DeleteParams::default())
             .await?;
         wait::until(&pvs, &format!("stolen-{i}"), WAIT, |p| {
             p.is_none().then_some(())
@@ -404,7 +413,6 @@ async fn guest_objects_cannot_reach_other_tenants() -> anyhow::Result<()> {
     }
 
     // A guest node that claims to be the neighbour's VM gets nothing attached.
-    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(g.client.clone(), NS);
     pvcs.create(&PostParams::default(), &pvc("mine", "1Gi", None)?)
         .await?;
     let pv = bound(&g, "mine", &d).await?;

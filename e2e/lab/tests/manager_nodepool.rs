@@ -294,6 +294,13 @@ async fn node_pool_scales_up_and_down_draining_nodes() -> anyhow::Result<()> {
         );
         let survivor = nodes.get(&left).await?;
         ensure!(schedulable(&survivor), "the remaining node was cordoned");
+
+        // Deleting the pool drains and removes its last VM and Node.
+        node_pools(&infra).delete(POOL, &Default::default()).await?;
+        until_dynamic(&node_pools(&infra), POOL, "NodePool gone", |np| np.is_none().then_some(())).await?;
+        ensure!(vms.list(&ListParams::default().labels(&pool_selector())).await?.items.is_empty());
+        until_list(&nodes, "", "no Nodes left", |ns| ns.is_empty().then_some(())).await?;
+        ensure!(pods.list(&ListParams::default()).await?.items.is_empty(), "the last node was not drained");
         Ok(())
     }
     .await;
@@ -332,6 +339,18 @@ async fn replace_upgrade_never_drops_below_replicas() -> anyhow::Result<()> {
         ensure!(min_ready >= 3, "only {min_ready} Ready nodes during the rollout");
         let most = max_vms.lock().map(|m| *m).unwrap_or(0);
         ensure!(most <= 4, "{most} VMs at once with maxSurge 1");
+
+        // Deleting the HostedCluster takes its NodePool and every VM with it.
+        hosted_clusters(&infra).delete("guest1", &Default::default()).await?;
+        until_dynamic(&hosted_clusters(&infra), "guest1", "HostedCluster gone", |hc| hc.is_none().then_some(())).await?;
+        ensure!(node_pools(&infra).get_opt(POOL).await?.is_none(), "NodePool left behind");
+        let all_vms: Api<VirtualMachine> = Api::all(infra.clone());
+        ensure!(
+            all_vms.list(&ListParams::default().labels(&format!("{INFRA_ID_LABEL}=guest1-id"))).await?.items.is_empty(),
+            "VMs left behind"
+        );
+        let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(infra.clone());
+        ensure!(namespaces.get_opt(CP).await?.is_none(), "control-plane namespace left behind");
         Ok(())
     }
     .await;

@@ -141,6 +141,11 @@ pub fn node_pools(client: &Client) -> Api<DynamicObject> {
 /// Starts the manager against the lab's infra cluster (the management
 /// cluster here), with `extra` flags.
 pub fn start_manager(lab: &Lab, extra: &[&str]) -> anyhow::Result<Daemon> {
+    start_manager_as(lab, extra, "hcp-manager.log")
+}
+
+/// [`start_manager`] logging to `log` under the lab directory.
+pub fn start_manager_as(lab: &Lab, extra: &[&str], log: &str) -> anyhow::Result<Daemon> {
     let token = format!("{USER}-token");
     lab.infra.add_token(&token, USER, &[]);
     lab.guest.add_token(&token, USER, &[]);
@@ -161,7 +166,7 @@ pub fn start_manager(lab: &Lab, extra: &[&str]) -> anyhow::Result<Daemon> {
         BINARY,
         args,
         [("RUST_LOG", "info,kube=warn"), ("RUST_BACKTRACE", "1")],
-        &lab.dir.join("hcp-manager.log"),
+        &lab.dir.join(log),
     )?)
 }
 
