@@ -70,6 +70,9 @@ pub struct VirtualMachineStatus {
     pub printable_status: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub volume_requests: Vec<Value>,
+    /// The `metadata.generation` the controller last acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
     #[serde(flatten)]
     pub extra: Extra,
 }

@@ -198,6 +198,16 @@ async fn scenario(lab: &kubevirt_lab::Lab) -> anyhow::Result<()> {
         &Patch::Merge(json!({"spec": {"runStrategy": "Manual"}})),
     )
     .await?;
+    // Only once KubeVirt has seen the new strategy may the VMI finish, or
+    // it is restarted under the old one.
+    until(&vms, name, "runStrategy Manual observed", |vm| {
+        vm.filter(|vm| {
+            vm.metadata.generation.is_some()
+                && vm.status.as_ref().and_then(|s| s.observed_generation) == vm.metadata.generation
+        })
+        .map(|_| ())
+    })
+    .await?;
     vmis.patch_status(
         name,
         &PatchParams::default(),

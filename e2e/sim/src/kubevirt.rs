@@ -406,6 +406,7 @@ pub fn desired_vm_status(
     let running = vmi.is_some_and(|v| v.phase() == phase::RUNNING && !is_deleting(v));
     status.created = Some(vmi.is_some());
     status.ready = Some(running);
+    status.observed_generation = vm.metadata.generation;
     status.printable_status = Some(
         match vmi {
             _ if is_deleting(vm) => "Terminating",
