@@ -11,6 +11,8 @@ pub enum LabError {
     ApiServer(#[from] lab_apiserver::Error),
     #[error("simulator: {0}")]
     Sim(#[from] lab_sim::Error),
+    #[error("guest stand-in: {0}")]
+    Guest(#[from] lab_guest::GuestError),
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
     #[error("{action} {path}: {source}")]

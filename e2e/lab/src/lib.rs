@@ -4,7 +4,8 @@
 //! its hotplug API, CDI, snapshots, load balancers, EndpointSlices), worker
 //! VMs with their guest Nodes, and writes kubeconfigs and a `lab.env` for the
 //! daemons under test; [`daemon`] starts those daemons as child processes;
-//! [`demo`] is the narrated walk-through behind `lab demo`.
+//! [`suite`] runs our daemons and the guest stand-ins on a lab; [`demo`]
+//! is the narrated walk-through behind `lab demo`.
 
 pub mod daemon;
 pub mod demo;
@@ -12,6 +13,7 @@ pub mod error;
 pub mod guest;
 pub mod lab;
 pub mod mounts;
+pub mod suite;
 pub mod wait;
 
 pub use error::LabError;

@@ -23,6 +23,21 @@ pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
     found
 }
 
+/// The source and filesystem type of the mount at `path`, per
+/// `/proc/self/mountinfo` (the last mount there wins, as it hides the others).
+pub fn mount_of(path: &Path) -> Option<(String, String)> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    info.lines().rev().find_map(|line| {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let point = PathBuf::from(unescape(fields.get(4)?));
+        // After the optional fields, " - " leads fstype and source.
+        let sep = fields.iter().position(|f| *f == "-")?;
+        let fstype = fields.get(sep + 1)?;
+        let source = fields.get(sep + 2)?;
+        (point == path).then(|| (unescape(source), fstype.to_string()))
+    })
+}
+
 /// Lazily unmounts everything below `dir`; returns what it unmounted.
 pub fn unmount_all_under(dir: &Path) -> Vec<PathBuf> {
     let mut done = Vec::new();

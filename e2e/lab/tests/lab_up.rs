@@ -1,6 +1,9 @@
 //! The `lab` binary as a user runs it: `lab up` serves kubectl through the
 //! kubeconfigs it writes, and on SIGTERM exits 0 leaving no loop device
-//! behind; `lab demo` narrates its steps and exits 0.
+//! behind; `lab up --suite` runs our daemons, so a claim and a LoadBalancer
+//! Service made with kubectl in the guest cluster are served, and stops them
+//! on SIGTERM; `lab demo` narrates a guest volume and load balancer end to
+//! end and exits 0.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -166,17 +169,120 @@ async fn lab_demo_narrates_and_exits_zero() -> anyhow::Result<()> {
     let log = demo.log();
     ensure!(status.success(), "lab demo failed with {status}:\n{log}");
     for expected in [
-        "DataVolume phase Succeeded",
-        "AttachedToNode",
-        "Ready",
+        "guest: claim Bound to PersistentVolume pvc-",
+        "phase Succeeded, labels hypershift.openshift.io/infra-id=demo",
+        "volumeStatus pvc-",
+        ": AttachedToNode",
+        ": Ready (target sd",
         "-> /dev/loop",
-        "gone",
+        "formatted ext4",
+        "demo-reader on demo-worker-1 reads hello.txt: \"hello from demo-worker-0",
+        "and infra DataVolume pvc-",
+        "selecting cluster.x-k8s.io/cluster-name=demo,cluster.x-k8s.io/role=worker",
         "load balancer ingress: 192.168.200.",
-        "EndpointSlice",
+        "its address free",
+        "== done",
     ] {
         ensure!(
             log.contains(expected),
             "demo output lacks {expected:?}:\n{log}"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn lab_up_with_the_suite_serves_guest_claims_and_load_balancers() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let lab_dir = dir.path().join("lab");
+    std::fs::create_dir_all(&lab_dir)?;
+    let mut lab = daemon::spawn(
+        LAB,
+        [
+            "up",
+            "--dir",
+            &lab_dir.to_string_lossy(),
+            "--vms",
+            "1",
+            "--suite",
+        ],
+        [("RUST_LOG", "info")],
+        &dir.path().join("lab.log"),
+    )?;
+    if let Err(e) = wait::file_exists(&lab_dir.join("ready"), true, WAIT).await {
+        anyhow::bail!("{e}; log:\n{}", lab.log());
+    }
+    let log = lab.log();
+    let pids: Vec<i32> = log
+        .lines()
+        .filter_map(|l| l.split("(pid ").nth(1)?.split(')').next()?.parse().ok())
+        .collect();
+    ensure!(
+        pids.len() == 3,
+        "a CSI controller, a node plugin and a CCM:\n{log}"
+    );
+
+    let kubeconfig = lab_dir.join("guest.kubeconfig");
+    let manifest = dir.path().join("guest.yaml");
+    std::fs::write(
+        &manifest,
+        "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata:\n  name: data\n  namespace: default\n\
+         spec:\n  accessModes: [ReadWriteOnce]\n  storageClassName: kubevirt\n\
+         resources:\n    requests:\n      storage: 64Mi\n---\n\
+         apiVersion: v1\nkind: Service\nmetadata:\n  name: web\n  namespace: default\n\
+         spec:\n  type: LoadBalancer\n  selector:\n    app: web\n  ports:\n  - port: 80\n    targetPort: 8080\n",
+    )?;
+    let out = tokio::time::timeout(
+        WAIT,
+        tokio::process::Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .arg("apply")
+            .arg("-f")
+            .arg(&manifest)
+            .output(),
+    )
+    .await??;
+    ensure!(
+        out.status.success(),
+        "kubectl apply failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let client = client_from(&kubeconfig).await?;
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), "default");
+    wait::until(&pvcs, "data", WAIT, |p| {
+        p.and_then(|p| p.status.as_ref())
+            .filter(|s| s.phase.as_deref() == Some("Bound"))
+            .map(|_| ())
+    })
+    .await
+    .with_context(|| format!("claim not bound; log:\n{}", lab.log()))?;
+    let services: Api<k8s_openapi::api::core::v1::Service> =
+        Api::namespaced(client.clone(), "default");
+    wait::until(&services, "web", WAIT, |s| {
+        s.and_then(|s| s.status.as_ref())
+            .and_then(|s| s.load_balancer.as_ref())
+            .and_then(|lb| lb.ingress.as_ref())
+            .filter(|i| !i.is_empty())
+            .map(|_| ())
+    })
+    .await
+    .with_context(|| format!("no ingress; log:\n{}", lab.log()))?;
+
+    let status = lab
+        .terminate(Duration::from_secs(30))
+        .await?
+        .context("lab was running")?;
+    ensure!(
+        status.success(),
+        "lab up exited with {status}; log:\n{}",
+        lab.log()
+    );
+    for pid in pids {
+        ensure!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "daemon {pid} still runs after the lab stopped"
         );
     }
     Ok(())

@@ -1,10 +1,12 @@
 //! `lab`: runs the KubeVirt lab.
 //!
-//! - `lab up --dir DIR [--vms N] [--no-devices]` starts a lab in DIR, creates
-//!   `DIR/ready` once it serves, and runs until SIGTERM or SIGINT, then cleans
-//!   up (loop devices, mounts) and exits 0.
-//! - `lab demo` starts a lab in a temporary directory and narrates what the
-//!   infra side does for a hotplugged volume and a load balancer; it exits
+//! - `lab up --dir DIR [--vms N] [--no-devices] [--suite]` starts a lab in
+//!   DIR (with `--suite`, also the CSI driver, the cloud controller manager
+//!   and the guest stand-ins), creates `DIR/ready` once it serves, and runs
+//!   until SIGTERM or SIGINT, then cleans up (daemons, loop devices, mounts)
+//!   and exits 0.
+//! - `lab demo` starts a lab with the suite in a temporary directory and
+//!   narrates a guest volume and a guest load balancer end to end; it exits
 //!   non-zero if any step fails.
 
 use std::path::PathBuf;
@@ -12,7 +14,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use kubevirt_lab::demo::{self, Timeline};
+use kubevirt_lab::demo::{self, Demo, Timeline};
+use kubevirt_lab::suite::{Suite, SuiteConfig};
 use kubevirt_lab::{Lab, LabConfig, LabError};
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -51,8 +54,13 @@ enum Command {
         /// Minimum milliseconds between two hotplug phases of a volume.
         #[arg(long, default_value_t = 0)]
         hotplug_latency_ms: u64,
+        /// Also run the suite: the CSI driver (controller and one node
+        /// plugin per worker), the cloud controller manager, and the CSI
+        /// sidecar and kubelet stand-ins (binaries built with `cargo build --bins`).
+        #[arg(long)]
+        suite: bool,
     },
-    /// Narrate a hotplug and a load balancer in a throw-away lab.
+    /// Narrate a guest volume and a guest load balancer in a throw-away lab.
     Demo {
         /// Do not emulate hotplugged disks as loop devices.
         #[arg(long)]
@@ -82,6 +90,7 @@ async fn main() -> ExitCode {
             infra_namespace,
             infra_labels,
             hotplug_latency_ms,
+            suite,
         } => {
             let labels = match infra_labels {
                 Some(list) => {
@@ -95,15 +104,18 @@ async fn main() -> ExitCode {
             };
             match labels {
                 Ok(infra_labels) => {
-                    up(LabConfig {
-                        dir,
-                        vms,
-                        devices: !no_devices,
-                        hotplug_step_latency: Duration::from_millis(hotplug_latency_ms),
-                        cluster_name,
-                        infra_namespace,
-                        infra_labels,
-                    })
+                    up(
+                        LabConfig {
+                            dir,
+                            vms,
+                            devices: !no_devices,
+                            hotplug_step_latency: Duration::from_millis(hotplug_latency_ms),
+                            cluster_name,
+                            infra_namespace,
+                            infra_labels,
+                        },
+                        suite,
+                    )
                     .await
                 }
                 Err(e) => Err(e),
@@ -120,12 +132,23 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn up(cfg: LabConfig) -> Result<(), LabError> {
+async fn up(cfg: LabConfig, with_suite: bool) -> Result<(), LabError> {
     let mut term = signal(SignalKind::terminate())
         .map_err(LabError::io("install SIGTERM handler for", "lab"))?;
     let mut int = signal(SignalKind::interrupt())
         .map_err(LabError::io("install SIGINT handler for", "lab"))?;
     let lab = Lab::start(cfg).await?;
+    let suite = if with_suite {
+        match Suite::start(&lab, &SuiteConfig::default()).await {
+            Ok(suite) => Some(suite),
+            Err(e) => {
+                let _ = lab.shutdown().await;
+                return Err(e);
+            }
+        }
+    } else {
+        None
+    };
     let ready = lab.dir.join("ready");
     std::fs::write(
         &ready,
@@ -153,6 +176,14 @@ async fn up(cfg: LabConfig) -> Result<(), LabError> {
         lab.nodes.join(" ")
     );
     println!("  environment: {}", lab.env_file().display());
+    for daemon in suite.iter().flat_map(Suite::daemons) {
+        println!(
+            "  {} (pid {}) logs to {}",
+            daemon.name(),
+            daemon.pid().unwrap_or_default(),
+            daemon.log_path().display()
+        );
+    }
     println!(
         "try: kubectl --kubeconfig {} get vm,vmi,pods -n {}",
         lab.infra_kubeconfig.display(),
@@ -163,12 +194,19 @@ async fn up(cfg: LabConfig) -> Result<(), LabError> {
         _ = int.recv() => tracing::info!("SIGINT: shutting down"),
     }
     let _ = std::fs::remove_file(&ready);
-    lab.shutdown().await
+    let stopped = match suite {
+        Some(suite) => suite.stop().await,
+        None => Ok(()),
+    };
+    let shutdown = lab.shutdown().await;
+    stopped.and(shutdown)
 }
 
 async fn run_demo(no_devices: bool) -> Result<(), LabError> {
     let timeline = Timeline::new();
-    timeline.section("starting a lab (infra + guest API servers, simulators, 2 worker VMs)");
+    timeline.section(
+        "starting a lab (infra + guest API servers, simulators, 2 worker VMs) and the suite",
+    );
     let lab = Lab::start(LabConfig {
         vms: 2,
         devices: !no_devices,
@@ -181,7 +219,28 @@ async fn run_demo(no_devices: bool) -> Result<(), LabError> {
         lab.infra_namespace,
         lab.nodes.join(", ")
     ));
-    let result = demo::run(&lab, &timeline, &demo::steps()).await;
+    let suite = match Suite::start(&lab, &SuiteConfig::default()).await {
+        Ok(suite) => suite,
+        Err(e) => {
+            let _ = lab.shutdown().await;
+            return Err(e);
+        }
+    };
+    for daemon in suite.daemons() {
+        timeline.event(format!(
+            "started {} (pid {}), log {}",
+            daemon.name(),
+            daemon.pid().unwrap_or_default(),
+            daemon.log_path().display()
+        ));
+    }
+    let demo = Demo { lab, suite };
+    let result = demo::run(&demo, &timeline, &demo::steps()).await;
+    if result.is_err() {
+        eprintln!("daemon logs (last lines):\n{}", demo.suite.log_tails(30));
+    }
+    let Demo { lab, suite } = demo;
+    let stopped = suite.stop().await;
     let shutdown = lab.shutdown().await;
-    result.and(shutdown)
+    result.and(stopped).and(shutdown)
 }

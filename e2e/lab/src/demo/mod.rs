@@ -1,7 +1,9 @@
-//! `lab demo`: a narrated run through what the infra side of the lab does,
-//! as a list of [`Step`]s over a running [`Lab`], each printing a timeline of
-//! what it observes through watches. Later steps (the CSI driver, the cloud
-//! provider) are added by appending to [`steps`].
+//! `lab demo`: a narrated run of the suite in a throw-away lab. A guest
+//! PersistentVolumeClaim becomes an infra DataVolume, is hotplugged into the
+//! worker VM its pod runs on, formatted, mounted and written, then read back
+//! from a pod on the other worker; a guest LoadBalancer Service becomes an
+//! infra Service and gets its address. Every [`Step`] follows the objects
+//! through watches and prints what it sees on the [`Timeline`].
 
 pub mod steps;
 pub mod timeline;
@@ -11,36 +13,43 @@ use std::pin::Pin;
 
 pub use timeline::Timeline;
 
+use crate::suite::Suite;
 use crate::{Lab, LabError};
 
 /// What a step returns.
 pub type StepFuture<'a> = Pin<Box<dyn Future<Output = Result<(), LabError>> + Send + 'a>>;
 
+/// A lab with the suite running on it: what the steps act on.
+pub struct Demo {
+    pub lab: Lab,
+    pub suite: Suite,
+}
+
 /// One titled part of the demo.
 pub struct Step {
     pub title: &'static str,
-    pub run: for<'a> fn(&'a Lab, &'a Timeline) -> StepFuture<'a>,
+    pub run: for<'a> fn(&'a Demo, &'a Timeline) -> StepFuture<'a>,
 }
 
 /// The demo's steps, in order.
 pub fn steps() -> Vec<Step> {
     vec![
         Step {
-            title: "an infra DataVolume, hotplugged into a worker VM and unplugged again",
-            run: |lab, t| Box::pin(steps::hotplug(lab, t)),
+            title: "a guest PersistentVolumeClaim: provisioned, attached, mounted, written, read back",
+            run: |demo, t| Box::pin(steps::volume(demo, t)),
         },
         Step {
-            title: "an infra LoadBalancer Service getting its addresses and endpoints",
-            run: |lab, t| Box::pin(steps::load_balancer(lab, t)),
+            title: "a guest LoadBalancer Service: mirrored into the infra cluster, given an address",
+            run: |demo, t| Box::pin(steps::load_balancer(demo, t)),
         },
     ]
 }
 
 /// Runs `steps` in order, stopping at the first failure.
-pub async fn run(lab: &Lab, timeline: &Timeline, steps: &[Step]) -> Result<(), LabError> {
+pub async fn run(demo: &Demo, timeline: &Timeline, steps: &[Step]) -> Result<(), LabError> {
     for (i, step) in steps.iter().enumerate() {
         timeline.section(&format!("step {}: {}", i + 1, step.title));
-        (step.run)(lab, timeline).await?;
+        (step.run)(demo, timeline).await?;
     }
     timeline.section("done");
     Ok(())
