@@ -97,7 +97,23 @@ pub fn json_patch(target: &mut Value, patch: &Value) -> Result<(), PatchError> {
     }
     let parsed: json_patch::Patch = serde_json::from_value(patch.clone())
         .map_err(|e| PatchError::Unprocessable(e.to_string()))?;
-    json_patch::patch(target, &parsed).map_err(|e| describe_json_patch_error(&parsed, &e))
+    // As in the API server's JSON patch library, `test` of a missing path
+    // against `null` succeeds (kube-runtime's finalizer helper relies on it
+    // when an object has no finalizers yet). Operations run in order, so
+    // each such test is decided on the document as the earlier ones left it.
+    let mut doc = target.clone();
+    for op in &parsed.0 {
+        if let json_patch::PatchOperation::Test(test) = op
+            && test.value.is_null()
+            && doc.pointer(test.path.as_str()).is_none()
+        {
+            continue;
+        }
+        let single = json_patch::Patch(vec![op.clone()]);
+        json_patch::patch(&mut doc, &single).map_err(|e| describe_json_patch_error(&single, &e))?;
+    }
+    *target = doc;
+    Ok(())
 }
 
 fn describe_json_patch_error(patch: &json_patch::Patch, e: &json_patch::PatchError) -> PatchError {
@@ -217,6 +233,33 @@ mod tests {
         assert!(matches!(err, PatchError::TestFailed(_)), "{err:?}");
         assert_eq!(err.status_code(), 422);
         assert_eq!(doc, before, "a failed patch leaves the document unchanged");
+    }
+
+    #[test]
+    fn json_patch_test_of_a_missing_path_against_null_succeeds() {
+        // What kube-runtime's finalizer helper sends for an object without finalizers.
+        let mut doc = json!({"metadata": {"name": "a"}});
+        json_patch(
+            &mut doc,
+            &json!([
+                {"op": "test", "path": "/metadata/finalizers", "value": null},
+                {"op": "add", "path": "/metadata/finalizers", "value": ["x"]},
+            ]),
+        )
+        .expect("a missing path tests equal to null");
+        assert_eq!(doc, json!({"metadata": {"name": "a", "finalizers": ["x"]}}));
+        // Now the path exists: the same test fails and nothing changes.
+        let before = doc.clone();
+        let err = json_patch(
+            &mut doc,
+            &json!([
+                {"op": "test", "path": "/metadata/finalizers", "value": null},
+                {"op": "add", "path": "/metadata/finalizers", "value": ["y"]},
+            ]),
+        )
+        .expect_err("an existing value is not null");
+        assert!(matches!(err, PatchError::TestFailed(_)), "{err:?}");
+        assert_eq!(doc, before);
     }
 
     #[test]
