@@ -1,7 +1,8 @@
 //! Waiting by watching: [`until`] follows one named object through a watch
 //! and returns as soon as a predicate accepts its state (or its absence);
 //! [`file_exists`] watches a directory with inotify until a file appears or
-//! goes. Both are bounded by a timeout. Used by the lab, the demo and tests.
+//! goes. Both are bounded by a timeout; [`pod_ready`] is the usual check
+//! for a pod. Used by the lab, the demo and tests.
 
 use std::fmt::Debug;
 use std::path::Path;
@@ -10,6 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
 use kube::Resource;
 use kube::api::Api;
 use kube::runtime::watcher::{self, Event};
@@ -17,6 +19,19 @@ use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 use serde::de::DeserializeOwned;
 
 use crate::LabError;
+
+/// Whether `pod` runs and is Ready (a check for [`until`]).
+pub fn pod_ready(pod: Option<&Pod>) -> Option<()> {
+    pod.and_then(|p| p.status.as_ref())
+        .filter(|s| s.phase.as_deref() == Some("Running"))
+        .filter(|s| {
+            s.conditions
+                .iter()
+                .flatten()
+                .any(|c| c.type_ == "Ready" && c.status == "True")
+        })
+        .map(|_| ())
+}
 
 /// Watches `name` in `api` and returns the first `Some` that `check` gives for
 /// its current state (`None` while it does not exist), failing after `timeout`.

@@ -179,18 +179,7 @@ async fn run_pod(
     if let Some(link) = link {
         t.event(format!("guest {node} sees {link}"));
     }
-    wait::until(&pods, name, TIMEOUT, |p| {
-        p.and_then(|p| p.status.as_ref())
-            .filter(|s| s.phase.as_deref() == Some("Running"))
-            .filter(|s| {
-                s.conditions
-                    .iter()
-                    .flatten()
-                    .any(|c| c.type_ == "Ready" && c.status == "True")
-            })
-            .map(|_| ())
-    })
-    .await?;
+    wait::until(&pods, name, TIMEOUT, wait::pod_ready).await?;
     t.event(format!("guest: pod {name} Running and Ready"));
     Ok(pod.uid().unwrap_or_default())
 }

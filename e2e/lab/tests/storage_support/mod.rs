@@ -465,18 +465,7 @@ impl Storage {
 
     /// Waits until pod `name` runs and is ready.
     pub async fn running(&self, name: &str) -> anyhow::Result<()> {
-        let result = wait::until(&self.pods(), name, WAIT, |p| {
-            p.and_then(|p| p.status.as_ref())
-                .filter(|s| s.phase.as_deref() == Some("Running"))
-                .filter(|s| {
-                    s.conditions
-                        .iter()
-                        .flatten()
-                        .any(|c| c.type_ == "Ready" && c.status == "True")
-                })
-                .map(|_| ())
-        })
-        .await;
+        let result = wait::until(&self.pods(), name, WAIT, wait::pod_ready).await;
         if let Err(e) = result {
             let events = self.events_of(name).await.unwrap_or_default();
             bail!(
