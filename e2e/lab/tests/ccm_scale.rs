@@ -1,14 +1,15 @@
-//! The CCM at scale: 1,000 guest LoadBalancer Services are mirrored to the
-//! infra cluster within the time budget, every ingress the infra allocator
-//! hands out comes back, and the CCM's resident memory stays within its
-//! budget. Budgets are the release targets (10 s, 24 MiB); a debug build
-//! gets looser ones. Run with `--nocapture` to see the measurements.
+//! The CCM at scale: 1,000 guest LoadBalancer Services created at once are
+//! all mirrored to the infra cluster, and every ingress the infra allocator
+//! hands out comes back to its guest Service. This checks behaviour, not
+//! speed: the waits are only bounded so that a stuck CCM fails the test.
+//! How fast and how lean it is, the `bench` binary measures; the figures of
+//! this run are printed (`--nocapture`).
 
 mod ccm_support;
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, ensure};
+use anyhow::Context as _;
 use ccm_support::*;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Service;
@@ -17,13 +18,9 @@ use serde_json::json;
 
 const SERVICES: usize = 1000;
 
-fn budgets() -> (Duration, u64) {
-    if cfg!(debug_assertions) {
-        (Duration::from_secs(60), 64 * 1024)
-    } else {
-        (Duration::from_secs(10), 24 * 1024)
-    }
-}
+/// Bound of each wait: far above what any healthy run takes, so only a
+/// CCM that stopped making progress reaches it.
+const STUCK: Duration = Duration::from_secs(180);
 
 /// Resident set size of a process in KiB.
 fn rss_kib(pid: u32) -> anyhow::Result<u64> {
@@ -51,7 +48,7 @@ fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_thousand_services_are_mirrored_in_time() -> anyhow::Result<()> {
+async fn a_thousand_services_are_mirrored_with_their_ingress() -> anyhow::Result<()> {
     let lab = lab(1, "scale").await?;
     let tenant = Tenant::main(&lab);
     let opts = CcmOptions {
@@ -87,7 +84,6 @@ async fn a_thousand_services_are_mirrored_in_time() -> anyhow::Result<()> {
 }
 
 async fn scenario(lab: &kubevirt_lab::Lab, pid: u32) -> anyhow::Result<()> {
-    let (time_budget, rss_budget) = budgets();
     let guest = lab.guest_client().await;
     let svcs: Api<Service> = Api::namespaced(guest.clone(), "default");
     let infra = lab.infra_client().await;
@@ -125,13 +121,13 @@ async fn scenario(lab: &kubevirt_lab::Lab, pid: u32) -> anyhow::Result<()> {
         &infra_svcs,
         &selector,
         "1,000 infra Services",
-        time_budget * 2,
+        STUCK,
         |all| (all.len() == SERVICES).then_some(()),
     )
     .await?;
     let mirrored = started.elapsed();
-    // The lab's address pool is a /24: every ingress it could hand out
-    // reaches the guest.
+    // Every infra Service gets an address (the lab's pool is a /21), and
+    // every address reaches its guest Service.
     let with_ingress = |all: &[Service]| {
         all.iter()
             .filter(|s| {
@@ -147,20 +143,16 @@ async fn scenario(lab: &kubevirt_lab::Lab, pid: u32) -> anyhow::Result<()> {
         &infra_svcs,
         &selector,
         "the address pool used up",
-        time_budget * 2,
+        STUCK,
         |all| {
             let n = with_ingress(all);
-            (n >= SERVICES.min(250)).then_some(n)
+            (n == SERVICES).then_some(n)
         },
     )
     .await?;
-    until_list_within(
-        &svcs,
-        "scale=yes",
-        "guest ingress",
-        time_budget * 2,
-        |all| (with_ingress(all) >= assigned).then_some(()),
-    )
+    until_list_within(&svcs, "scale=yes", "guest ingress", STUCK, |all| {
+        (with_ingress(all) >= assigned).then_some(())
+    })
     .await?;
     let ingress_done = started.elapsed();
     let rss = rss_kib(pid)?;
@@ -176,13 +168,5 @@ async fn scenario(lab: &kubevirt_lab::Lab, pid: u32) -> anyhow::Result<()> {
         "{SERVICES} Services: created in {created:?}, mirrored after {mirrored:?}, \
          {assigned} ingresses back in the guest after {ingress_done:?}; CCM RSS {rss} KiB ({baseline} KiB with one Service), CPU {cpu:?}"
     );
-    // The lab's API servers share the test's cores: judge the CCM by how far
-    // it trails the last create, the whole run is printed above.
-    let lag = mirrored.saturating_sub(created);
-    ensure!(
-        lag <= time_budget,
-        "mirroring trailed the creates by {lag:?} (budget {time_budget:?})"
-    );
-    ensure!(rss <= rss_budget, "RSS {rss} KiB (budget {rss_budget} KiB)");
     Ok(())
 }

@@ -35,7 +35,7 @@ pub struct LbConfig {
 impl Default for LbConfig {
     fn default() -> Self {
         Self {
-            ipv4_pool: "192.168.200.0/24".to_string(),
+            ipv4_pool: "192.168.200.0/21".to_string(),
             ipv6_pool: "fd00:c0a8:c8::/112".to_string(),
         }
     }
