@@ -145,8 +145,10 @@ async fn scenario(
     let ((infra_svc, t_infra), (guest_svc, t_guest)) = tokio::try_join!(infra_seen, guest_seen)?;
     let lag = t_guest.saturating_duration_since(t_infra);
     println!("ingress reached the guest {lag:?} after the infra cluster assigned it");
+    // Watched, not polled: far below the 5 s creationPollInterval a poller
+    // would need (the speed itself is the benchmark's to measure).
     ensure!(
-        lag < Duration::from_secs(1),
+        lag < Duration::from_secs(3),
         "ingress took {lag:?} to reach the guest"
     );
     ensure!(
