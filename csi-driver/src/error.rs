@@ -118,13 +118,46 @@ pub fn is_conflict(err: &kube::Error) -> bool {
 
 impl From<Error> for Status {
     fn from(err: Error) -> Status {
-        Status::new(err.code(), err.to_string())
+        Status::new(err.code(), bounded_message(err.to_string()))
     }
+}
+
+/// Longest status message sent, in bytes. Messages quote request fields,
+/// and a status travels in an HTTP/2 header (`grpc-message`, percent-
+/// encoded): an echoed 20 KB volume id would exceed the client's header
+/// limit and turn a precise code into a protocol error.
+pub const MAX_STATUS_MESSAGE: usize = 1024;
+
+/// `message` cut to [`MAX_STATUS_MESSAGE`] bytes at a character boundary,
+/// saying how much was left out.
+pub fn bounded_message(message: String) -> String {
+    if message.len() <= MAX_STATUS_MESSAGE {
+        return message;
+    }
+    let mut end = MAX_STATUS_MESSAGE;
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!(
+        "{}... ({} more bytes)",
+        &message[..end],
+        message.len() - end
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_messages_are_cut_at_a_character_boundary() {
+        assert_eq!(bounded_message("short".into()), "short");
+        let long = format!("volume {} not found", "é".repeat(2000));
+        let cut = bounded_message(long.clone());
+        assert!(cut.len() < MAX_STATUS_MESSAGE + 40, "{}", cut.len());
+        assert!(cut.starts_with("volume éé"));
+        assert!(cut.ends_with("more bytes)"), "{cut}");
+    }
 
     fn api(code: u16, message: &str) -> kube::Error {
         kube::Error::Api(Box::new(kube::core::Status {

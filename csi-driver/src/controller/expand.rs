@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use super::ControllerService;
 use super::capability::{check_capability, required};
 use super::infra::claim_sizes;
-use super::volume::capacity_bounds;
+use super::volume::{capacity_bounds, check_supported_size};
 use crate::error::{Error, Result};
 
 /// The claim belongs to the DataVolume with `uid` or carries the tenant labels.
@@ -54,6 +54,7 @@ pub(super) async fn expand_volume(
             "capacity_range must set required_bytes or limit_bytes".into(),
         ));
     }
+    check_supported_size(want)?;
     let block = match &req.volume_capability {
         Some(cap) => check_capability(cap)?.block,
         None => false,

@@ -2,7 +2,9 @@
 //! makes (create/get/delete a DataVolume, hotplug and unplug, resize the
 //! claim, create/get/delete a VolumeSnapshot), each scoped to the tenant's
 //! namespace and each mapped to [`Error`] with what it was doing. Reads of
-//! the current state go through the [`super::index::Index`] instead.
+//! the current state go through the [`super::index::Index`] instead. A name
+//! that cannot be an object name (a hostile or garbled id) is never sent: no
+//! such object can exist, so the read answers "absent".
 
 use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
@@ -15,6 +17,7 @@ use kubevirt_infra::snapshot::VolumeSnapshot;
 use serde_json::json;
 use tokio::time::Instant;
 
+use super::capability::is_object_name;
 use super::quantity::{format_bytes, parse_bytes};
 use crate::error::{Error, Result, is_not_found};
 
@@ -75,6 +78,9 @@ impl Infra {
     }
 
     pub async fn get_data_volume(&self, name: &str) -> Result<Option<DataVolume>> {
+        if !is_object_name(name) {
+            return Ok(None);
+        }
         optional(
             self.dvs.get(name).await,
             format!("reading DataVolume {name}"),
@@ -98,6 +104,9 @@ impl Infra {
     }
 
     pub async fn get_vm(&self, name: &str) -> Result<Option<VirtualMachine>> {
+        if !is_object_name(name) {
+            return Ok(None);
+        }
         optional(
             self.vms.get(name).await,
             format!("reading VirtualMachine {name}"),
@@ -135,6 +144,9 @@ impl Infra {
     }
 
     pub async fn get_claim(&self, name: &str) -> Result<Option<PersistentVolumeClaim>> {
+        if !is_object_name(name) {
+            return Ok(None);
+        }
         optional(
             self.pvcs.get(name).await,
             format!("reading PersistentVolumeClaim {name}"),
@@ -195,6 +207,9 @@ impl Infra {
     }
 
     pub async fn get_snapshot(&self, name: &str) -> Result<Option<VolumeSnapshot>> {
+        if !is_object_name(name) {
+            return Ok(None);
+        }
         optional(
             self.snapshots.get(name).await,
             format!("reading VolumeSnapshot {name}"),

@@ -37,6 +37,7 @@ pub fn capacity_bounds(range: Option<&CapacityRange>) -> Result<(i64, i64)> {
             "capacity_range must not be negative".into(),
         ));
     }
+    check_supported_size(r.required_bytes)?;
     if r.limit_bytes > 0 && r.required_bytes > r.limit_bytes {
         return Err(Error::InvalidArgument(format!(
             "capacity_range required_bytes {} exceeds limit_bytes {}",
@@ -44,6 +45,21 @@ pub fn capacity_bounds(range: Option<&CapacityRange>) -> Result<(i64, i64)> {
         )));
     }
     Ok((r.required_bytes, r.limit_bytes))
+}
+
+/// The largest volume provisioned or grown to: 1 EiB, the most an ext4
+/// filesystem can hold. A request beyond it can never be satisfied, so it is
+/// refused at once instead of waiting for storage that will not come.
+pub const MAX_VOLUME_BYTES: i64 = 1 << 60;
+
+/// OutOfRange for a size beyond [`MAX_VOLUME_BYTES`].
+pub fn check_supported_size(bytes: i64) -> Result<()> {
+    if bytes > MAX_VOLUME_BYTES {
+        return Err(Error::OutOfRange(format!(
+            "{bytes} bytes is more than the largest supported volume ({MAX_VOLUME_BYTES} bytes)"
+        )));
+    }
+    Ok(())
 }
 
 /// The size to provision: the required bytes, else the source's size, else
@@ -275,6 +291,14 @@ mod tests {
             volume_size(Some(&range(-1, 0)), None),
             Err(Error::InvalidArgument(_))
         ));
+        assert!(matches!(
+            volume_size(Some(&range(i64::MAX, 0)), None),
+            Err(Error::OutOfRange(_))
+        ));
+        assert_eq!(
+            volume_size(Some(&range(MAX_VOLUME_BYTES, i64::MAX)), None).expect("ok"),
+            MAX_VOLUME_BYTES
+        );
     }
 
     #[test]

@@ -160,7 +160,7 @@ impl NodeError {
 
 impl From<NodeError> for Status {
     fn from(err: NodeError) -> Self {
-        Status::new(err.code(), err.to_string())
+        Status::new(err.code(), crate::error::bounded_message(err.to_string()))
     }
 }
 
