@@ -12,7 +12,7 @@ pub const DEFAULT_BUDGET: Duration = Duration::from_secs(120);
 
 /// Parse a `grpc-timeout` value (`<digits><unit>`, units H M S m u n).
 pub fn parse_grpc_timeout(v: &str) -> Option<Duration> {
-    if v.len() < 2 || v.len() > 9 {
+    if v.len() < 2 || v.len() > 9 || !v.is_ascii() {
         return None;
     }
     let (digits, unit) = v.split_at(v.len() - 1);
