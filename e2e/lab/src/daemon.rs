@@ -22,7 +22,8 @@ use crate::LabError;
 pub const DROP_GRACE: Duration = Duration::from_secs(5);
 
 /// The path of workspace binary `name` built by cargo: next to the running
-/// executable, or one level up when that is a test in `target/<profile>/deps/`.
+/// executable, or one level up when that is a test or an example
+/// (`target/<profile>/deps/`, `target/<profile>/examples/`).
 /// `LAB_BIN_DIR` overrides the directory.
 pub fn binary(name: &str) -> PathBuf {
     if let Some(dir) = std::env::var_os("LAB_BIN_DIR") {
@@ -30,7 +31,10 @@ pub fn binary(name: &str) -> PathBuf {
     }
     let exe = std::env::current_exe().unwrap_or_default();
     let mut dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
-    if dir.file_name().is_some_and(|n| n == "deps") {
+    if dir
+        .file_name()
+        .is_some_and(|n| n == "deps" || n == "examples")
+    {
         dir.pop();
     }
     dir.join(name)

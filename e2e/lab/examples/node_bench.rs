@@ -1,0 +1,328 @@
+//! Benchmark of the CSI node plugin against the targets of its issue, on
+//! real loop devices: its resident memory at rest, NodeStageVolume of an
+//! already formatted device, and how soon a hotplugged disk that appears
+//! while NodeStageVolume waits for it is seen (inotify, not a poll).
+//!
+//! The plugin runs as the real `kubevirt-csi-driver` process in node mode,
+//! reading its Node from a lab guest cluster. Needs root (losetup, mount).
+//!
+//!     cargo build --release -p kubevirt-csi-driver
+//!     cargo run --release -p kubevirt-lab --example node_bench [-- --rounds N --json]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail, ensure};
+use clap::Parser;
+use kubevirt_csi_proto::v1::node_client::NodeClient;
+use kubevirt_csi_proto::v1::volume_capability::{AccessMode, AccessType, MountVolume, access_mode};
+use kubevirt_csi_proto::v1::{
+    NodeGetInfoRequest, NodeStageVolumeRequest, NodeUnstageVolumeRequest, VolumeCapability,
+};
+use kubevirt_lab::daemon::{self, Daemon};
+use kubevirt_lab::{Lab, LabConfig, wait};
+use lab_guest::kubelet::GuestNode;
+use serde_json::json;
+use tonic::transport::Channel;
+
+#[derive(Parser, Debug)]
+#[command(about = "Benchmark the kubevirt-csi-driver node plugin")]
+struct Args {
+    /// Stage/unstage rounds per measurement.
+    #[arg(long, default_value_t = 30)]
+    rounds: usize,
+    /// Size of each test disk in MiB.
+    #[arg(long, default_value_t = 64)]
+    disk_mib: u64,
+    /// How long after NodeStageVolume starts waiting the disk appears.
+    #[arg(long, default_value_t = 50)]
+    appear_after_ms: u64,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// A sparse file on a loop device, formatted ext4; detached on drop.
+struct Disk {
+    device: PathBuf,
+}
+
+impl Disk {
+    fn new(backing: &Path, mib: u64) -> anyhow::Result<Disk> {
+        std::fs::File::create(backing)?.set_len(mib << 20)?;
+        let out = Command::new("losetup")
+            .args(["--find", "--show"])
+            .arg(backing)
+            .output()
+            .context("run losetup (root needed)")?;
+        ensure!(
+            out.status.success(),
+            "losetup: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let device = PathBuf::from(String::from_utf8(out.stdout)?.trim());
+        let disk = Disk { device };
+        let mkfs = Command::new("mkfs.ext4")
+            .args(["-q", "-F"])
+            .arg(&disk.device)
+            .status()
+            .context("run mkfs.ext4")?;
+        ensure!(mkfs.success(), "mkfs.ext4 failed");
+        Ok(disk)
+    }
+}
+
+impl Drop for Disk {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").arg("-d").arg(&self.device).status();
+    }
+}
+
+fn ext4_rwo() -> VolumeCapability {
+    VolumeCapability {
+        access_type: Some(AccessType::Mount(MountVolume {
+            fs_type: "ext4".into(),
+            ..Default::default()
+        })),
+        access_mode: Some(AccessMode {
+            mode: access_mode::Mode::SingleNodeWriter as i32,
+        }),
+    }
+}
+
+fn stage_request(volume: &str, staging: &Path, serial: &str) -> NodeStageVolumeRequest {
+    NodeStageVolumeRequest {
+        volume_id: volume.to_string(),
+        staging_target_path: staging.to_string_lossy().into_owned(),
+        volume_capability: Some(ext4_rwo()),
+        volume_context: HashMap::from([
+            ("serial".to_string(), serial.to_string()),
+            ("bus".to_string(), "scsi".to_string()),
+        ]),
+        ..Default::default()
+    }
+}
+
+fn link_path(node: &GuestNode, serial: &str) -> PathBuf {
+    node.device_dir
+        .join("disk/by-id")
+        .join(format!("scsi-0QEMU_QEMU_HARDDISK_{serial}"))
+}
+
+fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no VmRSS")
+}
+
+fn quantile_ms(samples: &mut [Duration], p: f64) -> f64 {
+    samples.sort();
+    let i = ((samples.len().saturating_sub(1)) as f64 * p).round() as usize;
+    samples.get(i).copied().unwrap_or_default().as_secs_f64() * 1e3
+}
+
+struct Measured {
+    rss_idle_kib: u64,
+    stage: Vec<Duration>,
+    appear: Vec<Duration>,
+}
+
+async fn measure(
+    args: &Args,
+    node: &GuestNode,
+    plugin: &Daemon,
+    mut client: NodeClient<Channel>,
+    dir: &Path,
+) -> anyhow::Result<Measured> {
+    client.node_get_info(NodeGetInfoRequest {}).await?;
+    let pid = plugin.pid().context("plugin pid")?;
+    let rss_idle_kib = rss_kib(pid)?;
+
+    let by_id = node.device_dir.join("disk/by-id");
+    std::fs::create_dir_all(&by_id)?;
+    let disk = Disk::new(&dir.join("disk.img"), args.disk_mib)?;
+    let staging = dir.join("staging");
+
+    // NodeStageVolume of a formatted device already present.
+    let mut stage = Vec::new();
+    for i in 0..args.rounds {
+        let serial = format!("bench-present-{i}");
+        let link = link_path(node, &serial);
+        std::os::unix::fs::symlink(&disk.device, &link)?;
+        let t = Instant::now();
+        client
+            .node_stage_volume(stage_request(&format!("pvc-p{i}"), &staging, &serial))
+            .await?;
+        stage.push(t.elapsed());
+        client
+            .node_unstage_volume(NodeUnstageVolumeRequest {
+                volume_id: format!("pvc-p{i}"),
+                staging_target_path: staging.to_string_lossy().into_owned(),
+            })
+            .await?;
+        std::fs::remove_file(&link)?;
+    }
+
+    // The disk appears while NodeStageVolume waits for it: the time from
+    // the link appearing to the call returning, less a typical stage.
+    let mut appear = Vec::new();
+    for i in 0..args.rounds {
+        let serial = format!("bench-late-{i}");
+        let link = link_path(node, &serial);
+        let mut c = client.clone();
+        let req = stage_request(&format!("pvc-l{i}"), &staging, &serial);
+        let call = tokio::spawn(async move { c.node_stage_volume(req).await });
+        // The plugin must be waiting before the disk arrives (a late hotplug).
+        tokio::time::sleep(Duration::from_millis(args.appear_after_ms)).await;
+        std::os::unix::fs::symlink(&disk.device, &link)?;
+        let appeared = Instant::now();
+        call.await??;
+        appear.push(appeared.elapsed());
+        client
+            .node_unstage_volume(NodeUnstageVolumeRequest {
+                volume_id: format!("pvc-l{i}"),
+                staging_target_path: staging.to_string_lossy().into_owned(),
+            })
+            .await?;
+        std::fs::remove_file(&link)?;
+    }
+    Ok(Measured {
+        rss_idle_kib,
+        stage,
+        appear,
+    })
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let binary = daemon::binary("kubevirt-csi-driver");
+    if !binary.exists() {
+        bail!(
+            "{} is not built; run `cargo build --release -p kubevirt-csi-driver`",
+            binary.display()
+        );
+    }
+    let lab = Lab::start(LabConfig {
+        vms: 1,
+        devices: false,
+        ..LabConfig::default()
+    })
+    .await?;
+    let name = lab.nodes[0].clone();
+    let node = GuestNode::new(&name, &lab.dir.join("nodes").join(&name));
+    node.prepare()?;
+    let sysfs = lab.dir.join("empty-sysfs");
+    std::fs::create_dir_all(&sysfs)?;
+    let mut plugin = daemon::spawn(
+        "kubevirt-csi-driver",
+        node.plugin_args(&lab.guest_kubeconfig)
+            .into_iter()
+            .chain([format!("--sysfs-dir={}", sysfs.display())]),
+        [("RUST_LOG", "warn")],
+        &lab.dir.join("node-plugin.log"),
+    )?;
+    wait::file_exists(&node.csi_socket, true, Duration::from_secs(30)).await?;
+    let channel = lab_guest::connect(&node.csi_socket).await?;
+    let work = lab.dir.join("bench");
+    std::fs::create_dir_all(&work)?;
+    let result = measure(&args, &node, &plugin, NodeClient::new(channel), &work).await;
+    let log = plugin.log();
+    plugin.terminate(Duration::from_secs(5)).await?;
+    lab.shutdown().await?;
+    let mut m = result.with_context(|| format!("node plugin log:\n{log}"))?;
+
+    let stage_p50 = quantile_ms(&mut m.stage, 0.5);
+    let stage_p99 = quantile_ms(&mut m.stage, 0.99);
+    let appear_p50 = quantile_ms(&mut m.appear, 0.5);
+    let appear_p99 = quantile_ms(&mut m.appear, 0.99);
+    let seen_p50 = (appear_p50 - stage_p50).max(0.0);
+    let rss_mib = m.rss_idle_kib as f64 / 1024.0;
+    let rows = [
+        (
+            "node plugin RSS at rest",
+            rss_mib,
+            "MiB",
+            "<= 8",
+            rss_mib <= 8.0,
+        ),
+        (
+            "NodeStage of a formatted device p50",
+            stage_p50,
+            "ms",
+            "<= 50",
+            stage_p50 <= 50.0,
+        ),
+        (
+            "NodeStage of a formatted device p99",
+            stage_p99,
+            "ms",
+            "",
+            true,
+        ),
+        (
+            "disk appears -> NodeStage returns p50",
+            appear_p50,
+            "ms",
+            "",
+            true,
+        ),
+        (
+            "disk appears -> NodeStage returns p99",
+            appear_p99,
+            "ms",
+            "",
+            true,
+        ),
+        (
+            "disk appears -> seen (p50, less a stage)",
+            seen_p50,
+            "ms",
+            "<= 10",
+            seen_p50 <= 10.0,
+        ),
+    ];
+    let cores = std::thread::available_parallelism().map_or(0, usize::from);
+    if args.json {
+        let results: Vec<_> = rows
+            .iter()
+            .map(|(metric, value, unit, target, met)| {
+                json!({"metric": metric, "value": value, "unit": unit, "target": target, "met": met})
+            })
+            .collect();
+        println!(
+            "{}",
+            json!({"machine": {"cores": cores},
+                   "parameters": {"rounds": args.rounds, "disk_mib": args.disk_mib,
+                                  "appear_after_ms": args.appear_after_ms},
+                   "results": results})
+        );
+        return Ok(());
+    }
+    println!("CSI node plugin benchmark ({})", binary.display());
+    println!("machine: {cores} cores");
+    println!(
+        "parameters: rounds={} disk_mib={} appear_after_ms={}",
+        args.rounds, args.disk_mib, args.appear_after_ms
+    );
+    println!();
+    println!(
+        "| {:<42} | {:>8} | {:<4} | {:<6} | {:<3} |",
+        "metric", "value", "unit", "target", "met"
+    );
+    println!("|{:-<44}|{:->10}|{:-<6}|{:-<8}|{:-<5}|", "", "", "", "", "");
+    for (metric, value, unit, target, met) in rows {
+        let met = match (target.is_empty(), met) {
+            (true, _) => "",
+            (false, true) => "yes",
+            (false, false) => "no",
+        };
+        println!("| {metric:<42} | {value:>8.2} | {unit:<4} | {target:<6} | {met:<3} |");
+    }
+    Ok(())
+}
