@@ -111,13 +111,14 @@ fn link_path(node: &GuestNode, serial: &str) -> PathBuf {
         .join(format!("scsi-0QEMU_QEMU_HARDDISK_{serial}"))
 }
 
-fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+/// A `/proc/<pid>/status` field in KiB (`VmRSS`, `RssAnon`, `RssFile`).
+fn status_kib(pid: u32, field: &str) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .context("no VmRSS")
+        .with_context(|| format!("no {field}"))
 }
 
 fn quantile_ms(samples: &mut [Duration], p: f64) -> f64 {
@@ -128,6 +129,7 @@ fn quantile_ms(samples: &mut [Duration], p: f64) -> f64 {
 
 struct Measured {
     rss_idle_kib: u64,
+    rss_anon_kib: u64,
     stage: Vec<Duration>,
     appear: Vec<Duration>,
 }
@@ -141,7 +143,8 @@ async fn measure(
 ) -> anyhow::Result<Measured> {
     client.node_get_info(NodeGetInfoRequest {}).await?;
     let pid = plugin.pid().context("plugin pid")?;
-    let rss_idle_kib = rss_kib(pid)?;
+    let rss_idle_kib = status_kib(pid, "VmRSS")?;
+    let rss_anon_kib = status_kib(pid, "RssAnon")?;
 
     let by_id = node.device_dir.join("disk/by-id");
     std::fs::create_dir_all(&by_id)?;
@@ -193,6 +196,7 @@ async fn measure(
     }
     Ok(Measured {
         rss_idle_kib,
+        rss_anon_kib,
         stage,
         appear,
     })
@@ -243,6 +247,7 @@ async fn main() -> anyhow::Result<()> {
     let appear_p99 = quantile_ms(&mut m.appear, 0.99);
     let seen_p50 = (appear_p50 - stage_p50).max(0.0);
     let rss_mib = m.rss_idle_kib as f64 / 1024.0;
+    let anon_mib = m.rss_anon_kib as f64 / 1024.0;
     let rows = [
         (
             "node plugin RSS at rest",
@@ -250,6 +255,13 @@ async fn main() -> anyhow::Result<()> {
             "MiB",
             "<= 8",
             rss_mib <= 8.0,
+        ),
+        (
+            "  of which anonymous (heap, stacks)",
+            anon_mib,
+            "MiB",
+            "",
+            true,
         ),
         (
             "NodeStage of a formatted device p50",
