@@ -5,8 +5,10 @@
 //! VMs with their guest Nodes, and writes kubeconfigs and a `lab.env` for the
 //! daemons under test; [`daemon`] starts those daemons as child processes;
 //! [`suite`] runs our daemons and the guest stand-ins on a lab; [`demo`]
-//! is the narrated walk-through behind `lab demo`.
+//! is the narrated walk-through behind `lab demo`; [`bench`] the scenarios
+//! of the `bench` binary.
 
+pub mod bench;
 pub mod daemon;
 pub mod demo;
 pub mod error;

@@ -87,6 +87,61 @@ where
     }
 }
 
+/// Watches the objects of `api` matching `labels` and returns once `count`
+/// of them satisfy `check` (their latest versions), failing after `timeout`.
+pub async fn until_count<K>(
+    api: &Api<K>,
+    labels: &str,
+    count: usize,
+    timeout: Duration,
+    check: impl Fn(&K) -> bool,
+) -> Result<(), LabError>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + 'static,
+{
+    let what = format!("{count} {} matching {labels}", K::kind(&()));
+    let config = watcher::Config::default().labels(labels);
+    let watch = async {
+        let mut events = std::pin::pin!(watcher::watcher(api.clone(), config));
+        let mut accepted = std::collections::HashSet::new();
+        while let Some(event) = events.next().await {
+            let event = event.map_err(|e| LabError::Watch {
+                what: what.clone(),
+                message: e.to_string(),
+            })?;
+            match event {
+                Event::Init => accepted.clear(),
+                Event::InitApply(obj) | Event::Apply(obj) => {
+                    let key = obj.meta().uid.clone().unwrap_or_default();
+                    if check(&obj) {
+                        accepted.insert(key);
+                    } else {
+                        accepted.remove(&key);
+                    }
+                }
+                Event::Delete(obj) => {
+                    accepted.remove(&obj.meta().uid.clone().unwrap_or_default());
+                }
+                Event::InitDone => {}
+            }
+            if accepted.len() >= count {
+                return Ok(());
+            }
+        }
+        Err(LabError::Watch {
+            what: what.clone(),
+            message: "watch ended".to_string(),
+        })
+    };
+    match tokio::time::timeout(timeout, watch).await {
+        Ok(result) => result,
+        Err(_) => Err(LabError::Timeout {
+            what,
+            after: timeout,
+        }),
+    }
+}
+
 /// Waits until `path` exists (`exists = true`) or is gone (`false`), watching
 /// its parent directory (which must exist) with inotify, at most `timeout`.
 pub async fn file_exists(path: &Path, exists: bool, timeout: Duration) -> Result<(), LabError> {

@@ -1,0 +1,74 @@
+//! The `bench` binary as a user runs it, with tiny parameters: it exits 0
+//! and its JSON carries the machine, the parameters and a measured row for
+//! every scenario, each with a unit and, where the issues set one, a target
+//! judged met or not. (The numbers themselves are for `docs/performance.md`,
+//! measured with a release build, never asserted here.)
+
+use std::time::Duration;
+
+use anyhow::{Context as _, ensure};
+use kubevirt_lab::daemon;
+use serde_json::Value;
+
+const BENCH: &str = env!("CARGO_BIN_EXE_bench");
+
+#[tokio::test]
+async fn bench_runs_every_scenario_and_reports_json() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let log = dir.path().join("bench.out");
+    let mut bench = daemon::spawn(
+        BENCH,
+        [
+            "--volumes=1",
+            "--services=1",
+            "--concurrency=1,3",
+            "--create-burst=5",
+            "--held-volumes=5",
+            "--held-services=5",
+            "--json",
+        ],
+        [("RUST_LOG", "error")],
+        &log,
+    )?;
+    let status = bench.wait(Duration::from_secs(180)).await?;
+    let out = bench.log();
+    ensure!(status.success(), "bench failed with {status}:\n{out}");
+    let json_line = out
+        .lines()
+        .find(|l| l.starts_with('{'))
+        .context("no JSON in the output")?;
+    let report: Value = serde_json::from_str(json_line)?;
+    ensure!(
+        report["machine"]["cores"].as_u64().unwrap_or(0) >= 1,
+        "{report}"
+    );
+    ensure!(report["parameters"]["held_services"] == 5, "{report}");
+    let rows = report["results"].as_array().context("results")?;
+    for (section, metric) in [
+        ("storage", "claim created -> Bound"),
+        ("storage", "VMI volume Ready -> ControllerPublish answered"),
+        ("storage", "infra API requests per CreateVolume"),
+        ("storage", "claims provisioned per second, 3 at once"),
+        ("load balancer", "infra ingress -> guest Service status"),
+        ("load balancer", "CCM write requests per Service creation"),
+        ("load balancer", "5 Services created -> all mirrored"),
+        ("memory", "RSS of csi-controller"),
+        ("memory", "RSS of ccm"),
+        ("CSI controller", "5 concurrent CreateVolume calls"),
+        ("CSI controller", "controller RSS holding 5 volumes"),
+    ] {
+        let row = rows
+            .iter()
+            .find(|r| {
+                r["section"] == section
+                    && r["metric"].as_str().is_some_and(|m| m.starts_with(metric))
+            })
+            .with_context(|| format!("no row {section}: {metric} in {report}"))?;
+        ensure!(row["value"].as_f64().is_some_and(|v| v >= 0.0), "{row}");
+        ensure!(!row["unit"].as_str().unwrap_or("").is_empty(), "{row}");
+        if !row["target"].as_str().unwrap_or("").is_empty() {
+            ensure!(row["met"].is_boolean(), "a target is judged: {row}");
+        }
+    }
+    Ok(())
+}
