@@ -25,6 +25,10 @@ use super::index::State;
 use super::volume::{BUS_PARAM, SERIAL_KEY};
 use crate::error::{Error, Result, is_conflict, is_not_found};
 
+/// How long a conflicting `addvolume` waits for the cache to show the
+/// volume on the VM (added by an earlier call) before answering Aborted.
+const CONFLICT_SETTLE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Where a wait for attachment stands.
 fn attach_state(s: &State, vm: &str, volume: &str) -> Option<()> {
     s.vmi(vm)
@@ -118,8 +122,23 @@ pub(super) async fn publish(
         let opts = AddVolumeOptions::data_volume(id, bus.as_str(), &serial);
         match svc.infra.add_volume(vm, &opts).await {
             Ok(()) => tracing::info!(bus = bus.as_str(), serial = %serial, "hotplug requested"),
-            // Added by an earlier call the cache has not seen yet.
-            Err(e) if is_conflict(&e) => tracing::debug!(error = %e, "volume already being added"),
+            // Added by an earlier call the cache has not seen yet, or refused
+            // for now (a conflicting write, a VMI not running): only the cache
+            // tells which, and a refusal must not wait out the caller's deadline.
+            Err(e) if is_conflict(&e) => {
+                let added = svc
+                    .index
+                    .settle(deadline, CONFLICT_SETTLE, |s| {
+                        s.vm(vm).is_some_and(|v| v.has(id))
+                    })
+                    .await;
+                if !added {
+                    return Err(Error::Aborted(format!(
+                        "hotplugging {id} into VM {vm} conflicted ({e}); retry"
+                    )));
+                }
+                tracing::debug!(error = %e, "volume already being added");
+            }
             Err(e) if is_not_found(&e) => {
                 return Err(Error::NotFound(format!("node {node} not found")));
             }

@@ -142,33 +142,53 @@ async fn handle(
     Path((ns, resource, name, verb)): Path<(String, String, String, String)>,
     body: Bytes,
 ) -> Response {
-    let result = match (resource.as_str(), verb.as_str()) {
-        ("virtualmachines", "addvolume") => match parse_add(&body) {
-            Ok(opts) => add_to_vm(&client, &ns, &name, &opts).await,
-            Err(e) => Err(e),
-        },
-        ("virtualmachineinstances", "addvolume") => match parse_add(&body) {
-            Ok(opts) => add_to_vmi(&client, &ns, &name, &opts).await,
-            Err(e) => Err(e),
-        },
-        ("virtualmachines", "removevolume") => match parse_remove(&body) {
-            Ok(opts) => remove_from_vm(&client, &ns, &name, &opts).await,
-            Err(e) => Err(e),
-        },
-        ("virtualmachineinstances", "removevolume") => match parse_remove(&body) {
-            Ok(opts) => remove_from_vmi(&client, &ns, &name, &opts).await,
-            Err(e) => Err(e),
-        },
-        _ => Err(ApiError::not_found(format!(
-            "the server could not find the requested resource {resource}/{verb}"
-        ))),
+    // A request runs to completion even when its client goes away (a
+    // killed CSI controller): KubeVirt never leaves a volume on the VM but
+    // not on its running VMI, and neither may an abandoned handler here.
+    let work = {
+        let (ns, resource, name, verb) = (ns.clone(), resource.clone(), name.clone(), verb.clone());
+        tokio::spawn(async move { apply(&client, &ns, &resource, &name, &verb, &body).await })
     };
+    let result = work
+        .await
+        .unwrap_or_else(|e| Err(ApiError::internal(format!("hotplug request task: {e}"))));
     match result {
         Ok(()) => StatusCode::ACCEPTED.into_response(),
         Err(e) => {
             tracing::debug!(%ns, %resource, %name, %verb, code = e.code, "hotplug request refused: {}", e.message);
             e.into_response()
         }
+    }
+}
+
+async fn apply(
+    client: &Client,
+    ns: &str,
+    resource: &str,
+    name: &str,
+    verb: &str,
+    body: &[u8],
+) -> Result<(), ApiError> {
+    match (resource, verb) {
+        ("virtualmachines", "addvolume") => match parse_add(body) {
+            Ok(opts) => add_to_vm(client, ns, name, &opts).await,
+            Err(e) => Err(e),
+        },
+        ("virtualmachineinstances", "addvolume") => match parse_add(body) {
+            Ok(opts) => add_to_vmi(client, ns, name, &opts).await,
+            Err(e) => Err(e),
+        },
+        ("virtualmachines", "removevolume") => match parse_remove(body) {
+            Ok(opts) => remove_from_vm(client, ns, name, &opts).await,
+            Err(e) => Err(e),
+        },
+        ("virtualmachineinstances", "removevolume") => match parse_remove(body) {
+            Ok(opts) => remove_from_vmi(client, ns, name, &opts).await,
+            Err(e) => Err(e),
+        },
+        _ => Err(ApiError::not_found(format!(
+            "the server could not find the requested resource {resource}/{verb}"
+        ))),
     }
 }
 

@@ -35,11 +35,12 @@ pub async fn resource(
 ) -> ApiResult<Response> {
     if let Some(base) = shared.aggregated_base(&p.group, &p.version) {
         let verb = verb_for(req.method(), &p, false);
-        shared.counters.record(
-            verb,
-            &counter_resource(&p.resource, p.subresource.as_deref()),
-            &user.name,
-        );
+        let counted = counter_resource(&p.resource, p.subresource.as_deref());
+        shared.counters.record(verb, &counted, &user.name);
+        // Injected faults reach aggregated APIs too (e.g. KubeVirt's addvolume).
+        if let Some(code) = shared.faults.injected_error(&counted) {
+            return Err(ApiError::injected(code, &counted));
+        }
         return proxy::forward(&shared.proxy, &base, req, user).await;
     }
     let query: Query = axum::extract::Query::<Query>::try_from_uri(req.uri())
