@@ -23,8 +23,9 @@ use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use serde_json::json;
 use tokio::sync::watch;
 
-/// Guest Services created; every other one is deleted again.
-const SERVICES: usize = 40;
+/// Guest Services created; every other one is deleted again: about 100
+/// operations (68 creations, 34 deletions). Even, so that the pairs close.
+const SERVICES: usize = 68;
 const KILL_EVERY: (Duration, Duration) = (Duration::from_millis(50), Duration::from_millis(300));
 const TEST_TIMEOUT: Duration = Duration::from_secs(50);
 
