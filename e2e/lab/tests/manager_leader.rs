@@ -14,7 +14,12 @@ use manager_support::*;
 use serde_json::json;
 
 fn holder(lease: Option<&Lease>) -> Option<String> {
-    lease?.spec.as_ref()?.holder_identity.clone().filter(|h| !h.is_empty())
+    lease?
+        .spec
+        .as_ref()?
+        .holder_identity
+        .clone()
+        .filter(|h| !h.is_empty())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -24,7 +29,11 @@ async fn standby_takes_over_when_the_leader_stops() -> anyhow::Result<()> {
     let infra = lab.infra_client().await;
     let leases: Api<Lease> = Api::namespaced(infra.clone(), MANAGER_NAMESPACE);
     let first = until(&leases, "kubevirt-hcp-manager", "a leader", holder).await;
-    let mut b = start_manager_as(&lab, &["--leader-elect=true", "--identity=manager-b"], "hcp-manager-b.log")?;
+    let mut b = start_manager_as(
+        &lab,
+        &["--leader-elect=true", "--identity=manager-b"],
+        "hcp-manager-b.log",
+    )?;
 
     let result = async {
         ensure!(first? == "manager-a", "manager-a started first and should lead");

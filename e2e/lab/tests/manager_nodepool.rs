@@ -297,10 +297,24 @@ async fn node_pool_scales_up_and_down_draining_nodes() -> anyhow::Result<()> {
 
         // Deleting the pool drains and removes its last VM and Node.
         node_pools(&infra).delete(POOL, &Default::default()).await?;
-        until_dynamic(&node_pools(&infra), POOL, "NodePool gone", |np| np.is_none().then_some(())).await?;
-        ensure!(vms.list(&ListParams::default().labels(&pool_selector())).await?.items.is_empty());
-        until_list(&nodes, "", "no Nodes left", |ns| ns.is_empty().then_some(())).await?;
-        ensure!(pods.list(&ListParams::default()).await?.items.is_empty(), "the last node was not drained");
+        until_dynamic(&node_pools(&infra), POOL, "NodePool gone", |np| {
+            np.is_none().then_some(())
+        })
+        .await?;
+        ensure!(
+            vms.list(&ListParams::default().labels(&pool_selector()))
+                .await?
+                .items
+                .is_empty()
+        );
+        until_list(&nodes, "", "no Nodes left", |ns| {
+            ns.is_empty().then_some(())
+        })
+        .await?;
+        ensure!(
+            pods.list(&ListParams::default()).await?.items.is_empty(),
+            "the last node was not drained"
+        );
         Ok(())
     }
     .await;

@@ -217,8 +217,8 @@ pub fn status_after(
 /// Write the status `compute` gives, if it changed. The object a reconcile
 /// works on may be older than the live one (the watch cache lags our own
 /// writes); when the cached status differs, the status is computed again on
-/// the live object and written only if that differs too, so a status already
-/// written is not written again.
+/// the live status (for the converged spec) and written only if that differs
+/// too, so a status already written is not written again.
 pub async fn write_status(
     ctx: &Context,
     hc: &HostedCluster,
@@ -237,7 +237,11 @@ pub async fn write_status(
     else {
         return Ok(());
     };
-    let status = compute(&live);
+    // The live status, under the spec that was converged: a newer live spec
+    // is not converged yet, so its generation must not be reported observed.
+    let mut base = hc.clone();
+    base.status = live.status.clone();
+    let status = compute(&base);
     if live.status.as_ref() == Some(&status) {
         return Ok(());
     }

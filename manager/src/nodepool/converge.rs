@@ -93,7 +93,11 @@ async fn write_status(
     else {
         return Ok(());
     };
-    let status = compute(&live);
+    // The live status, under the spec that was converged: a newer live spec
+    // is not converged yet, so its generation must not be reported observed.
+    let mut base = np.clone();
+    base.status = live.status.clone();
+    let status = compute(&base);
     if live.status.as_ref() == Some(&status) {
         return Ok(());
     }
