@@ -15,6 +15,7 @@ pub mod error;
 pub mod guest;
 pub mod lab;
 pub mod mounts;
+pub mod pod;
 pub mod suite;
 pub mod wait;
 

@@ -69,7 +69,8 @@ pub async fn resource(
     if !def.namespaced && p.namespace.is_some() {
         return Err(ApiError::resource_not_found());
     }
-    if let Some(action @ ("binding" | "eviction" | "finalize")) = p.subresource.as_deref() {
+    if let Some(action @ ("binding" | "eviction" | "finalize" | "token")) = p.subresource.as_deref()
+    {
         return action_subresource(shared, user, req, &def, &p, action).await;
     }
     let sub = match p.subresource.as_deref() {
@@ -306,6 +307,9 @@ pub async fn action_subresource(
     action: &str,
 ) -> ApiResult<Response> {
     let method = req.method().clone();
+    if action == "token" {
+        return token_request(shared, user, req, def, p).await;
+    }
     let verb = if action == "finalize" {
         "update"
     } else {
@@ -363,6 +367,82 @@ pub async fn action_subresource(
             Ok(respond::object(200, &t, &obj, Format::Json))
         }
     }
+}
+
+/// POST on `serviceaccounts/<name>/token` (TokenRequest): a fresh bearer
+/// token for the ServiceAccount, authenticated from then on as
+/// `system:serviceaccount:<ns>:<name>`, valid for `spec.expirationSeconds`
+/// (default one hour). The lab never expires tokens; the answer carries the
+/// expiration a client must plan its refresh by.
+async fn token_request(
+    shared: &Arc<Shared>,
+    user: &User,
+    req: Request<Body>,
+    def: &Arc<crate::resources::ResourceDef>,
+    p: &ResourcePath,
+) -> ApiResult<Response> {
+    let counted = counter_resource(&def.plural, Some("token"));
+    shared.counters.record("create", &counted, &user.name);
+    if let Some(code) = shared.faults.injected_error(&counted) {
+        return Err(ApiError::injected(code, &counted));
+    }
+    if req.method() != Method::POST || !(def.group.is_empty() && def.plural == "serviceaccounts") {
+        return Err(ApiError::resource_not_found());
+    }
+    let (ns, name) = (
+        p.namespace.clone().unwrap_or_default(),
+        p.name.clone().unwrap_or_default(),
+    );
+    let length = header_str(req.headers(), header::CONTENT_LENGTH).and_then(|l| l.parse().ok());
+    let content_type = header_str(req.headers(), header::CONTENT_TYPE).map(str::to_string);
+    let body = read_body(shared, req.into_body(), length).await?;
+    let body = decode_object(content_type.as_deref(), &body)?;
+    if shared.lock().store.get(&def.key(), &ns, &name).is_none() {
+        return Err(ApiError::not_found("", "serviceaccounts", &name));
+    }
+    let seconds = body
+        .pointer("/spec/expirationSeconds")
+        .and_then(Value::as_i64)
+        .unwrap_or(3600);
+    if seconds < 600 {
+        return Err(ApiError::new(
+            422,
+            "Invalid",
+            format!(
+                "spec.expirationSeconds: Invalid value: {seconds}: may not specify a duration less than 10 minutes"
+            ),
+        ));
+    }
+    let token = format!("sa-{}", uuid::Uuid::new_v4().simple());
+    let groups = [
+        "system:serviceaccounts".to_string(),
+        format!("system:serviceaccounts:{ns}"),
+        "system:authenticated".to_string(),
+    ];
+    let groups: Vec<&str> = groups.iter().map(String::as_str).collect();
+    shared.auth.add(
+        &token,
+        &format!("system:serviceaccount:{ns}:{name}"),
+        &groups,
+    );
+    let now = jiff::Timestamp::now();
+    let expires = now
+        .checked_add(jiff::SignedDuration::from_secs(seconds))
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let mut spec = body.get("spec").cloned().unwrap_or_else(|| json!({}));
+    if let Some(s) = spec.as_object_mut() {
+        s.insert("expirationSeconds".into(), json!(seconds));
+    }
+    Ok(respond::json(
+        201,
+        &json!({
+            "kind": "TokenRequest",
+            "apiVersion": "authentication.k8s.io/v1",
+            "metadata": {"name": name, "namespace": ns, "creationTimestamp": now.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()},
+            "spec": spec,
+            "status": {"token": token, "expirationTimestamp": expires.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()}
+        }),
+    ))
 }
 
 /// PUT on `/scale`: sets `spec.replicas` of the object.
