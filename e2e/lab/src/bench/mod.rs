@@ -9,10 +9,12 @@
 //!   per CSI operation;
 //! - [`load_balancer`]: ingress propagation, throughput, writes per Service;
 //! - [`controller`]: CreateVolume bursts on the controller socket and the
-//!   controller's memory holding many volumes.
+//!   controller's memory holding many volumes;
+//! - [`manager`]: the hosted-control-plane manager with many HostedClusters.
 
 pub mod controller;
 pub mod load_balancer;
+pub mod manager;
 pub mod report;
 pub mod storage;
 
@@ -40,6 +42,8 @@ pub struct Params {
     pub held_services: usize,
     /// Worker VMs (guest nodes).
     pub vms: usize,
+    /// HostedClusters the manager is given at once (0: no manager rows).
+    pub hosted_clusters: usize,
 }
 
 /// Resident set size of a process, in MiB.

@@ -137,6 +137,7 @@ mod tests {
             held_volumes: 1,
             held_services: 1,
             vms: 1,
+            hosted_clusters: 1,
         }
     }
 

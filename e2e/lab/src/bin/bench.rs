@@ -1,6 +1,7 @@
 //! `bench`: the suite's benchmark. Starts a lab with the real daemons (a
 //! release build of them when run as a release build), runs the storage,
 //! load-balancer and CSI controller scenarios of [`kubevirt_lab::bench`],
+//! then the manager's in a lab of its own,
 //! and prints the machine, every parameter and one table (`--json` for
 //! JSON). Exits non-zero if a scenario fails; a missed target is reported,
 //! not an error.
@@ -11,7 +12,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use kubevirt_lab::bench::{Params, Report, controller, load_balancer, storage};
+use kubevirt_lab::bench::{Params, Report, controller, load_balancer, manager, storage};
 use kubevirt_lab::suite::{Suite, SuiteConfig};
 use kubevirt_lab::{Lab, LabConfig, LabError};
 
@@ -39,6 +40,9 @@ struct Cli {
     /// Worker VMs (guest nodes).
     #[arg(long, default_value_t = 2)]
     vms: usize,
+    /// HostedClusters given to the manager at once (0 skips the manager).
+    #[arg(long, default_value_t = 100)]
+    hosted_clusters: usize,
     /// Print JSON instead of the table.
     #[arg(long)]
     json: bool,
@@ -62,6 +66,7 @@ async fn main() -> ExitCode {
         held_volumes: cli.held_volumes,
         held_services: cli.held_services,
         vms: cli.vms.max(1),
+        hosted_clusters: cli.hosted_clusters,
     };
     match run(params).await {
         Ok(report) => {
@@ -101,7 +106,15 @@ async fn run(params: Params) -> Result<Report, LabError> {
     }
     let stopped = suite.stop().await;
     let shutdown = lab.shutdown().await;
-    result.and(stopped).and(shutdown).map(|()| report)
+    result.and(stopped).and(shutdown)?;
+    if params.hosted_clusters > 0 {
+        eprintln!(
+            "bench: manager with {} HostedClusters",
+            params.hosted_clusters
+        );
+        manager::clusters(params.hosted_clusters, &mut report).await?;
+    }
+    Ok(report)
 }
 
 async fn scenarios(
