@@ -7,7 +7,9 @@
 //! the lab's kubelet stand-in), with the sidecar stand-ins in front. In each
 //! guest a PVC is bound and attached (a DataVolume and a hotplug on that
 //! cluster's own VM) and a LoadBalancer Service gets its address; nothing
-//! crosses over: a's controller refuses to attach to b's VM.
+//! crosses over: a's controller refuses to attach to b's VM. Deleting c
+//! leaves nothing of it on the external infra cluster, and a and b keep
+//! theirs.
 //!
 //! Needs root (the pods' mount namespaces). Build the binaries first:
 //! `cargo build --bins`.
@@ -20,7 +22,10 @@ use std::time::Duration;
 use anyhow::{Context as _, bail, ensure};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim, Secret, Service};
+use k8s_openapi::api::core::v1::{
+    Node, PersistentVolume, PersistentVolumeClaim, Secret, Service, ServiceAccount,
+};
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::api::storage::v1::{CSINode, VolumeAttachment};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, ListParams, PostParams};
@@ -219,6 +224,7 @@ async fn scenario(lab: &Lab, external: &Lab, tenants: &mut Vec<Tenant>) -> anyho
         load_balancer_gets_an_address(t).await?;
     }
     a_controller_refuses_another_clusters_vm(&tenants[0], &tenants[1]).await?;
+    deleting_the_external_cluster_leaves_nothing(lab, tenants).await?;
     for a in agents {
         a.stop().await;
     }
@@ -447,5 +453,101 @@ async fn a_controller_refuses_another_clusters_vm(a: &Tenant, b: &Tenant) -> any
         !status.is_some_and(|s| s.attached),
         "the cross-cluster attach succeeded"
     );
+    Ok(())
+}
+
+/// Deletes HostedCluster c (its daemons stop first, as their pods would with
+/// their Deployment): its VM, DataVolume, infra Service and the daemons'
+/// accounts leave the external infra namespace; a and b keep their volumes.
+async fn deleting_the_external_cluster_leaves_nothing(
+    lab: &Lab,
+    tenants: &mut [Tenant],
+) -> anyhow::Result<()> {
+    let c = tenants
+        .iter_mut()
+        .find(|t| t.name == "c")
+        .context("no tenant c")?;
+    c.stop().await;
+    let hcs = hosted_clusters(&lab.infra_client().await);
+    hcs.delete("c", &Default::default()).await?;
+    until_dynamic(&hcs, "c", "HostedCluster c deleted", |hc| {
+        hc.is_none().then_some(())
+    })
+    .await?;
+    let ns = &c.infra_namespace;
+    let infra = c.infra.clone();
+    let names = |items: Vec<String>| items.join(", ");
+    let dvs: Vec<String> = Api::<DataVolume>::namespaced(infra.clone(), ns)
+        .list(&ListParams::default())
+        .await?
+        .items
+        .iter()
+        .map(|o| o.name_any())
+        .collect();
+    let vms: Vec<String> = Api::<VirtualMachine>::namespaced(infra.clone(), ns)
+        .list(&ListParams::default())
+        .await?
+        .items
+        .iter()
+        .map(|o| o.name_any())
+        .collect();
+    let services: Vec<String> = Api::<Service>::namespaced(infra.clone(), ns)
+        .list(&ListParams::default())
+        .await?
+        .items
+        .iter()
+        .map(|o| o.name_any())
+        .collect();
+    let roles: Vec<String> = Api::<Role>::namespaced(infra.clone(), ns)
+        .list(&ListParams::default())
+        .await?
+        .items
+        .iter()
+        .map(|o| o.name_any())
+        .collect();
+    let bindings: Vec<String> = Api::<RoleBinding>::namespaced(infra.clone(), ns)
+        .list(&ListParams::default())
+        .await?
+        .items
+        .iter()
+        .map(|o| o.name_any())
+        .collect();
+    let accounts: Vec<String> = Api::<ServiceAccount>::namespaced(infra, ns)
+        .list(&ListParams::default())
+        .await?
+        .items
+        .iter()
+        .map(|o| o.name_any())
+        .filter(|n| n != "default")
+        .collect();
+    ensure!(
+        dvs.is_empty()
+            && vms.is_empty()
+            && services.is_empty()
+            && roles.is_empty()
+            && bindings.is_empty()
+            && accounts.is_empty(),
+        "left in {ns}: DataVolumes [{}], VMs [{}], Services [{}], Roles [{}], RoleBindings [{}], ServiceAccounts [{}]",
+        names(dvs),
+        names(vms),
+        names(services),
+        names(roles),
+        names(bindings),
+        names(accounts)
+    );
+    for t in tenants.iter().filter(|t| t.name != "c") {
+        let dvs = Api::<DataVolume>::namespaced(t.infra.clone(), &t.infra_namespace)
+            .list(&ListParams::default())
+            .await?
+            .items
+            .iter()
+            .filter(|d| d.name_any().starts_with("pvc-"))
+            .count();
+        ensure!(
+            dvs == 1,
+            "{} has {dvs} volume DataVolumes after c was deleted",
+            t.name
+        );
+    }
     Ok(())
 }
