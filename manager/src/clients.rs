@@ -52,9 +52,11 @@ pub struct ClusterClients {
     entries: Mutex<HashMap<ClusterKey, Entry>>,
 }
 
-/// Read a kubeconfig Secret key.
+/// Read a kubeconfig Secret key; `target` is the cluster it reaches (a
+/// missing Secret is reported against it).
 pub async fn read_secret_key(
     client: &Client,
+    target: Target,
     namespace: &str,
     r: &SecretKeyRef,
 ) -> Result<Vec<u8>> {
@@ -67,6 +69,7 @@ pub async fn read_secret_key(
             format!("get Secret {}", r.name),
         ))?
         .ok_or_else(|| Error::SecretMissing {
+            target,
             namespace: namespace.to_string(),
             name: r.name.clone(),
         })?;
@@ -75,6 +78,7 @@ pub async fn read_secret_key(
         .and_then(|mut d| d.remove(&r.key))
         .map(|b| b.0)
         .ok_or_else(|| Error::SecretKeyMissing {
+            target,
             namespace: namespace.to_string(),
             name: r.name.clone(),
             key: r.key.clone(),
@@ -119,11 +123,17 @@ impl ClusterClients {
     pub async fn handles(&self, hc: &HostedCluster) -> Result<Handles> {
         let key = key_of(hc);
         let ns = &key.0;
-        let guest_kubeconfig = read_secret_key(&self.management, ns, &hc.spec.kubeconfig).await?;
+        let guest_kubeconfig =
+            read_secret_key(&self.management, Target::Guest, ns, &hc.spec.kubeconfig).await?;
         let infra_kubeconfig = match hc.external_infra() {
             Some(creds) => {
-                let bytes =
-                    read_secret_key(&self.management, ns, &creds.infra_kube_config_secret).await?;
+                let bytes = read_secret_key(
+                    &self.management,
+                    Target::Infra,
+                    ns,
+                    &creds.infra_kube_config_secret,
+                )
+                .await?;
                 Some(String::from_utf8(bytes).map_err(|e| Error::Kubeconfig {
                     target: Target::Infra,
                     namespace: ns.clone(),

@@ -42,10 +42,15 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
-    #[error("Secret {namespace}/{name} not found")]
-    SecretMissing { namespace: String, name: String },
-    #[error("Secret {namespace}/{name} has no key {key:?}")]
+    #[error("{target} kubeconfig Secret {namespace}/{name} not found")]
+    SecretMissing {
+        target: Target,
+        namespace: String,
+        name: String,
+    },
+    #[error("{target} kubeconfig Secret {namespace}/{name} has no key {key:?}")]
     SecretKeyMissing {
+        target: Target,
         namespace: String,
         name: String,
         key: String,
@@ -122,14 +127,22 @@ impl Error {
                 target: Target::Management,
                 ..
             } => reason::APPLY_FAILED,
-            Error::SecretMissing { .. } | Error::SecretKeyMissing { .. } => {
-                reason::GUEST_KUBECONFIG_UNAVAILABLE
+            Error::SecretMissing {
+                target: Target::Infra,
+                ..
             }
-            Error::Kubeconfig {
+            | Error::SecretKeyMissing {
+                target: Target::Infra,
+                ..
+            }
+            | Error::Kubeconfig {
                 target: Target::Infra,
                 ..
             }
             | Error::Endpoint(_) => reason::INFRA_CREDENTIALS_UNAVAILABLE,
+            Error::SecretMissing { .. } | Error::SecretKeyMissing { .. } => {
+                reason::GUEST_KUBECONFIG_UNAVAILABLE
+            }
             Error::Kubeconfig { .. } => reason::GUEST_KUBECONFIG_UNAVAILABLE,
             Error::Version(Refusal::NewerThanHostedCluster { .. }) => {
                 reason::VERSION_NEWER_THAN_HOSTED_CLUSTER
@@ -196,6 +209,19 @@ mod tests {
         assert_eq!(
             Error::kube(Target::Infra, "apply")(api(500)).reason(),
             reason::INFRA_UNREACHABLE
+        );
+        let missing = |target| Error::SecretMissing {
+            target,
+            namespace: "clusters".into(),
+            name: "k".into(),
+        };
+        assert_eq!(
+            missing(Target::Guest).reason(),
+            reason::GUEST_KUBECONFIG_UNAVAILABLE
+        );
+        assert_eq!(
+            missing(Target::Infra).reason(),
+            reason::INFRA_CREDENTIALS_UNAVAILABLE
         );
         assert!(is_not_found(&api(404)));
         assert!(!is_not_found(&api(409)));

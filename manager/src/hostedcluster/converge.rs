@@ -335,6 +335,7 @@ mod tests {
         assert_eq!(s.observed_generation, None);
 
         let e = Error::SecretMissing {
+            target: Target::Guest,
             namespace: "clusters".into(),
             name: "k".into(),
         };
