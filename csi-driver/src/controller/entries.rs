@@ -10,6 +10,9 @@ use kubevirt_infra::snapshot::VolumeSnapshot;
 
 use super::quantity::parse_bytes;
 
+/// Annotation on a DataVolume: the bytes its claim was expanded to.
+pub const CAPACITY_ANNOTATION: &str = "csi.kubevirt.io/capacity";
+
 /// Where a volume's content came from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ContentSource {
@@ -131,6 +134,17 @@ pub fn volume_entry(dv: &DataVolume) -> VolumeEntry {
         .requested_storage()
         .or_else(|| pvc.and_then(|p| json_str(p, &["resources", "requests", "storage"])))
         .and_then(parse_bytes);
+    // Expanded since: the claim grew, the DataVolume's request did not.
+    let expanded = dv
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(CAPACITY_ANNOTATION))
+        .and_then(|v| v.parse::<i64>().ok());
+    let size = match (size, expanded) {
+        (Some(s), Some(e)) => Some(s.max(e)),
+        (s, e) => s.or(e),
+    };
     let storage_class = storage
         .and_then(|s| s.storage_class_name.clone())
         .or_else(|| {
@@ -249,6 +263,24 @@ mod tests {
 
     fn scope() -> TenantScope {
         TenantScope::new("infra", [("t".to_string(), "a".to_string())].into(), "pvc")
+    }
+
+    #[test]
+    fn an_expanded_volume_reports_its_recorded_capacity() {
+        let dv = |annotation: &str| -> DataVolume {
+            serde_json::from_value(json!({
+                "apiVersion": "cdi.kubevirt.io/v1beta1", "kind": "DataVolume",
+                "metadata": {"name": "pvc-1", "namespace": "infra", "uid": "u1",
+                             "annotations": {CAPACITY_ANNOTATION: annotation}},
+                "spec": {"source": {"blank": {}},
+                         "storage": {"resources": {"requests": {"storage": "1Gi"}}}}
+            }))
+            .expect("dv")
+        };
+        assert_eq!(volume_entry(&dv("2147483648")).size, Some(2 << 30));
+        // Never below the request, and a garbled value is ignored.
+        assert_eq!(volume_entry(&dv("1")).size, Some(1 << 30));
+        assert_eq!(volume_entry(&dv("lots")).size, Some(1 << 30));
     }
 
     #[test]

@@ -90,6 +90,15 @@ pub(super) async fn expand_volume(
             "the infra claim of volume {id} did not reach {want} bytes before the deadline"
         )));
     }
+    if volume.size.unwrap_or(0) < target {
+        svc.infra.record_capacity(id, target).await?;
+        // Let the next ListVolumes or ControllerGetVolume see the new size.
+        svc.index
+            .settle(deadline, super::create::SETTLE, |s| {
+                s.volume(id).is_some_and(|v| v.size >= Some(target))
+            })
+            .await;
+    }
     Ok(ControllerExpandVolumeResponse {
         capacity_bytes: target,
         node_expansion_required: !block,

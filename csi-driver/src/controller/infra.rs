@@ -18,6 +18,7 @@ use serde_json::json;
 use tokio::time::Instant;
 
 use super::capability::is_object_name;
+use super::entries::CAPACITY_ANNOTATION;
 use super::quantity::{format_bytes, parse_bytes};
 use crate::error::{Error, Result, is_not_found};
 
@@ -166,6 +167,24 @@ impl Infra {
             .map(|_| ())
             .map_err(Error::infra(format!(
                 "resizing PersistentVolumeClaim {name}"
+            )))
+    }
+
+    /// Record on DataVolume `name` the capacity its claim was expanded to
+    /// (the DataVolume's own size request stays what it was created with),
+    /// so that ListVolumes and ControllerGetVolume report the current size.
+    pub async fn record_capacity(&self, name: &str, bytes: i64) -> Result<()> {
+        let patch = json!({"metadata": {"annotations": {CAPACITY_ANNOTATION: bytes.to_string()}}});
+        let pp = PatchParams {
+            field_manager: Some(MANAGER.to_string()),
+            ..Default::default()
+        };
+        self.dvs
+            .patch(name, &pp, &Patch::Merge(&patch))
+            .await
+            .map(|_| ())
+            .map_err(Error::infra(format!(
+                "recording the expanded capacity on DataVolume {name}"
             )))
     }
 

@@ -1055,6 +1055,14 @@ async fn expand_and_validate() -> anyhow::Result<()> {
         .await?
         .into_inner();
     assert!(!r.node_expansion_required);
+    // The volume is reported at its new size from then on.
+    let got = c
+        .controller_get_volume(ControllerGetVolumeRequest {
+            volume_id: name.clone(),
+        })
+        .await?
+        .into_inner();
+    assert_eq!(got.volume.map(|v| v.capacity_bytes), Some(2 * GIB));
 
     // ValidateVolumeCapabilities.
     let validate = |id: &str, caps: Vec<VolumeCapability>| ValidateVolumeCapabilitiesRequest {
