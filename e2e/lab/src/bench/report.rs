@@ -87,7 +87,7 @@ impl Report {
     pub fn to_table(&self) -> String {
         let p = &self.params;
         let mut out = format!(
-            "machine: {} cores\nparameters: vms={} volumes={} services={} concurrency={:?} create_burst={} held_volumes={} held_services={}\n\n",
+            "machine: {} cores\nparameters: vms={} volumes={} services={} concurrency={:?} create_burst={} held_volumes={} held_services={} hosted_clusters={}\n\n",
             self.cores,
             p.vms,
             p.volumes,
@@ -95,7 +95,8 @@ impl Report {
             p.concurrency,
             p.create_burst,
             p.held_volumes,
-            p.held_services
+            p.held_services,
+            p.hosted_clusters
         );
         out.push_str("| section | metric | value | unit | target | met |\n");
         out.push_str("|---|---|---:|---|---|---|\n");
