@@ -79,6 +79,17 @@ fn backing_of(dev: &Path) -> Option<PathBuf> {
     Some(PathBuf::from(s.trim()))
 }
 
+/// Whether `dev` no longer backs `file`: detached, or (when someone, e.g.
+/// udev probing it, still holds it open) set by `losetup -d` to detach at
+/// its last close, which the kernel shows as autoclear.
+fn released(dev: &Path, file: &Path) -> bool {
+    let autoclear = dev.file_name().is_some_and(|name| {
+        std::fs::read_to_string(Path::new("/sys/block").join(name).join("loop/autoclear"))
+            .is_ok_and(|s| s.trim() == "1")
+    });
+    backing_of(dev).as_deref() != Some(file) || autoclear
+}
+
 async fn hotplug_ready(
     lab: &Lab,
     client: &Client,
@@ -205,10 +216,7 @@ async fn ready_volumes_are_loop_devices_behind_by_id_links() -> anyhow::Result<(
         !link.exists() && std::fs::symlink_metadata(&link).is_err(),
         "link survived the unplug"
     );
-    ensure!(
-        backing_of(&dev).as_deref() != Some(file.as_path()),
-        "loop device still attached"
-    );
+    ensure!(released(&dev, &file), "loop device still attached");
 
     lab.shutdown().await?;
     ensure!(
@@ -216,7 +224,7 @@ async fn ready_volumes_are_loop_devices_behind_by_id_links() -> anyhow::Result<(
         "shutdown left the virtio link"
     );
     ensure!(
-        backing_of(&virtio_dev).as_deref() != Some(virtio_file.as_path()),
+        released(&virtio_dev, &virtio_file),
         "shutdown left {} attached",
         virtio_dev.display()
     );
@@ -249,10 +257,7 @@ async fn stopping_the_vm_detaches_its_disks() -> anyhow::Result<()> {
         std::fs::symlink_metadata(&link).is_err(),
         "link outlived the VMI"
     );
-    ensure!(
-        backing_of(&dev).as_deref() != Some(file.as_path()),
-        "loop device outlived the VMI"
-    );
+    ensure!(released(&dev, &file), "loop device outlived the VMI");
     ensure!(
         lab.devices
             .as_ref()
@@ -279,7 +284,7 @@ async fn devices_left_by_a_crashed_run_are_detached_on_reopen() -> anyhow::Resul
 
     let reopened = Devices::open(&cfg)?;
     ensure!(
-        backing_of(&attached.loop_device).as_deref() != Some(file.as_path()),
+        released(&attached.loop_device, &file),
         "stale loop device still attached"
     );
     ensure!(
