@@ -21,3 +21,22 @@ ensure_packages() {
     fi
     command -v cargo >/dev/null 2>&1 || { echo "error: cargo is required (https://rustup.rs)" >&2; return 1; }
 }
+
+# cargo-fuzz, installed from crates.io when missing.
+ensure_cargo_fuzz() {
+    if ! cargo fuzz --version >/dev/null 2>&1; then
+        echo "installing cargo-fuzz (cargo install, about two minutes)"
+        cargo install cargo-fuzz --locked --quiet
+    fi
+}
+
+# cargo for the fuzz targets: libFuzzer's instrumentation needs nightly
+# flags; use a nightly toolchain when rustup has one, else let the stable
+# compiler accept them.
+fuzz_cargo() {
+    if command -v rustup >/dev/null 2>&1 && rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
+        cargo +nightly "$@"
+    else
+        RUSTC_BOOTSTRAP=1 cargo "$@"
+    fi
+}

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every check and test of the suite: formatting, lints, unit tests, the
-# node-side tests on real loop devices, and the end-to-end tests in the lab.
+# node-side tests on real loop devices, the end-to-end tests in the lab, and
+# a short run of each fuzz target.
 # Installs what it needs (Debian packages when root). Exits non-zero on failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,4 +29,20 @@ if [ "$(id -u)" != 0 ]; then
     exit 1
 fi
 cargo test --workspace --locked --no-fail-fast -- --test-threads="${TEST_THREADS:-2}"
+
+step "fuzzing each parser briefly (cargo fuzz, ${FUZZ_SECONDS:-15}s per target)"
+ensure_cargo_fuzz
+echo "(the first target builds them all with libFuzzer: several minutes)"
+fuzz_log="$(mktemp)"
+trap 'rm -f "$fuzz_log"' EXIT
+for target in $(cargo fuzz list --fuzz-dir fuzz); do
+    echo "fuzzing $target"
+    if ! fuzz_cargo fuzz run --fuzz-dir fuzz "$target" -- \
+        -max_total_time="${FUZZ_SECONDS:-15}" >"$fuzz_log" 2>&1; then
+        tail -n 40 "$fuzz_log"
+        echo "error: fuzz target $target failed (the input is under fuzz/artifacts/$target)" >&2
+        exit 1
+    fi
+    grep -E '^Done [0-9]+ runs' "$fuzz_log" || tail -n 1 "$fuzz_log"
+done
 step "all checks passed"
