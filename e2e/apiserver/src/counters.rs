@@ -44,6 +44,22 @@ impl RequestCounters {
     pub fn total(&self) -> u64 {
         self.counts.values().sum()
     }
+
+    /// Writes (create, update, patch, delete, deletecollection) by `user`,
+    /// on any resource and subresource.
+    pub fn writes_by(&self, user: &str) -> u64 {
+        self.counts
+            .iter()
+            .filter(|((verb, _, u), _)| {
+                u == user
+                    && matches!(
+                        verb.as_str(),
+                        "create" | "update" | "patch" | "delete" | "deletecollection"
+                    )
+            })
+            .map(|(_, n)| n)
+            .sum()
+    }
 }
 
 impl From<Vec<CounterEntry>> for RequestCounters {

@@ -446,7 +446,8 @@ fn spawn_sim(
     });
 }
 
-async fn ensure_namespace(client: &Client, name: &str) -> Result<(), LabError> {
+/// Creates namespace `name` unless it exists.
+pub async fn ensure_namespace(client: &Client, name: &str) -> Result<(), LabError> {
     let api: Api<Namespace> = Api::all(client.clone());
     if api.get_opt(name).await?.is_none() {
         let ns = Namespace {

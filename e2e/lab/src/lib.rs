@@ -13,6 +13,7 @@ pub mod daemon;
 pub mod demo;
 pub mod error;
 pub mod guest;
+pub mod hcp;
 pub mod lab;
 pub mod mounts;
 pub mod pod;

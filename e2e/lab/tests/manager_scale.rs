@@ -8,10 +8,7 @@ mod manager_support;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, ensure};
-use futures::StreamExt;
-use kube::ResourceExt;
 use kube::api::{Patch, PatchParams};
-use kube::runtime::watcher::{self, Event};
 use lab_apiserver::{ApiServer, ApiServerConfig};
 use manager_support::*;
 use serde_json::json;
@@ -50,27 +47,14 @@ async fn hundred_clusters_available_quietly_and_small() -> anyhow::Result<()> {
         }
         // Watch until every cluster is Available.
         let hcs = hosted_clusters(&infra);
-        let all_available = async {
-            let mut available = std::collections::BTreeSet::new();
-            let mut events =
-                std::pin::pin!(watcher::watcher(hcs.clone(), watcher::Config::default()));
-            while let Some(event) = events.next().await {
-                if let Ok(Event::Apply(hc) | Event::InitApply(hc)) = event
-                    && is_true(&hc, "Available")
-                {
-                    available.insert(hc.name_any());
-                    if available.len() == CLUSTERS {
-                        return Ok(());
-                    }
-                }
-            }
-            anyhow::bail!("watch ended")
-        };
-        tokio::time::timeout(AVAILABLE_WITHIN, all_available)
-            .await
-            .with_context(|| {
-                format!("not all {CLUSTERS} clusters Available within {AVAILABLE_WITHIN:?}")
-            })??;
+        tokio::time::timeout(
+            AVAILABLE_WITHIN,
+            kubevirt_lab::hcp::all_available(&hcs, CLUSTERS),
+        )
+        .await
+        .with_context(|| {
+            format!("not all {CLUSTERS} clusters Available within {AVAILABLE_WITHIN:?}")
+        })??;
         let took = started.elapsed();
         eprintln!("{CLUSTERS} clusters Available after {took:?}");
 

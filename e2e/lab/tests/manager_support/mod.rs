@@ -8,38 +8,33 @@
 //!
 //! The binary must be built first: `cargo build -p kubevirt-hcp-manager`.
 
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use futures::StreamExt;
-use k8s_openapi::ByteString;
-use k8s_openapi::api::core::v1::{Namespace, Node, NodeCondition, NodeSpec, NodeStatus, Secret};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::api::core::v1::{Node, NodeCondition, NodeSpec, NodeStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::api::{Api, Patch, PatchParams, PostParams};
-use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
+use kube::core::DynamicObject;
 use kube::runtime::watcher::{self, Event};
 use kube::{Client, Resource, ResourceExt};
 use kubevirt_infra::kubevirt::{VirtualMachine, VirtualMachineInstance};
 use kubevirt_lab::daemon::{self, Daemon};
+use kubevirt_lab::hcp;
 use kubevirt_lab::{Lab, LabConfig};
 use lab_apiserver::ApiServer;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 
-pub const BINARY: &str = "kubevirt-hcp-manager";
-/// The user the manager authenticates as on both API servers.
-pub const USER: &str = "hcp-manager";
-/// Namespace of the manager and of its supported-versions ConfigMap.
-pub const MANAGER_NAMESPACE: &str = "kubevirt-hcp-manager";
-/// Namespace of the HostedClusters and NodePools.
-pub const NS: &str = "clusters";
+pub use kubevirt_lab::hcp::{
+    BINARY, MANAGER_NAMESPACE, NS, USER, ensure_namespace, hosted_cluster, hosted_clusters,
+    install_crds, is_true, node_pools,
+};
 /// Upper bound of every wait in these tests.
 pub const WAIT: Duration = Duration::from_secs(60);
 
@@ -81,63 +76,6 @@ pub async fn lab() -> anyhow::Result<Lab> {
     Ok(lab)
 }
 
-/// The manager's CRDs, from the committed manifests.
-pub async fn install_crds(client: &Client) -> anyhow::Result<()> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../manifests/manager/crds");
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for entry in std::fs::read_dir(&dir).with_context(|| format!("read {}", dir.display()))? {
-        let path = entry?.path();
-        let text = std::fs::read_to_string(&path)?;
-        let crd: CustomResourceDefinition =
-            serde_yaml::from_str(&text).with_context(|| format!("{}", path.display()))?;
-        crds.patch(
-            &crd.name_any(),
-            &PatchParams::apply("e2e").force(),
-            &Patch::Apply(&crd),
-        )
-        .await
-        .with_context(|| format!("apply {}", path.display()))?;
-    }
-    Ok(())
-}
-
-pub async fn ensure_namespace(client: &Client, name: &str) -> anyhow::Result<()> {
-    let api: Api<Namespace> = Api::all(client.clone());
-    if api.get_opt(name).await?.is_none() {
-        let ns = Namespace {
-            metadata: ObjectMeta {
-                name: Some(name.into()),
-                ..Default::default()
-            },
-            ..Default::default()
-        };
-        api.create(&PostParams::default(), &ns).await?;
-    }
-    Ok(())
-}
-
-pub fn hc_resource() -> ApiResource {
-    ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk("hcp.kubevirt-rs.io", "v1alpha1", "HostedCluster"),
-        "hostedclusters",
-    )
-}
-
-pub fn np_resource() -> ApiResource {
-    ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk("hcp.kubevirt-rs.io", "v1alpha1", "NodePool"),
-        "nodepools",
-    )
-}
-
-pub fn hosted_clusters(client: &Client) -> Api<DynamicObject> {
-    Api::namespaced_with(client.clone(), NS, &hc_resource())
-}
-
-pub fn node_pools(client: &Client) -> Api<DynamicObject> {
-    Api::namespaced_with(client.clone(), NS, &np_resource())
-}
-
 /// Starts the manager against the lab's infra cluster (the management
 /// cluster here), with `extra` flags.
 pub fn start_manager(lab: &Lab, extra: &[&str]) -> anyhow::Result<Daemon> {
@@ -146,73 +84,23 @@ pub fn start_manager(lab: &Lab, extra: &[&str]) -> anyhow::Result<Daemon> {
 
 /// [`start_manager`] logging to `log` under the lab directory.
 pub fn start_manager_as(lab: &Lab, extra: &[&str], log: &str) -> anyhow::Result<Daemon> {
-    let token = format!("{USER}-token");
-    lab.infra.add_token(&token, USER, &[]);
-    lab.guest.add_token(&token, USER, &[]);
-    let kubeconfig = lab.dir.join("hcp-manager.kubeconfig");
-    lab.infra
-        .write_kubeconfig(&kubeconfig, &token, Some(MANAGER_NAMESPACE))
-        .context("write kubeconfig")?;
-    let mut args = vec![
-        format!("--kubeconfig={}", kubeconfig.display()),
-        format!("--namespace={MANAGER_NAMESPACE}"),
-        "--leader-elect=false".to_string(),
-        "--metrics-address=".to_string(),
-        "--health-address=".to_string(),
-        "--supported-versions=0.1,0.2".to_string(),
-    ];
-    args.extend(extra.iter().map(|s| s.to_string()));
-    Ok(daemon::spawn(
-        BINARY,
-        args,
-        [("RUST_LOG", "info,kube=warn"), ("RUST_BACKTRACE", "1")],
+    let mut args = vec!["--supported-versions=0.1,0.2"];
+    args.extend_from_slice(extra);
+    Ok(hcp::start_manager(
+        lab,
+        &args,
+        "info,kube=warn",
         &lab.dir.join(log),
     )?)
 }
 
-/// The guest kubeconfig Secret of a hosted cluster on `guest`.
+/// The guest kubeconfig Secret `name` of a hosted cluster on `guest`.
 pub async fn guest_kubeconfig_secret(
     lab: &Lab,
     guest: &ApiServer,
     name: &str,
 ) -> anyhow::Result<()> {
-    let token = format!("{USER}-token");
-    guest.add_token(&token, USER, &[]);
-    let secret = Secret {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            namespace: Some(NS.into()),
-            ..Default::default()
-        },
-        data: Some(BTreeMap::from([(
-            "kubeconfig".to_string(),
-            ByteString(guest.kubeconfig_yaml(&token, Some("default")).into_bytes()),
-        )])),
-        ..Default::default()
-    };
-    let api: Api<Secret> = Api::namespaced(lab.infra_client().await, NS);
-    api.patch(
-        name,
-        &PatchParams::apply("e2e").force(),
-        &Patch::Apply(&secret),
-    )
-    .await?;
-    Ok(())
-}
-
-/// A HostedCluster `name` (infra id `<name>-id`) with `platform`.
-pub fn hosted_cluster(name: &str, version: &str, platform: Value) -> anyhow::Result<DynamicObject> {
-    Ok(serde_json::from_value(json!({
-        "apiVersion": "hcp.kubevirt-rs.io/v1alpha1",
-        "kind": "HostedCluster",
-        "metadata": {"name": name, "namespace": NS},
-        "spec": {
-            "release": {"version": version},
-            "infraID": format!("{name}-id"),
-            "kubeconfig": {"name": format!("{name}-admin-kubeconfig"), "key": "kubeconfig"},
-            "platform": {"kubevirt": platform}
-        }
-    }))?)
+    Ok(hcp::guest_kubeconfig_secret(&lab.infra_client().await, guest, name).await?)
 }
 
 /// Creates the guest kubeconfig Secret and the HostedCluster.
@@ -223,12 +111,10 @@ pub async fn create_hosted_cluster(
     version: &str,
     platform: Value,
 ) -> anyhow::Result<()> {
-    guest_kubeconfig_secret(lab, guest, &format!("{name}-admin-kubeconfig")).await?;
-    let hc = hosted_cluster(name, version, platform)?;
-    hosted_clusters(&lab.infra_client().await)
-        .create(&PostParams::default(), &hc)
-        .await?;
-    Ok(())
+    Ok(
+        hcp::create_hosted_cluster(&lab.infra_client().await, guest, name, version, platform)
+            .await?,
+    )
 }
 
 /// A NodePool of cluster `cluster`.
@@ -271,24 +157,9 @@ pub fn condition(obj: &DynamicObject, type_: &str) -> Option<(String, String)> {
         })
 }
 
-pub fn is_true(obj: &DynamicObject, type_: &str) -> bool {
-    condition(obj, type_).is_some_and(|(s, _)| s == "True")
-}
-
 /// Writes by the manager on `server` (create, update, patch, delete).
 pub fn writes(server: &ApiServer) -> u64 {
-    let c = server.counters();
-    c.counts
-        .iter()
-        .filter(|((verb, _, user), _)| {
-            user == USER
-                && matches!(
-                    verb.as_str(),
-                    "create" | "update" | "patch" | "delete" | "deletecollection"
-                )
-        })
-        .map(|(_, n)| n)
-        .sum()
+    server.counters().writes_by(USER)
 }
 
 /// Waits until `check` accepts the named object (or its absence).

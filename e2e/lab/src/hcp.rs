@@ -1,0 +1,212 @@
+//! The hosted-control-plane manager in the lab, for its tests and the
+//! benchmark: its CRDs (from `manifests/manager/crds` of the source tree),
+//! the `kubevirt-hcp-manager` binary started as a real process with its own
+//! identity (user `hcp-manager`, so its writes can be counted), and
+//! HostedClusters with their guest kubeconfig Secrets.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use futures::StreamExt;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{
+    Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams,
+};
+use kube::runtime::watcher::{self, Event};
+use kube::{Client, ResourceExt};
+use lab_apiserver::ApiServer;
+use serde_json::{Value, json};
+
+use crate::daemon::{self, Daemon};
+pub use crate::lab::ensure_namespace;
+use crate::{Lab, LabError};
+
+pub const BINARY: &str = "kubevirt-hcp-manager";
+/// The user the manager authenticates as on every API server.
+pub const USER: &str = "hcp-manager";
+/// Namespace of the manager and of its supported-versions ConfigMap.
+pub const MANAGER_NAMESPACE: &str = "kubevirt-hcp-manager";
+/// Namespace of the HostedClusters and NodePools.
+pub const NS: &str = "clusters";
+
+fn token() -> String {
+    format!("{USER}-token")
+}
+
+pub fn hc_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("hcp.kubevirt-rs.io", "v1alpha1", "HostedCluster"),
+        "hostedclusters",
+    )
+}
+
+pub fn np_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("hcp.kubevirt-rs.io", "v1alpha1", "NodePool"),
+        "nodepools",
+    )
+}
+
+pub fn hosted_clusters(client: &Client) -> Api<DynamicObject> {
+    Api::namespaced_with(client.clone(), NS, &hc_resource())
+}
+
+pub fn node_pools(client: &Client) -> Api<DynamicObject> {
+    Api::namespaced_with(client.clone(), NS, &np_resource())
+}
+
+/// The manager's CRDs, from the committed manifests.
+pub async fn install_crds(client: &Client) -> Result<(), LabError> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../manifests/manager/crds");
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let entries = std::fs::read_dir(&dir).map_err(LabError::io("read", &dir))?;
+    for entry in entries {
+        let path = entry.map_err(LabError::io("read", &dir))?.path();
+        let text = std::fs::read_to_string(&path).map_err(LabError::io("read", &path))?;
+        let crd: CustomResourceDefinition = serde_yaml::from_str(&text)
+            .map_err(|e| LabError::Invalid(format!("{}: {e}", path.display())))?;
+        crds.patch(
+            &crd.name_any(),
+            &PatchParams::apply("lab").force(),
+            &Patch::Apply(&crd),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Starts the manager against the lab's infra cluster (the management
+/// cluster here) without leader election or HTTP endpoints, with `extra`
+/// flags, `RUST_LOG=rust_log` and its output in `log`.
+pub fn start_manager(
+    lab: &Lab,
+    extra: &[&str],
+    rust_log: &str,
+    log: &Path,
+) -> Result<Daemon, LabError> {
+    lab.infra.add_token(&token(), USER, &[]);
+    lab.guest.add_token(&token(), USER, &[]);
+    let kubeconfig = lab.dir.join("hcp-manager.kubeconfig");
+    lab.infra
+        .write_kubeconfig(&kubeconfig, &token(), Some(MANAGER_NAMESPACE))
+        .map_err(LabError::io("write", &kubeconfig))?;
+    let mut args = vec![
+        format!("--kubeconfig={}", kubeconfig.display()),
+        format!("--namespace={MANAGER_NAMESPACE}"),
+        "--leader-elect=false".to_string(),
+        "--metrics-address=".to_string(),
+        "--health-address=".to_string(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    daemon::spawn(
+        BINARY,
+        args,
+        [("RUST_LOG", rust_log), ("RUST_BACKTRACE", "1")],
+        log,
+    )
+}
+
+/// The Secret `name` in [`NS`] on `management` holding a kubeconfig of
+/// `guest` for the manager's user.
+pub async fn guest_kubeconfig_secret(
+    management: &Client,
+    guest: &ApiServer,
+    name: &str,
+) -> Result<(), LabError> {
+    guest.add_token(&token(), USER, &[]);
+    let secret = Secret {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some(NS.into()),
+            ..Default::default()
+        },
+        data: Some(BTreeMap::from([(
+            "kubeconfig".to_string(),
+            ByteString(
+                guest
+                    .kubeconfig_yaml(&token(), Some("default"))
+                    .into_bytes(),
+            ),
+        )])),
+        ..Default::default()
+    };
+    Api::<Secret>::namespaced(management.clone(), NS)
+        .patch(
+            name,
+            &PatchParams::apply("lab").force(),
+            &Patch::Apply(&secret),
+        )
+        .await?;
+    Ok(())
+}
+
+/// A HostedCluster `name` (infra id `<name>-id`) with `platform`.
+pub fn hosted_cluster(
+    name: &str,
+    version: &str,
+    platform: Value,
+) -> Result<DynamicObject, LabError> {
+    serde_json::from_value(json!({
+        "apiVersion": "hcp.kubevirt-rs.io/v1alpha1",
+        "kind": "HostedCluster",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": {
+            "release": {"version": version},
+            "infraID": format!("{name}-id"),
+            "kubeconfig": {"name": format!("{name}-admin-kubeconfig"), "key": "kubeconfig"},
+            "platform": {"kubevirt": platform}
+        }
+    }))
+    .map_err(|e| LabError::Invalid(format!("HostedCluster {name}: {e}")))
+}
+
+/// Creates the guest kubeconfig Secret and the HostedCluster.
+pub async fn create_hosted_cluster(
+    management: &Client,
+    guest: &ApiServer,
+    name: &str,
+    version: &str,
+    platform: Value,
+) -> Result<(), LabError> {
+    guest_kubeconfig_secret(management, guest, &format!("{name}-admin-kubeconfig")).await?;
+    hosted_clusters(management)
+        .create(
+            &PostParams::default(),
+            &hosted_cluster(name, version, platform)?,
+        )
+        .await?;
+    Ok(())
+}
+
+/// Whether condition `type_` of a dynamic object is True.
+pub fn is_true(obj: &DynamicObject, type_: &str) -> bool {
+    obj.data["status"]["conditions"]
+        .as_array()
+        .is_some_and(|cs| {
+            cs.iter()
+                .any(|c| c["type"] == type_ && c["status"] == "True")
+        })
+}
+
+/// Watches until `n` HostedClusters report Available.
+pub async fn all_available(hcs: &Api<DynamicObject>, n: usize) -> Result<(), LabError> {
+    let mut available = std::collections::BTreeSet::new();
+    let mut events = std::pin::pin!(watcher::watcher(hcs.clone(), watcher::Config::default()));
+    while let Some(event) = events.next().await {
+        if let Ok(Event::Apply(hc) | Event::InitApply(hc)) = event
+            && is_true(&hc, "Available")
+        {
+            available.insert(hc.name_any());
+            if available.len() == n {
+                return Ok(());
+            }
+        }
+    }
+    Err(LabError::Watch {
+        what: "HostedClusters".into(),
+        message: "the watch ended".into(),
+    })
+}
