@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, ensure};
 use ccm_support::*;
-use fault_support::Rng;
+use fault_support::{Finally, Rng, kill_at_random};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::ResourceExt;
@@ -79,7 +79,7 @@ async fn scenario(
     let infra_client = lab.infra_client().await;
     let infra: Api<Service> = Api::namespaced(infra_client.clone(), &lab.infra_namespace);
     let slices: Api<EndpointSlice> = Api::namespaced(infra_client, &lab.infra_namespace);
-    let (done_tx, mut done_rx) = watch::channel(false);
+    let (done_tx, done_rx) = watch::channel(false);
 
     let changes = async {
         for i in 0..SERVICES {
@@ -100,23 +100,14 @@ async fn scenario(
         let _ = done_tx.send(true);
         anyhow::Ok(())
     };
-    let killer = async {
-        let mut kills = 0usize;
-        loop {
-            let pause = rng.between(KILL_EVERY.0, KILL_EVERY.1);
-            tokio::select! {
-                // The fault schedule: a random moment, not a wait for a state.
-                _ = tokio::time::sleep(pause) => {}
-                _ = done_rx.wait_for(|done| *done) => break,
-            }
-            tokio::task::block_in_place(|| ccm.restart())?;
-            kills += 1;
-        }
-        // One more kill right after the last change, so that the final
-        // state is reached by a fresh process.
-        tokio::task::block_in_place(|| ccm.restart())?;
-        anyhow::Ok(kills + 1)
-    };
+    let killer = kill_at_random(
+        ccm,
+        rng,
+        KILL_EVERY,
+        usize::MAX,
+        done_rx,
+        Finally::KillOnceMore,
+    );
     let (changed, kills) = tokio::join!(changes, killer);
     changed?;
     let kills = kills?;

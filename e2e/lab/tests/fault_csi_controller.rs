@@ -52,7 +52,7 @@ async fn operations_survive_a_controller_killed_at_random() -> anyhow::Result<()
 async fn scenario(lab: &kubevirt_lab::Lab, d: &mut Driver, rng: &mut Rng) -> anyhow::Result<()> {
     let retries = Retries::default();
     let names: Vec<String> = (0..VOLUMES).map(|_| volume_name()).collect();
-    let (done_tx, mut done_rx) = watch::channel(false);
+    let (done_tx, done_rx) = watch::channel(false);
     let socket = d.socket.clone();
 
     let sidecars = async {
@@ -73,21 +73,15 @@ async fn scenario(lab: &kubevirt_lab::Lab, d: &mut Driver, rng: &mut Rng) -> any
         results.into_iter().collect::<anyhow::Result<Vec<()>>>()
     };
 
-    let killer = async {
-        let mut kills = 0usize;
-        while kills < MAX_KILLS {
-            let pause = rng.between(KILL_EVERY.0, KILL_EVERY.1);
-            tokio::select! {
-                // The fault schedule: a random moment, not a wait for a state.
-                _ = tokio::time::sleep(pause) => {}
-                _ = done_rx.wait_for(|done| *done) => break,
-            }
-            // kill -9, then the same command line again.
-            tokio::task::block_in_place(|| d.daemon.restart())?;
-            kills += 1;
-        }
-        anyhow::Ok(kills)
-    };
+    // kill -9, then the same command line again.
+    let killer = kill_at_random(
+        &mut d.daemon,
+        rng,
+        KILL_EVERY,
+        MAX_KILLS,
+        done_rx,
+        Finally::LeaveRunning,
+    );
 
     let (ops, kills) = tokio::join!(sidecars, killer);
     ops?;

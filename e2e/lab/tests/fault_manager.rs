@@ -16,7 +16,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use anyhow::{Context as _, ensure};
-use fault_support::Rng;
+use fault_support::{Finally, Rng, kill_at_random};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::api::storage::v1::CSIDriver;
@@ -82,7 +82,7 @@ async fn scenario(
 ) -> anyhow::Result<()> {
     let infra = lab.infra_client().await;
     let hcs = hosted_clusters(&infra);
-    let (done_tx, mut done_rx) = watch::channel(false);
+    let (done_tx, done_rx) = watch::channel(false);
 
     let operations = async {
         let mut ops = 0usize;
@@ -117,22 +117,14 @@ async fn scenario(
         let _ = done_tx.send(true);
         anyhow::Ok(ops)
     };
-    let killer = async {
-        let mut kills = 0usize;
-        loop {
-            let pause = rng.between(KILL_EVERY.0, KILL_EVERY.1);
-            tokio::select! {
-                // The fault schedule: a random moment, not a wait for a state.
-                _ = tokio::time::sleep(pause) => {}
-                _ = done_rx.wait_for(|done| *done) => break,
-            }
-            tokio::task::block_in_place(|| manager.restart())?;
-            kills += 1;
-        }
-        // One more, so that the final state is reached by a fresh process.
-        tokio::task::block_in_place(|| manager.restart())?;
-        anyhow::Ok(kills + 1)
-    };
+    let killer = kill_at_random(
+        manager,
+        rng,
+        KILL_EVERY,
+        usize::MAX,
+        done_rx,
+        Finally::KillOnceMore,
+    );
     let (ops, kills) = tokio::join!(operations, killer);
     let (ops, kills) = (ops?, kills?);
     println!("{ops} operations, {kills} kills");

@@ -23,7 +23,9 @@ use kubevirt_csi_proto::v1::{
 };
 use kubevirt_infra::cdi::DataVolume;
 use kubevirt_infra::kubevirt::{VirtualMachine, VirtualMachineInstance};
+use kubevirt_lab::daemon::Daemon;
 use kubevirt_lab::{Lab, wait};
+use tokio::sync::watch;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
@@ -65,6 +67,43 @@ impl Rng {
         let span = (hi - lo).as_micros().max(1) as u64;
         lo + Duration::from_micros(self.next() % span)
     }
+}
+
+/// After the work is done, the kill schedule may end with one more kill,
+/// so that the final state is reached by a fresh process.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Finally {
+    KillOnceMore,
+    LeaveRunning,
+}
+
+/// Kills `daemon` with SIGKILL and starts it again with the same command
+/// line at random moments drawn from `every`, until `done` turns true or
+/// `max_kills` kills happened; returns the number of kills.
+pub async fn kill_at_random(
+    daemon: &mut Daemon,
+    rng: &mut Rng,
+    every: (Duration, Duration),
+    max_kills: usize,
+    mut done: watch::Receiver<bool>,
+    finally: Finally,
+) -> anyhow::Result<usize> {
+    let mut kills = 0usize;
+    while kills < max_kills {
+        let pause = rng.between(every.0, every.1);
+        tokio::select! {
+            // The fault schedule: a random moment, not a wait for a state.
+            _ = tokio::time::sleep(pause) => {}
+            _ = done.wait_for(|done| *done) => break,
+        }
+        tokio::task::block_in_place(|| daemon.restart())?;
+        kills += 1;
+    }
+    if finally == Finally::KillOnceMore {
+        tokio::task::block_in_place(|| daemon.restart())?;
+        kills += 1;
+    }
+    Ok(kills)
 }
 
 /// What the retries saw: gRPC code name -> count.
