@@ -14,36 +14,22 @@ use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-/// A NodePool of `guest1` with `platform` and `management` merged over a
-/// valid spec.
+/// A NodePool of `cluster` with the fields of `platform` set over the
+/// valid platform of [`node_pool`].
 fn pool(
     name: &str,
     cluster: &str,
     platform: Value,
     management: Value,
 ) -> anyhow::Result<DynamicObject> {
-    let mut kubevirt = json!({
-        "compute": {"cores": 2, "memory": "4Gi"},
-        "rootVolume": {"size": "10Gi"},
-        "bootImage": {"containerDiskImage": "quay.io/containerdisks/fedora:41"}
-    });
-    if let (Some(base), Some(over)) = (kubevirt.as_object_mut(), platform.as_object()) {
-        for (k, v) in over {
-            base.insert(k.clone(), v.clone());
-        }
+    let mut np = node_pool(name, cluster, 1, "0.1.0", management)?;
+    let base = np.data["spec"]["platform"]["kubevirt"]
+        .as_object_mut()
+        .context("node_pool has no platform")?;
+    for (k, v) in platform.as_object().into_iter().flatten() {
+        base.insert(k.clone(), v.clone());
     }
-    Ok(serde_json::from_value(json!({
-        "apiVersion": "hcp.kubevirt-rs.io/v1alpha1",
-        "kind": "NodePool",
-        "metadata": {"name": name, "namespace": NS},
-        "spec": {
-            "clusterName": cluster,
-            "replicas": 1,
-            "release": {"version": "0.1.0"},
-            "platform": {"kubevirt": kubevirt},
-            "management": management
-        }
-    }))?)
+    Ok(np)
 }
 
 /// Waits until condition `type_` of `name` is `status` and returns its

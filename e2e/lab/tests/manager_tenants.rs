@@ -93,6 +93,23 @@ impl Tenant {
     }
 }
 
+/// Names of the objects of kind `K` in namespace `ns`.
+async fn names<K>(client: &Client, ns: &str) -> anyhow::Result<Vec<String>>
+where
+    K: kube::Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    Ok(Api::<K>::namespaced(client.clone(), ns)
+        .list(&ListParams::default())
+        .await?
+        .items
+        .iter()
+        .map(|o| o.name_any())
+        .collect())
+}
+
 fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -435,13 +452,7 @@ async fn a_controller_refuses_another_clusters_vm(a: &Tenant, b: &Tenant) -> any
     let vm = Api::<VirtualMachine>::namespaced(b.infra.clone(), &b.infra_namespace)
         .get(&b.node)
         .await?;
-    let a_volumes: Vec<String> = Api::<DataVolume>::namespaced(a.infra.clone(), &a.infra_namespace)
-        .list(&ListParams::default())
-        .await?
-        .items
-        .iter()
-        .map(|d| d.name_any())
-        .collect();
+    let a_volumes = names::<DataVolume>(&a.infra, &a.infra_namespace).await?;
     ensure!(
         !vm.template_volumes()
             .iter()
@@ -475,51 +486,14 @@ async fn deleting_the_external_cluster_leaves_nothing(
     })
     .await?;
     let ns = &c.infra_namespace;
-    let infra = c.infra.clone();
-    let names = |items: Vec<String>| items.join(", ");
-    let dvs: Vec<String> = Api::<DataVolume>::namespaced(infra.clone(), ns)
-        .list(&ListParams::default())
-        .await?
-        .items
-        .iter()
-        .map(|o| o.name_any())
-        .collect();
-    let vms: Vec<String> = Api::<VirtualMachine>::namespaced(infra.clone(), ns)
-        .list(&ListParams::default())
-        .await?
-        .items
-        .iter()
-        .map(|o| o.name_any())
-        .collect();
-    let services: Vec<String> = Api::<Service>::namespaced(infra.clone(), ns)
-        .list(&ListParams::default())
-        .await?
-        .items
-        .iter()
-        .map(|o| o.name_any())
-        .collect();
-    let roles: Vec<String> = Api::<Role>::namespaced(infra.clone(), ns)
-        .list(&ListParams::default())
-        .await?
-        .items
-        .iter()
-        .map(|o| o.name_any())
-        .collect();
-    let bindings: Vec<String> = Api::<RoleBinding>::namespaced(infra.clone(), ns)
-        .list(&ListParams::default())
-        .await?
-        .items
-        .iter()
-        .map(|o| o.name_any())
-        .collect();
-    let accounts: Vec<String> = Api::<ServiceAccount>::namespaced(infra, ns)
-        .list(&ListParams::default())
-        .await?
-        .items
-        .iter()
-        .map(|o| o.name_any())
-        .filter(|n| n != "default")
-        .collect();
+    let infra = &c.infra;
+    let dvs = names::<DataVolume>(infra, ns).await?;
+    let vms = names::<VirtualMachine>(infra, ns).await?;
+    let services = names::<Service>(infra, ns).await?;
+    let roles = names::<Role>(infra, ns).await?;
+    let bindings = names::<RoleBinding>(infra, ns).await?;
+    let mut accounts = names::<ServiceAccount>(infra, ns).await?;
+    accounts.retain(|n| n != "default");
     ensure!(
         dvs.is_empty()
             && vms.is_empty()
@@ -528,20 +502,18 @@ async fn deleting_the_external_cluster_leaves_nothing(
             && bindings.is_empty()
             && accounts.is_empty(),
         "left in {ns}: DataVolumes [{}], VMs [{}], Services [{}], Roles [{}], RoleBindings [{}], ServiceAccounts [{}]",
-        names(dvs),
-        names(vms),
-        names(services),
-        names(roles),
-        names(bindings),
-        names(accounts)
+        dvs.join(", "),
+        vms.join(", "),
+        services.join(", "),
+        roles.join(", "),
+        bindings.join(", "),
+        accounts.join(", ")
     );
     for t in tenants.iter().filter(|t| t.name != "c") {
-        let dvs = Api::<DataVolume>::namespaced(t.infra.clone(), &t.infra_namespace)
-            .list(&ListParams::default())
+        let dvs = names::<DataVolume>(&t.infra, &t.infra_namespace)
             .await?
-            .items
             .iter()
-            .filter(|d| d.name_any().starts_with("pvc-"))
+            .filter(|n| n.starts_with("pvc-"))
             .count();
         ensure!(
             dvs == 1,
