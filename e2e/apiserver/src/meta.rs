@@ -112,9 +112,12 @@ pub fn with_type(obj: Value, api_version: &str, kind: &str) -> Value {
 
 /// Now, as kube-apiserver writes timestamps: `2006-01-02T15:04:05Z`.
 pub fn now() -> String {
-    jiff::Timestamp::now()
-        .strftime("%Y-%m-%dT%H:%M:%SZ")
-        .to_string()
+    timestamp(jiff::Timestamp::now())
+}
+
+/// `t` as kube-apiserver writes timestamps (second precision, UTC).
+pub fn timestamp(t: jiff::Timestamp) -> String {
+    t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
 #[cfg(test)]

@@ -297,7 +297,8 @@ pub async fn resource(
     }
 }
 
-/// POST `pods/{name}/binding|eviction`, PUT `namespaces/{name}/finalize`.
+/// POST `pods/{name}/binding|eviction`, PUT `namespaces/{name}/finalize`,
+/// POST `serviceaccounts/{name}/token`.
 pub async fn action_subresource(
     shared: &Arc<Shared>,
     user: &User,
@@ -307,9 +308,6 @@ pub async fn action_subresource(
     action: &str,
 ) -> ApiResult<Response> {
     let method = req.method().clone();
-    if action == "token" {
-        return token_request(shared, user, req, def, p).await;
-    }
     let verb = if action == "finalize" {
         "update"
     } else {
@@ -325,11 +323,14 @@ pub async fn action_subresource(
     } else {
         Method::POST
     };
-    let (is_pod, is_ns) = (
-        def.group.is_empty() && def.plural == "pods",
-        def.group.is_empty() && def.plural == "namespaces",
-    );
-    if method != expected || !(is_pod && action != "finalize" || is_ns && action == "finalize") {
+    let core = |plural: &str| def.group.is_empty() && def.plural == plural;
+    let applies = match action {
+        "binding" | "eviction" => core("pods"),
+        "finalize" => core("namespaces"),
+        "token" => core("serviceaccounts"),
+        _ => false,
+    };
+    if method != expected || !applies {
         return Err(ApiError::resource_not_found());
     }
     let name = p.name.clone().unwrap_or_default();
@@ -338,6 +339,9 @@ pub async fn action_subresource(
     let content_type = header_str(req.headers(), header::CONTENT_TYPE).map(str::to_string);
     let body = read_body(shared, req.into_body(), length).await?;
     let body = decode_object(content_type.as_deref(), &body)?;
+    if action == "token" {
+        return issue_token(shared, def, &ns, &name, &body);
+    }
     let t = Target {
         def: def.clone(),
         version: p.version.clone(),
@@ -369,36 +373,20 @@ pub async fn action_subresource(
     }
 }
 
-/// POST on `serviceaccounts/<name>/token` (TokenRequest): a fresh bearer
-/// token for the ServiceAccount, authenticated from then on as
-/// `system:serviceaccount:<ns>:<name>`, valid for `spec.expirationSeconds`
-/// (default one hour). The lab never expires tokens; the answer carries the
-/// expiration a client must plan its refresh by.
-async fn token_request(
-    shared: &Arc<Shared>,
-    user: &User,
-    req: Request<Body>,
-    def: &Arc<crate::resources::ResourceDef>,
-    p: &ResourcePath,
+/// A TokenRequest for ServiceAccount `ns/name`: a fresh bearer token,
+/// authenticated from then on as `system:serviceaccount:<ns>:<name>`, valid
+/// for `spec.expirationSeconds` (default one hour). The lab never expires
+/// tokens; the answer carries the expiration a client must plan its
+/// refresh by.
+fn issue_token(
+    shared: &Shared,
+    def: &crate::resources::ResourceDef,
+    ns: &str,
+    name: &str,
+    body: &Value,
 ) -> ApiResult<Response> {
-    let counted = counter_resource(&def.plural, Some("token"));
-    shared.counters.record("create", &counted, &user.name);
-    if let Some(code) = shared.faults.injected_error(&counted) {
-        return Err(ApiError::injected(code, &counted));
-    }
-    if req.method() != Method::POST || !(def.group.is_empty() && def.plural == "serviceaccounts") {
-        return Err(ApiError::resource_not_found());
-    }
-    let (ns, name) = (
-        p.namespace.clone().unwrap_or_default(),
-        p.name.clone().unwrap_or_default(),
-    );
-    let length = header_str(req.headers(), header::CONTENT_LENGTH).and_then(|l| l.parse().ok());
-    let content_type = header_str(req.headers(), header::CONTENT_TYPE).map(str::to_string);
-    let body = read_body(shared, req.into_body(), length).await?;
-    let body = decode_object(content_type.as_deref(), &body)?;
-    if shared.lock().store.get(&def.key(), &ns, &name).is_none() {
-        return Err(ApiError::not_found("", "serviceaccounts", &name));
+    if shared.lock().store.get(&def.key(), ns, name).is_none() {
+        return Err(ApiError::not_found("", "serviceaccounts", name));
     }
     let seconds = body
         .pointer("/spec/expirationSeconds")
@@ -438,9 +426,9 @@ async fn token_request(
         &json!({
             "kind": "TokenRequest",
             "apiVersion": "authentication.k8s.io/v1",
-            "metadata": {"name": name, "namespace": ns, "creationTimestamp": now.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()},
+            "metadata": {"name": name, "namespace": ns, "creationTimestamp": crate::meta::timestamp(now)},
             "spec": spec,
-            "status": {"token": token, "expirationTimestamp": expires.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()}
+            "status": {"token": token, "expirationTimestamp": crate::meta::timestamp(expires)}
         }),
     ))
 }
