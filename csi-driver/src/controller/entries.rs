@@ -141,10 +141,8 @@ pub fn volume_entry(dv: &DataVolume) -> VolumeEntry {
         .as_ref()
         .and_then(|a| a.get(CAPACITY_ANNOTATION))
         .and_then(|v| v.parse::<i64>().ok());
-    let size = match (size, expanded) {
-        (Some(s), Some(e)) => Some(s.max(e)),
-        (s, e) => s.or(e),
-    };
+    // (`None` orders below any size.)
+    let size = size.max(expanded);
     let storage_class = storage
         .and_then(|s| s.storage_class_name.clone())
         .or_else(|| {
