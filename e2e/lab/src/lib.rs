@@ -4,9 +4,10 @@
 //! its hotplug API, CDI, snapshots, load balancers, EndpointSlices), worker
 //! VMs with their guest Nodes, and writes kubeconfigs and a `lab.env` for the
 //! daemons under test; [`daemon`] starts those daemons as child processes;
-//! [`suite`] runs our daemons and the guest stand-ins on a lab; [`demo`]
-//! is the narrated walk-through behind `lab demo`; [`bench`] the scenarios
-//! of the `bench` binary.
+//! [`suite`] runs our daemons and the guest stand-ins on a lab; [`hcp`]
+//! runs the hosted-control-plane manager and [`pod`] the containers of the
+//! Deployments it writes; [`demo`] is the narrated walk-through behind
+//! `lab demo`; [`bench`] the scenarios of the `bench` binary.
 
 pub mod bench;
 pub mod daemon;
