@@ -520,17 +520,27 @@ async fn run_vmi(stale: &VirtualMachineInstance, ctx: &Ctx) -> Result<Action, Er
         )
         .await?;
     }
-    let status = desired_vmi_status(
+    let mut status = desired_vmi_status(
         &node,
         &addresses,
         pod.uid().as_deref(),
         &ctx.cfg.launcher_image,
     );
+    // The guest agent reports the interfaces from then on: addresses that
+    // changed after boot are the guest's, not ours to put back.
+    if let Some(reported) = vmi.status.as_ref().filter(|s| !s.interfaces.is_empty()) {
+        status.interfaces = reported.interfaces.clone();
+    }
     if !status_matches(vmi.status.as_ref(), &status) {
+        // Only over the object just read: a phase written meanwhile (the VMI
+        // failed, say) is never overwritten with Running. A conflict retries.
         vmis.patch_status(
             &name,
             &PatchParams::default(),
-            &Patch::Merge(&json!({"status": status})),
+            &Patch::Merge(&json!({
+                "metadata": {"resourceVersion": vmi.resource_version()},
+                "status": status,
+            })),
         )
         .await?;
         tracing::info!(vmi = %key(&vmi), node = %node, ip = %addresses.v4, "VMI running");
