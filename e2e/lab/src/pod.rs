@@ -158,12 +158,12 @@ impl PodRun<'_> {
         .iter()
         .map(|s| s.to_string())
         .collect();
+        unshare.push(binary.display().to_string());
         for (src, target) in &mounts {
             unshare.push(src.display().to_string());
             unshare.push(target.clone());
         }
         unshare.push("--".to_string());
-        unshare.push(binary.display().to_string());
         unshare.extend(args);
         let log = self
             .dir
@@ -174,16 +174,21 @@ impl PodRun<'_> {
     }
 }
 
-/// `$0 src dst src dst ... -- program args...`: bind every source at its
-/// target (creating a missing mount point), then exec the program.
+/// `$0 program src dst src dst ... -- args...`: bind every source at its
+/// target (creating a missing mount point), then exec the program. The
+/// program's directory is held open on fd 9 before any mount, since a mount
+/// (an emptyDir at `/tmp`, say) may cover the path the program was found by.
 const MOUNT_SCRIPT: &str = r#"set -e
+exec 9<"${1%/*}"
+program="/proc/self/fd/9/${1##*/}"
+shift
 while [ "$1" != "--" ]; do
   if [ -d "$1" ]; then mkdir -p "$2"; else mkdir -p "$(dirname "$2")"; [ -e "$2" ] || : > "$2"; fi
   mount --bind "$1" "$2"
   shift 2
 done
 shift
-exec "$@""#;
+exec "$program" "$@""#;
 
 fn mounts_over_sources(target: &str, lab_dir: &Path) -> bool {
     lab_dir.starts_with(target)
