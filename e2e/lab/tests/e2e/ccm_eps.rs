@@ -3,12 +3,10 @@
 //! the VMIs hosting a ready endpoint, following endpoint moves and VMI
 //! address changes (which also reach the guest Node addresses).
 
-mod ccm_support;
-
 use std::time::Duration;
 
+use crate::ccm_support::*;
 use anyhow::{Context as _, ensure};
-use ccm_support::*;
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::ResourceExt;

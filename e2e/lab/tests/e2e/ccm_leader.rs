@@ -2,12 +2,10 @@
 //! it is killed, the standby takes over within the lease duration; a clean
 //! shutdown releases the Lease.
 
-mod ccm_support;
-
 use std::time::{Duration, Instant};
 
+use crate::ccm_support::*;
 use anyhow::{Context as _, ensure};
-use ccm_support::*;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Service};
 use kube::ResourceExt;

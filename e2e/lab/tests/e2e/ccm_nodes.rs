@@ -4,13 +4,11 @@
 //! addresses follow the VMI; a finished VMI taints the node as shut down;
 //! a deleted VM takes its node with it.
 
-mod ccm_support;
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use crate::ccm_support::*;
 use anyhow::{Context as _, ensure};
-use ccm_support::*;
 use k8s_openapi::api::core::v1::Node;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};

@@ -5,12 +5,10 @@
 //! How fast and how lean it is, the `bench` binary measures; the figures of
 //! this run are printed (`--nocapture`).
 
-mod ccm_support;
-
 use std::time::{Duration, Instant};
 
+use crate::ccm_support::*;
 use anyhow::Context as _;
-use ccm_support::*;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Service;
 use kube::api::{Api, PostParams};

@@ -4,13 +4,11 @@
 //! guest status; every later change of the guest Service reaches the infra
 //! Service; type changes and deletion clean up and release the finalizer.
 
-mod ccm_support;
-
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use crate::ccm_support::*;
 use anyhow::{Context as _, ensure};
-use ccm_support::*;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;

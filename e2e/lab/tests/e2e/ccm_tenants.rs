@@ -3,13 +3,11 @@
 //! its own VMs, lists only its own VMIs, and neither CCM touches the other's
 //! objects or a third party's look-alikes.
 
-mod ccm_support;
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use crate::ccm_support::*;
 use anyhow::{Context as _, ensure};
-use ccm_support::*;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, DeleteParams, PostParams};

@@ -11,13 +11,11 @@
 //! failure prints its seed).
 //! Build the binary first: `cargo build -p kubevirt-csi-driver`.
 
-mod csi_support;
-
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
+use crate::csi_support::*;
 use anyhow::{Context as _, ensure};
-use csi_support::*;
 use kube::api::{Api, ListParams};
 use kubevirt_csi_proto::v1::volume_capability::{AccessType, BlockVolume, MountVolume};
 use kubevirt_csi_proto::v1::*;

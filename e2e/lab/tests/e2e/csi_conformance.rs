@@ -7,12 +7,10 @@
 //!
 //! Build the binary first: `cargo build -p kubevirt-csi-driver`.
 
-mod csi_support;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use csi_support::*;
+use crate::csi_support::*;
 use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use kube::api::{Api, PostParams};
 use kubevirt_csi_proto::v1::volume_capability::access_mode::Mode;

@@ -9,12 +9,10 @@
 //!
 //! Build the binary first: `cargo build -p kubevirt-csi-driver`.
 
-mod csi_support;
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use csi_support::*;
+use crate::csi_support::*;
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
 use k8s_openapi::api::storage::v1::{StorageClass, VolumeAttachment};
 use kube::api::{Api, DeleteParams, PostParams};

@@ -9,14 +9,11 @@
 //!
 //! Build the driver first: `cargo build -p kubevirt-csi-driver`.
 
-mod csi_support;
-mod fault_support;
-
 use std::time::Duration;
 
+use crate::csi_support::*;
+use crate::fault_support::*;
 use anyhow::{Context as _, ensure};
-use csi_support::*;
-use fault_support::*;
 use futures::StreamExt;
 use tonic::Code;
 

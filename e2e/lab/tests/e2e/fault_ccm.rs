@@ -7,15 +7,12 @@
 //!
 //! Build the CCM first: `cargo build -p kubevirt-cloud-controller-manager`.
 
-mod ccm_support;
-mod fault_support;
-
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use crate::ccm_support::*;
+use crate::fault_support::{Finally, Rng, kill_at_random};
 use anyhow::{Context as _, ensure};
-use ccm_support::*;
-use fault_support::{Finally, Rng, kill_at_random};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::ResourceExt;

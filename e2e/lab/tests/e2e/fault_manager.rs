@@ -9,21 +9,18 @@
 //!
 //! Build the manager first: `cargo build -p kubevirt-hcp-manager`.
 
-mod fault_support;
-mod manager_support;
-
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use crate::fault_support::{Finally, Rng, kill_at_random};
+use crate::manager_support::*;
 use anyhow::{Context as _, ensure};
-use fault_support::{Finally, Rng, kill_at_random};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::api::storage::v1::CSIDriver;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use lab_apiserver::{ApiServer, ApiServerConfig};
-use manager_support::*;
 use serde_json::json;
 use tokio::sync::watch;
 

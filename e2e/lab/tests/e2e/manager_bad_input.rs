@@ -3,13 +3,11 @@
 //! created for it, the manager never panics and keeps serving the good
 //! cluster next to them.
 
-mod manager_support;
-
+use crate::manager_support::*;
 use anyhow::{Context as _, ensure};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DynamicObject, ListParams, PostParams};
 use kubevirt_infra::kubevirt::VirtualMachine;
-use manager_support::*;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -6,10 +6,9 @@
 //! Manual storage mapping makes its classes; deleting the HostedCluster
 //! leaves nothing behind in the infra cluster.
 
-mod manager_support;
-
 use std::time::Duration;
 
+use crate::manager_support::*;
 use anyhow::{Context as _, ensure};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service, ServiceAccount};
@@ -18,7 +17,6 @@ use k8s_openapi::api::storage::v1::{CSIDriver, StorageClass};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kubevirt_infra::cdi::DataVolume;
 use kubevirt_infra::kubevirt::VirtualMachine;
-use manager_support::*;
 use serde_json::json;
 
 const CP: &str = "clusters-guest1";

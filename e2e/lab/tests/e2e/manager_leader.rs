@@ -2,15 +2,13 @@
 //! on SIGTERM it exits cleanly and releases the Lease, and the other takes
 //! over at once and reconciles from then on.
 
-mod manager_support;
-
 use std::time::Duration;
 
+use crate::manager_support::*;
 use anyhow::{Context as _, ensure};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::{Api, Patch, PatchParams};
-use manager_support::*;
 use serde_json::json;
 
 fn holder(lease: Option<&Lease>) -> Option<String> {

@@ -6,12 +6,11 @@
 //! upgrade that keeps the VMs and updates one node at a time, and refused
 //! version skew.
 
-mod manager_support;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::manager_support::*;
 use anyhow::{Context as _, ensure};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Pod};
@@ -20,7 +19,6 @@ use kube::runtime::watcher::{self, Event};
 use kube::{Client, ResourceExt};
 use kubevirt_infra::kubevirt::VirtualMachine;
 use kubevirt_lab::Lab;
-use manager_support::*;
 use serde_json::json;
 use tokio::task::JoinHandle;
 

@@ -3,14 +3,12 @@
 //! every cluster writes nothing. (How fast, and in how much memory, is the
 //! benchmark's to measure: `bench`, section manager.)
 
-mod manager_support;
-
 use std::time::{Duration, Instant};
 
+use crate::manager_support::*;
 use anyhow::{Context as _, ensure};
 use kube::api::{Patch, PatchParams};
 use lab_apiserver::{ApiServer, ApiServerConfig};
-use manager_support::*;
 use serde_json::json;
 
 const CLUSTERS: usize = 100;

@@ -14,11 +14,10 @@
 //! Needs root (the pods' mount namespaces). Build the binaries first:
 //! `cargo build --bins`.
 
-mod manager_support;
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use crate::manager_support::*;
 use anyhow::{Context as _, bail, ensure};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -35,7 +34,6 @@ use kubevirt_infra::kubevirt::VirtualMachine;
 use kubevirt_lab::pod::{PodRun, RunningPod};
 use kubevirt_lab::{Lab, LabConfig, wait};
 use lab_apiserver::{ApiServer, ApiServerConfig};
-use manager_support::*;
 use serde_json::json;
 
 const DRIVER: &str = "csi.kubevirt.io";

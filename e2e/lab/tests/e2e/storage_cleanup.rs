@@ -6,15 +6,13 @@
 //!
 //! Build the driver first: `cargo build -p kubevirt-csi-driver`.
 
-mod storage_support;
-
+use crate::storage_support::*;
 use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use kube::ResourceExt;
 use kube::api::{Api, ListParams};
 use kubevirt_infra::cdi::DataVolume;
 use kubevirt_infra::kubevirt::{VirtualMachine, VirtualMachineInstance};
 use kubevirt_lab::wait;
-use storage_support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn infra_objects_go_with_the_claim() -> anyhow::Result<()> {

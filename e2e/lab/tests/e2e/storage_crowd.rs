@@ -6,14 +6,12 @@
 //!
 //! Build the driver first: `cargo build -p kubevirt-csi-driver`.
 
-mod storage_support;
-
+use crate::storage_support::*;
 use anyhow::{Context as _, ensure};
 use futures::future::try_join_all;
 use kube::api::ListParams;
 use kubevirt_infra::cdi::DataVolume;
 use lab_guest::kubelet::attachment_name;
-use storage_support::*;
 
 const NODES: usize = 5;
 const PODS_PER_NODE: usize = 10;

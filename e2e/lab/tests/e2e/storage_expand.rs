@@ -11,13 +11,11 @@
 //!
 //! Build the driver first: `cargo build -p kubevirt-csi-driver`.
 
-mod storage_support;
-
+use crate::storage_support::*;
 use kube::api::{Patch, PatchParams};
 use kubevirt_lab::wait;
 use lab_guest::objects::bytes;
 use serde_json::json;
-use storage_support::*;
 
 /// CAP_SYS_RESOURCE's bit in the capability sets.
 const CAP_SYS_RESOURCE: u32 = 24;

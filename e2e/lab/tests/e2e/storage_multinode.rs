@@ -6,14 +6,12 @@
 //!
 //! Build the driver first: `cargo build -p kubevirt-csi-driver`.
 
-mod storage_support;
-
+use crate::storage_support::*;
 use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use kube::api::{Api, ListParams};
 use kubevirt_infra::cdi::DataVolume;
 use kubevirt_infra::kubevirt::VirtualMachineInstance;
 use lab_guest::kubelet::attachment_name;
-use storage_support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn block_volume_shared_by_two_nodes() -> anyhow::Result<()> {

@@ -8,13 +8,11 @@
 //!
 //! Build the driver first: `cargo build -p kubevirt-csi-driver`.
 
-mod storage_support;
-
+use crate::storage_support::*;
 use kube::api::{DeleteParams, Patch, PatchParams};
 use kubevirt_lab::wait;
 use lab_guest::kubelet::attachment_name;
 use serde_json::json;
-use storage_support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn filesystem_claim_used_by_a_pod() -> anyhow::Result<()> {

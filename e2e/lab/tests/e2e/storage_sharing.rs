@@ -6,13 +6,11 @@
 //!
 //! Build the driver first: `cargo build -p kubevirt-csi-driver`.
 
-mod storage_support;
-
 use std::time::Duration;
 
+use crate::storage_support::*;
 use kube::ResourceExt;
 use lab_guest::kubelet::attachment_name;
-use storage_support::*;
 
 /// The VolumeAttachment of claim `claim`'s volume on `node`.
 async fn attachment_of(s: &Storage, claim: &str, node: &str) -> anyhow::Result<String> {

@@ -5,13 +5,11 @@
 //!
 //! Build the driver first: `cargo build -p kubevirt-csi-driver`.
 
-mod storage_support;
-
+use crate::storage_support::*;
 use kube::api::{Api, DeleteParams, PostParams};
 use kubevirt_infra::snapshot::VolumeSnapshot;
 use kubevirt_lab::wait;
 use serde_json::json;
-use storage_support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshot_restores_to_a_new_claim() -> anyhow::Result<()> {
