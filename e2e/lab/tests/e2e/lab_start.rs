@@ -18,16 +18,12 @@ use kubevirt_lab::{Lab, LabConfig};
 use serde_json::json;
 
 async fn lab(vms: usize) -> anyhow::Result<Lab> {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
-    Ok(Lab::start(LabConfig {
+    crate::common::start_lab(LabConfig {
         vms,
         devices: false,
         ..LabConfig::default()
     })
-    .await?)
+    .await
 }
 
 fn env_map(text: &str) -> BTreeMap<String, String> {

@@ -8,6 +8,7 @@
 //! (`cargo build --workspace --all-targets`, as `scripts/test.sh` does).
 
 mod ccm_support;
+mod common;
 mod csi_support;
 mod fault_support;
 mod manager_support;

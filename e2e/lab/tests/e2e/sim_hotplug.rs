@@ -21,17 +21,13 @@ use serde_json::json;
 const WAIT: Duration = Duration::from_secs(20);
 
 async fn lab(latency: Duration) -> anyhow::Result<Lab> {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
-    Ok(Lab::start(LabConfig {
+    crate::common::start_lab(LabConfig {
         vms: 1,
         devices: false,
         hotplug_step_latency: latency,
         ..LabConfig::default()
     })
-    .await?)
+    .await
 }
 
 async fn create_dv(client: &Client, ns: &str, name: &str) -> anyhow::Result<DataVolume> {

@@ -14,10 +14,8 @@ use std::fmt::Debug;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use futures::StreamExt;
+use kube::Resource;
 use kube::api::Api;
-use kube::runtime::watcher::{self, Event};
-use kube::{Resource, ResourceExt};
 use kubevirt_lab::daemon::{self, Daemon};
 use kubevirt_lab::{Lab, LabConfig};
 use lab_apiserver::ApiServer;
@@ -36,15 +34,7 @@ pub const MANAGED_BY: &str = "endpointslice.kubernetes.io/managed-by";
 pub const MANAGED_BY_EPS: &str = "kubevirt-eps-controller";
 pub const SERVICE_NAME: &str = "kubernetes.io/service-name";
 
-/// Log to stderr once per test binary (visible with `--nocapture`).
-pub fn init_logging() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_test_writer()
-        .try_init();
-}
+pub use crate::common::init_logging;
 
 /// A lab for the CCM: `vms` workers, no emulated disks.
 pub async fn lab(vms: usize, cluster: &str) -> anyhow::Result<Lab> {
@@ -185,9 +175,7 @@ pub async fn until<K, T>(
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + 'static,
 {
-    kubevirt_lab::wait::until(api, name, WAIT, check)
-        .await
-        .with_context(|| format!("waiting for {what}"))
+    crate::common::until_within(api, name, what, WAIT, check).await
 }
 
 /// Waits until `check` accepts the objects matching `labels` (watching).
@@ -203,50 +191,7 @@ where
     until_list_within(api, labels, what, WAIT, check).await
 }
 
-/// [`until_list`] with its own time limit.
-pub async fn until_list_within<K, T>(
-    api: &Api<K>,
-    labels: &str,
-    what: &str,
-    timeout: Duration,
-    mut check: impl FnMut(&[K]) -> Option<T>,
-) -> anyhow::Result<T>
-where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + 'static,
-{
-    let config = watcher::Config::default().labels(labels);
-    let watch = async {
-        let mut events = std::pin::pin!(watcher::watcher(api.clone(), config));
-        let mut current: BTreeMap<String, K> = BTreeMap::new();
-        let mut listing: BTreeMap<String, K> = BTreeMap::new();
-        let mut last = Vec::new();
-        while let Some(event) = events.next().await {
-            match event? {
-                Event::Init => listing.clear(),
-                Event::InitApply(obj) => {
-                    listing.insert(obj.name_any(), obj);
-                    continue;
-                }
-                Event::InitDone => current = std::mem::take(&mut listing),
-                Event::Apply(obj) => {
-                    current.insert(obj.name_any(), obj);
-                }
-                Event::Delete(obj) => {
-                    current.remove(&obj.name_any());
-                }
-            }
-            last = current.values().cloned().collect::<Vec<_>>();
-            if let Some(found) = check(&last) {
-                return Ok(found);
-            }
-        }
-        bail!("watch ended; last seen: {last:#?}")
-    };
-    match tokio::time::timeout(timeout, watch).await {
-        Ok(result) => result.with_context(|| format!("waiting for {what}")),
-        Err(_) => bail!("timed out after {timeout:?} waiting for {what}"),
-    }
-}
+pub use crate::common::until_list_within;
 
 /// The CCM's log, for failure messages.
 pub fn log_of(d: &Daemon) -> String {

@@ -32,15 +32,7 @@ pub const GIB: i64 = 1 << 30;
 /// Label key of the tenant labels in these tests.
 pub const INFRA_ID: &str = "hypershift.openshift.io/infra-id";
 
-/// Log to stderr once per test binary (visible with `--nocapture`).
-pub fn init_logging() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_test_writer()
-        .try_init();
-}
+pub use crate::common::init_logging;
 
 /// A lab for the CSI controller: `vms` workers, no emulated disks.
 pub async fn lab(vms: usize, cluster: &str, step_latency: Duration) -> anyhow::Result<Lab> {

@@ -8,7 +8,7 @@
 //!
 //! The binary must be built first: `cargo build -p kubevirt-hcp-manager`.
 
-#![allow(dead_code, unused_imports)]
+#![allow(dead_code)]
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -44,15 +44,7 @@ pub const VERSION_ANNOTATION: &str = "hcp.kubevirt-rs.io/version";
 pub const DESIRED_VERSION: &str = "hcp.kubevirt-rs.io/desired-version";
 pub const CURRENT_VERSION: &str = "hcp.kubevirt-rs.io/current-version";
 
-/// Log to stderr once per test binary (visible with `--nocapture`).
-pub fn init_logging() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_test_writer()
-        .try_init();
-}
+pub use crate::common::init_logging;
 
 /// A lab with no workers of its own: the manager makes them.
 pub async fn lab() -> anyhow::Result<Lab> {
@@ -172,9 +164,7 @@ pub async fn until<K, T>(
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + 'static,
 {
-    kubevirt_lab::wait::until(api, name, WAIT, check)
-        .await
-        .with_context(|| format!("waiting for {what}"))
+    crate::common::until_within(api, name, what, WAIT, check).await
 }
 
 /// Waits until `check` accepts a dynamic object (or its absence).
@@ -225,43 +215,12 @@ pub async fn until_list<K, T>(
     api: &Api<K>,
     labels: &str,
     what: &str,
-    mut check: impl FnMut(&[K]) -> Option<T>,
+    check: impl FnMut(&[K]) -> Option<T>,
 ) -> anyhow::Result<T>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + 'static,
 {
-    let config = watcher::Config::default().labels(labels);
-    let watch = async {
-        let mut events = std::pin::pin!(watcher::watcher(api.clone(), config));
-        let mut current: BTreeMap<String, K> = BTreeMap::new();
-        let mut listing: BTreeMap<String, K> = BTreeMap::new();
-        let mut last = Vec::new();
-        while let Some(event) = events.next().await {
-            match event? {
-                Event::Init => listing.clear(),
-                Event::InitApply(obj) => {
-                    listing.insert(obj.name_any(), obj);
-                    continue;
-                }
-                Event::InitDone => current = std::mem::take(&mut listing),
-                Event::Apply(obj) => {
-                    current.insert(obj.name_any(), obj);
-                }
-                Event::Delete(obj) => {
-                    current.remove(&obj.name_any());
-                }
-            }
-            last = current.values().cloned().collect::<Vec<_>>();
-            if let Some(found) = check(&last) {
-                return Ok(found);
-            }
-        }
-        bail!("watch ended; last seen: {last:#?}")
-    };
-    match tokio::time::timeout(WAIT, watch).await {
-        Ok(result) => result.with_context(|| format!("waiting for {what}")),
-        Err(_) => bail!("timed out after {WAIT:?} waiting for {what}"),
-    }
+    crate::common::until_list_within(api, labels, what, WAIT, check).await
 }
 
 /// Waits until the HostedCluster is Available.

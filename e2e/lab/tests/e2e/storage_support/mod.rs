@@ -51,15 +51,7 @@ pub const WAIT: Duration = Duration::from_secs(60);
 pub const TEST_TIMEOUT: Duration = Duration::from_secs(300);
 pub const GIB: u64 = 1 << 30;
 
-/// Log to stderr once per test binary (visible with `--nocapture`).
-pub fn init_logging() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_test_writer()
-        .try_init();
-}
+pub use crate::common::init_logging;
 
 /// Runs a test body for at most [`TEST_TIMEOUT`].
 pub async fn bounded<F: Future<Output = anyhow::Result<()>>>(test: F) -> anyhow::Result<()> {
