@@ -40,3 +40,16 @@ fuzz_cargo() {
         RUSTC_BOOTSTRAP=1 cargo "$@"
     fi
 }
+
+# Free space where the build goes: a full test run needs about 8 GB (debug
+# build, fuzz build); a linker that runs out of room dies with SIGBUS, so
+# say it up front.
+check_disk() {
+    local dir="${CARGO_TARGET_DIR:-target}" avail_kb
+    mkdir -p "$dir"
+    avail_kb=$(df -Pk "$dir" | awk 'NR == 2 { print $4 }')
+    echo "free disk for $dir: $((avail_kb / 1024 / 1024)) GB"
+    if [ "${avail_kb:-0}" -lt $((10 * 1024 * 1024)) ]; then
+        echo "warning: less than 10 GB free; the build may run out of room (a linker dying with SIGBUS is the sign)" >&2
+    fi
+}

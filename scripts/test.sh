@@ -9,6 +9,7 @@ cd "$(dirname "$0")/.."
 
 step "installing system dependencies"
 ensure_packages
+check_disk
 
 step "checking formatting (cargo fmt)"
 cargo fmt --all -- --check
