@@ -4,12 +4,14 @@
 //!
 //! - [`config`]: flags (those of the Go driver, plus ours) and the policy env.
 //! - [`app`]: wiring from a [`config::Config`] to running services.
-//! - [`controller`], [`identity`], [`node`]: the CSI services.
+//! - [`controller`], [`identity`], [`node`]: the CSI services; [`bus`]: the
+//!   disk bus both the controller and the node read from a volume.
 //! - [`server`], [`http`], [`metrics`], [`health`], [`telemetry`]: serving.
 
 pub mod node;
 
 pub mod app;
+pub mod bus;
 pub mod config;
 pub mod controller;
 pub mod endpoint;

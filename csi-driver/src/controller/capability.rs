@@ -99,35 +99,11 @@ pub fn check_supported(access: Access) -> Result<()> {
     Ok(())
 }
 
-/// The disk bus of a hotplugged volume (StorageClass parameter `bus`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Bus {
-    #[default]
-    Scsi,
-    Virtio,
-    Sata,
-}
+pub use crate::bus::Bus;
 
-impl Bus {
-    /// Parse the parameter; absent or empty means SCSI.
-    pub fn parse(v: Option<&str>) -> Result<Bus> {
-        match v.map(str::trim).unwrap_or("") {
-            "" | "scsi" => Ok(Bus::Scsi),
-            "virtio" => Ok(Bus::Virtio),
-            "sata" => Ok(Bus::Sata),
-            other => Err(Error::InvalidArgument(format!(
-                "bus {other:?} is not supported (scsi, virtio or sata)"
-            ))),
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Bus::Scsi => "scsi",
-            Bus::Virtio => "virtio",
-            Bus::Sata => "sata",
-        }
-    }
+/// The disk bus a request names (absent: SCSI).
+pub fn bus(v: Option<&str>) -> Result<Bus> {
+    Bus::parse(v).map_err(|e| Error::InvalidArgument(e.to_string()))
 }
 
 /// A Kubernetes object name (DNS-1123 subdomain).

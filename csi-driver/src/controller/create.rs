@@ -13,7 +13,7 @@ use kubevirt_csi_proto::v1::{
 };
 use tokio::time::Instant;
 
-use super::capability::{Bus, access_of, check_supported, is_object_name, required};
+use super::capability::{Bus, access_of, bus, check_supported, is_object_name, required};
 use super::entries::{self, ContentSource, VolumeEntry};
 use super::volume::{
     BUS_PARAM, INFRA_STORAGE_CLASS_PARAM, SERIAL_KEY, VolumeRequest, check_compatible,
@@ -76,7 +76,7 @@ pub(super) async fn create_volume(
     }
     let access = access_of(&req.volume_capabilities)?;
     check_supported(access)?;
-    let bus = Bus::parse(req.parameters.get(BUS_PARAM).map(String::as_str))?;
+    let bus = bus(req.parameters.get(BUS_PARAM).map(String::as_str))?;
     let storage_class = req
         .parameters
         .get(INFRA_STORAGE_CLASS_PARAM)

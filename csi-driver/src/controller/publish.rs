@@ -20,7 +20,7 @@ use kubevirt_infra::hotplug::{AddVolumeOptions, Target};
 use tokio::time::Instant;
 
 use super::ControllerService;
-use super::capability::{Bus, check_capability, check_supported, node_id, parse_node_id, required};
+use super::capability::{bus, check_capability, check_supported, node_id, parse_node_id, required};
 use super::index::State;
 use super::volume::{BUS_PARAM, SERIAL_KEY};
 use crate::error::{Error, Result, is_conflict, is_not_found};
@@ -71,7 +71,7 @@ pub(super) async fn publish(
     let access = check_capability(cap)?;
     check_supported(access)?;
     let (ns, vm) = parse_node_id(node)?;
-    let bus = Bus::parse(req.volume_context.get(BUS_PARAM).map(String::as_str))?;
+    let bus = bus(req.volume_context.get(BUS_PARAM).map(String::as_str))?;
     if ns != svc.scope().namespace() {
         return Err(Error::NotFound(format!(
             "node {node} is not a VM of this cluster (infra namespace {})",

@@ -21,31 +21,12 @@ use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 use tokio::time::Instant;
 
+pub use crate::bus::Bus;
+
 use super::error::NodeError;
 
 /// Longest serial virtio-blk (and ATA) exposes to the guest.
 const SHORT_SERIAL: usize = 20;
-
-/// The disk bus of a hotplugged volume (StorageClass parameter `bus`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Bus {
-    Scsi,
-    Virtio,
-    Sata,
-}
-
-impl Bus {
-    pub fn parse(bus: &str) -> Result<Self, NodeError> {
-        match bus {
-            "scsi" => Ok(Self::Scsi),
-            "virtio" => Ok(Self::Virtio),
-            "sata" => Ok(Self::Sata),
-            other => Err(NodeError::InvalidArgument(format!(
-                "unknown disk bus {other:?} in volume_context (expected scsi, virtio or sata)"
-            ))),
-        }
-    }
-}
 
 /// The names and sysfs values under which a disk with `serial` may appear.
 #[derive(Debug, Clone)]
@@ -349,13 +330,5 @@ mod tests {
         page.extend_from_slice(UID.as_bytes());
         assert_eq!(vpd_pg80_serial(&page).as_deref(), Some(UID));
         assert_eq!(vpd_pg80_serial(&[0, 0x80]), None);
-    }
-
-    #[test]
-    fn unknown_bus_is_invalid() {
-        assert_eq!(
-            Bus::parse("ide").err().map(|e| e.code()),
-            Some(tonic::Code::InvalidArgument)
-        );
     }
 }

@@ -105,7 +105,10 @@ fn disk(
             .filter(|v| !v.is_empty())
     };
     let serial = lookup(SERIAL_KEY).ok_or(NodeError::MissingField("volume_context.serial"))?;
-    let bus = lookup(BUS_KEY).map(|b| Bus::parse(b)).transpose()?;
+    let bus = lookup(BUS_KEY)
+        .map(|b| Bus::parse(Some(b)))
+        .transpose()
+        .map_err(|e| NodeError::InvalidArgument(format!("volume_context: {e}")))?;
     Ok(DiskId::new(serial, bus))
 }
 
@@ -306,5 +309,17 @@ mod tests {
             publish_request(&block).err().map(|e| e.to_string()),
             Some("missing required field staging_target_path".to_owned())
         );
+    }
+
+    #[test]
+    fn unknown_bus_is_invalid_argument() {
+        let ctx = HashMap::from([
+            (SERIAL_KEY.to_owned(), "abc".to_owned()),
+            (BUS_KEY.to_owned(), "ide".to_owned()),
+        ]);
+        let err = disk(&ctx, &HashMap::new()).expect_err("ide is no bus of ours");
+        assert_eq!(err.code(), Code::InvalidArgument);
+        let ctx = HashMap::from([(SERIAL_KEY.to_owned(), "abc".to_owned())]);
+        assert!(disk(&ctx, &HashMap::new()).is_ok(), "no bus: any naming");
     }
 }
