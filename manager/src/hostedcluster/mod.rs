@@ -9,19 +9,18 @@ pub mod converge;
 pub mod tokens;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::{Future, StreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Config};
-use kube::runtime::finalizer::{Event, finalizer};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{Controller, watcher};
 use kube::{Api, Resource, ResourceExt};
 
-use crate::api::{FINALIZER, HostedCluster, NodePool};
+use crate::api::{HostedCluster, NodePool};
 use crate::context::Context;
 use crate::desired::sets::side;
 use crate::error::{Error, Result};
@@ -31,51 +30,20 @@ const CONTROLLER: &str = "hostedcluster";
 
 /// Reconcile one HostedCluster.
 pub async fn reconcile(hc: Arc<HostedCluster>, ctx: Arc<Context>) -> Result<Action> {
-    let started = Instant::now();
-    let ns = hc.namespace().unwrap_or_default();
-    let api: Api<HostedCluster> = Api::namespaced(ctx.client.clone(), &ns);
-    let span = tracing::info_span!("reconcile", kind = "HostedCluster", namespace = %ns, name = %hc.name_any());
-    let _enter = span.enter();
-    drop(_enter);
-    match crate::finalizers::ensure(&api, hc.as_ref(), FINALIZER).await {
-        Ok(true) => {
-            ctx.metrics.reconciled(CONTROLLER, "ok", started.elapsed());
-            return Ok(Action::await_change());
-        }
-        Ok(false) => {}
-        Err(e) => {
-            return Err(Error::kube(
-                crate::error::Target::Management,
-                "add finalizer",
-            )(e));
-        }
-    }
-    let result = finalizer(&api, FINALIZER, hc, |event| async {
-        match event {
-            Event::Apply(hc) => converge::apply(&hc, &ctx).await,
-            Event::Cleanup(hc) => cleanup::cleanup(&hc, &ctx).await,
-        }
-    })
+    let ctx = ctx.as_ref();
+    crate::reconcile::with_finalizer(
+        CONTROLLER,
+        hc,
+        ctx,
+        |hc| async move { converge::apply(&hc, ctx).await },
+        |hc| async move { cleanup::cleanup(&hc, ctx).await },
+    )
     .await
-    .map_err(|e| Error::Finalizer(Box::new(e)));
-    let label = match &result {
-        Ok(_) => "ok",
-        Err(e) if e.is_pending() => "pending",
-        Err(e) => e.metric_label(),
-    };
-    ctx.metrics.reconciled(CONTROLLER, label, started.elapsed());
-    result
 }
 
 /// Retry after a failed or unfinished reconcile.
 pub fn error_policy(hc: Arc<HostedCluster>, error: &Error, _ctx: Arc<Context>) -> Action {
-    if error.is_pending() {
-        tracing::debug!(namespace = ?hc.namespace(), name = %hc.name_any(), %error, "pending");
-        Action::requeue(Duration::from_secs(5))
-    } else {
-        tracing::warn!(namespace = ?hc.namespace(), name = %hc.name_any(), %error, "reconcile failed");
-        Action::requeue(Duration::from_secs(15))
-    }
+    crate::reconcile::retry(hc.as_ref(), error)
 }
 
 /// The HostedClusters of `store` that name Secret `ns/name`.

@@ -11,17 +11,16 @@ pub mod status;
 pub mod validate;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::{Future, StreamExt};
 use kube::runtime::controller::{Action, Config};
-use kube::runtime::finalizer::{Event, finalizer};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Controller, watcher};
 use kube::{Api, ResourceExt};
 use tokio::sync::mpsc::UnboundedReceiver;
 
-use crate::api::{FINALIZER, HostedCluster, NodePool};
+use crate::api::{HostedCluster, NodePool};
 use crate::context::Context;
 use crate::error::{Error, Result};
 
@@ -29,48 +28,20 @@ const CONTROLLER: &str = "nodepool";
 
 /// Reconcile one NodePool.
 pub async fn reconcile(np: Arc<NodePool>, ctx: Arc<Context>) -> Result<Action> {
-    let started = Instant::now();
-    let ns = np.namespace().unwrap_or_default();
-    let api: Api<NodePool> = Api::namespaced(ctx.client.clone(), &ns);
-    match crate::finalizers::ensure(&api, np.as_ref(), FINALIZER).await {
-        Ok(true) => {
-            ctx.metrics.reconciled(CONTROLLER, "ok", started.elapsed());
-            return Ok(Action::await_change());
-        }
-        Ok(false) => {}
-        Err(e) => {
-            return Err(Error::kube(
-                crate::error::Target::Management,
-                "add finalizer",
-            )(e));
-        }
-    }
-    let result = finalizer(&api, FINALIZER, np, |event| async {
-        match event {
-            Event::Apply(np) => converge::apply(&np, &ctx).await,
-            Event::Cleanup(np) => converge::cleanup(&np, &ctx).await,
-        }
-    })
+    let ctx = ctx.as_ref();
+    crate::reconcile::with_finalizer(
+        CONTROLLER,
+        np,
+        ctx,
+        |np| async move { converge::apply(&np, ctx).await },
+        |np| async move { converge::cleanup(&np, ctx).await },
+    )
     .await
-    .map_err(|e| Error::Finalizer(Box::new(e)));
-    let label = match &result {
-        Ok(_) => "ok",
-        Err(e) if e.is_pending() => "pending",
-        Err(e) => e.metric_label(),
-    };
-    ctx.metrics.reconciled(CONTROLLER, label, started.elapsed());
-    result
 }
 
 /// Retry after a failed or unfinished reconcile.
 pub fn error_policy(np: Arc<NodePool>, error: &Error, _ctx: Arc<Context>) -> Action {
-    if error.is_pending() {
-        tracing::debug!(namespace = ?np.namespace(), name = %np.name_any(), %error, "pending");
-        Action::requeue(Duration::from_secs(5))
-    } else {
-        tracing::warn!(namespace = ?np.namespace(), name = %np.name_any(), %error, "reconcile failed");
-        Action::requeue(Duration::from_secs(15))
-    }
+    crate::reconcile::retry(np.as_ref(), error)
 }
 
 /// Run the controller until `shutdown` resolves. `triggers` is the stream
