@@ -91,3 +91,20 @@ pub async fn start_lab(config: kubevirt_lab::LabConfig) -> anyhow::Result<kubevi
     init_logging();
     Ok(kubevirt_lab::Lab::start(config).await?)
 }
+
+/// [`start_lab`] for tests of the daemon `binary` (of cargo package
+/// `package`), which must have been built first.
+pub async fn start_lab_for(
+    binary: &str,
+    package: &str,
+    config: kubevirt_lab::LabConfig,
+) -> anyhow::Result<kubevirt_lab::Lab> {
+    let path = kubevirt_lab::daemon::binary(binary);
+    if !path.exists() {
+        bail!(
+            "{} is not built; run `cargo build -p {package}` first",
+            path.display()
+        );
+    }
+    start_lab(config).await
+}

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::time::Duration;
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use kube::Resource;
 use kube::api::Api;
 use kubevirt_lab::daemon::{self, Daemon};
@@ -34,18 +34,8 @@ pub const MANAGED_BY: &str = "endpointslice.kubernetes.io/managed-by";
 pub const MANAGED_BY_EPS: &str = "kubevirt-eps-controller";
 pub const SERVICE_NAME: &str = "kubernetes.io/service-name";
 
-pub use crate::common::init_logging;
-
 /// A lab for the CCM: `vms` workers, no emulated disks.
 pub async fn lab(vms: usize, cluster: &str) -> anyhow::Result<Lab> {
-    init_logging();
-    let path = daemon::binary(BINARY);
-    if !path.exists() {
-        bail!(
-            "{} is not built; run `cargo build -p kubevirt-cloud-controller-manager` first",
-            path.display()
-        );
-    }
     let cfg = LabConfig {
         vms,
         devices: false,
@@ -57,7 +47,7 @@ pub async fn lab(vms: usize, cluster: &str) -> anyhow::Result<Lab> {
         )]),
         ..LabConfig::default()
     };
-    Ok(Lab::start(cfg).await?)
+    crate::common::start_lab_for(BINARY, "kubevirt-cloud-controller-manager", cfg).await
 }
 
 /// The tenant one CCM serves.

@@ -36,24 +36,20 @@ pub use crate::common::init_logging;
 
 /// A lab for the CSI controller: `vms` workers, no emulated disks.
 pub async fn lab(vms: usize, cluster: &str, step_latency: Duration) -> anyhow::Result<Lab> {
-    init_logging();
-    let path = daemon::binary(BINARY);
-    if !path.exists() {
-        bail!(
-            "{} is not built; run `cargo build -p kubevirt-csi-driver` first",
-            path.display()
-        );
-    }
-    Ok(Lab::start(LabConfig {
-        vms,
-        devices: false,
-        hotplug_step_latency: step_latency,
-        cluster_name: cluster.to_string(),
-        infra_namespace: format!("clusters-{cluster}"),
-        infra_labels: BTreeMap::from([(INFRA_ID.to_string(), cluster.to_string())]),
-        ..LabConfig::default()
-    })
-    .await?)
+    crate::common::start_lab_for(
+        BINARY,
+        "kubevirt-csi-driver",
+        LabConfig {
+            vms,
+            devices: false,
+            hotplug_step_latency: step_latency,
+            cluster_name: cluster.to_string(),
+            infra_namespace: format!("clusters-{cluster}"),
+            infra_labels: BTreeMap::from([(INFRA_ID.to_string(), cluster.to_string())]),
+            ..LabConfig::default()
+        },
+    )
+    .await
 }
 
 /// How to run the driver.

@@ -23,7 +23,7 @@ use kube::core::DynamicObject;
 use kube::runtime::watcher::{self, Event};
 use kube::{Client, Resource, ResourceExt};
 use kubevirt_infra::kubevirt::{VirtualMachine, VirtualMachineInstance};
-use kubevirt_lab::daemon::{self, Daemon};
+use kubevirt_lab::daemon::Daemon;
 use kubevirt_lab::hcp;
 use kubevirt_lab::{Lab, LabConfig};
 use lab_apiserver::ApiServer;
@@ -44,24 +44,14 @@ pub const VERSION_ANNOTATION: &str = "hcp.kubevirt-rs.io/version";
 pub const DESIRED_VERSION: &str = "hcp.kubevirt-rs.io/desired-version";
 pub const CURRENT_VERSION: &str = "hcp.kubevirt-rs.io/current-version";
 
-pub use crate::common::init_logging;
-
 /// A lab with no workers of its own: the manager makes them.
 pub async fn lab() -> anyhow::Result<Lab> {
-    init_logging();
-    let path = daemon::binary(BINARY);
-    if !path.exists() {
-        bail!(
-            "{} is not built; run `cargo build -p kubevirt-hcp-manager` first",
-            path.display()
-        );
-    }
     let cfg = LabConfig {
         vms: 0,
         devices: false,
         ..LabConfig::default()
     };
-    let lab = Lab::start(cfg).await?;
+    let lab = crate::common::start_lab_for(BINARY, "kubevirt-hcp-manager", cfg).await?;
     install_crds(&lab.infra_client().await).await?;
     ensure_namespace(&lab.infra_client().await, MANAGER_NAMESPACE).await?;
     ensure_namespace(&lab.infra_client().await, NS).await?;

@@ -51,8 +51,6 @@ pub const WAIT: Duration = Duration::from_secs(60);
 pub const TEST_TIMEOUT: Duration = Duration::from_secs(300);
 pub const GIB: u64 = 1 << 30;
 
-pub use crate::common::init_logging;
-
 /// Runs a test body for at most [`TEST_TIMEOUT`].
 pub async fn bounded<F: Future<Output = anyhow::Result<()>>>(test: F) -> anyhow::Result<()> {
     tokio::time::timeout(TEST_TIMEOUT, test)
@@ -218,20 +216,16 @@ impl Storage {
     /// [`Storage::start`], each hotplug phase taking at least `latency`
     /// (attachments then take a while, as on a real cluster).
     pub async fn start_with_latency(vms: usize, latency: Duration) -> anyhow::Result<Storage> {
-        init_logging();
-        let binary = daemon::binary(BINARY);
-        if !binary.exists() {
-            bail!(
-                "{} is not built; run `cargo build -p kubevirt-csi-driver` first",
-                binary.display()
-            );
-        }
-        let lab = Lab::start(LabConfig {
-            vms,
-            devices: true,
-            hotplug_step_latency: latency,
-            ..LabConfig::default()
-        })
+        let lab = crate::common::start_lab_for(
+            BINARY,
+            "kubevirt-csi-driver",
+            LabConfig {
+                vms,
+                devices: true,
+                hotplug_step_latency: latency,
+                ..LabConfig::default()
+            },
+        )
         .await?;
         let client = lab.guest_client().await;
         lab_guest::crds::install(&client, WAIT).await?;
