@@ -212,9 +212,9 @@ pub(crate) mod tests {
 
     #[test]
     fn parses_bus_names_and_node_ids() {
-        assert_eq!(Bus::parse(None).expect("default"), Bus::Scsi);
-        assert_eq!(Bus::parse(Some("virtio")).expect("virtio"), Bus::Virtio);
-        assert!(Bus::parse(Some("ide")).is_err());
+        assert_eq!(bus(None).expect("default"), Bus::Scsi);
+        assert_eq!(bus(Some("virtio")).expect("virtio"), Bus::Virtio);
+        assert!(matches!(bus(Some("ide")), Err(Error::InvalidArgument(_))));
         assert_eq!(
             parse_node_id("infra/vm-1").expect("valid"),
             ("infra", "vm-1")
