@@ -46,6 +46,10 @@ struct Args {
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
+    /// Run the plugin under this program (a path) and its arguments, split at
+    /// spaces (`scripts/node-link-order.sh` profiles it with valgrind).
+    #[arg(long)]
+    wrapper: Option<String>,
 }
 
 /// A sparse file on a loop device, formatted ext4; detached on drop.
@@ -122,6 +126,32 @@ fn link_path(node: &GuestNode, serial: &str) -> PathBuf {
     node.device_dir
         .join("disk/by-id")
         .join(format!("scsi-0QEMU_QEMU_HARDDISK_{serial}"))
+}
+
+/// How much of the link order (`csi-driver/link/node.order`) the binary
+/// still defines, as (found, listed): a compiler or dependency update
+/// renames functions, and the RSS at rest grows with what no longer
+/// matches. `None` when `nm` or the file is missing or the binary has no
+/// symbol table.
+fn link_order_coverage(binary: &Path) -> Option<(usize, usize)> {
+    let order = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../csi-driver/link/node.order");
+    let order = std::fs::read_to_string(order).ok()?;
+    let nm = Command::new("nm")
+        .arg("--defined-only")
+        .arg(binary)
+        .output()
+        .ok()?;
+    if !nm.status.success() {
+        return None;
+    }
+    let defined: std::collections::HashSet<&str> = std::str::from_utf8(&nm.stdout)
+        .ok()?
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(2))
+        .collect();
+    let listed: Vec<&str> = order.lines().filter(|l| !l.is_empty()).collect();
+    let found = listed.iter().filter(|f| defined.contains(*f)).count();
+    Some((found, listed.len()))
 }
 
 /// A `/proc/<pid>/status` field in KiB (`VmRSS`, `RssAnon`, `RssFile`).
@@ -241,21 +271,34 @@ async fn main() -> anyhow::Result<()> {
     node.prepare()?;
     let sysfs = lab.dir.join("empty-sysfs");
     std::fs::create_dir_all(&sysfs)?;
+    let plugin_args = node
+        .plugin_args(&lab.guest_kubeconfig)
+        .into_iter()
+        .chain([format!("--sysfs-dir={}", sysfs.display())]);
+    let wrapper: Vec<&str> = args.wrapper.iter().flat_map(|w| w.split(' ')).collect();
+    let (program, leading) = match wrapper.split_first() {
+        Some((program, rest)) => {
+            let mut leading: Vec<String> = rest.iter().map(|a| a.to_string()).collect();
+            leading.push(binary.to_string_lossy().into_owned());
+            (program.to_string(), leading)
+        }
+        None => ("kubevirt-csi-driver".to_string(), Vec::new()),
+    };
     let mut plugin = daemon::spawn(
-        "kubevirt-csi-driver",
-        node.plugin_args(&lab.guest_kubeconfig)
-            .into_iter()
-            .chain([format!("--sysfs-dir={}", sysfs.display())]),
+        &program,
+        leading.into_iter().chain(plugin_args),
         [("RUST_LOG", "warn")],
         &lab.dir.join("node-plugin.log"),
     )?;
-    wait::file_exists(&node.csi_socket, true, Duration::from_secs(30)).await?;
+    // A plugin under a profiler takes many times longer to start.
+    let start_within = Duration::from_secs(if wrapper.is_empty() { 30 } else { 300 });
+    wait::file_exists(&node.csi_socket, true, start_within).await?;
     let channel = lab_guest::connect(&node.csi_socket).await?;
     let work = lab.dir.join("bench");
     std::fs::create_dir_all(&work)?;
     let result = measure(&args, &node, &plugin, NodeClient::new(channel), &work).await;
     let log = plugin.log();
-    plugin.terminate(Duration::from_secs(5)).await?;
+    plugin.terminate(start_within).await?;
     lab.shutdown().await?;
     let mut m = result.with_context(|| format!("node plugin log:\n{log}"))?;
 
@@ -310,6 +353,7 @@ async fn main() -> anyhow::Result<()> {
         ),
     ];
     let cores = std::thread::available_parallelism().map_or(0, usize::from);
+    let order = link_order_coverage(&binary);
     if args.json {
         let results: Vec<_> = rows
             .iter()
@@ -322,6 +366,7 @@ async fn main() -> anyhow::Result<()> {
             json!({"machine": {"cores": cores},
                    "parameters": {"rounds": args.rounds, "disk_mib": args.disk_mib,
                                   "appear_after_ms": args.appear_after_ms},
+                   "link_order": order.map(|(found, listed)| json!({"found": found, "listed": listed})),
                    "results": results})
         );
         return Ok(());
@@ -345,6 +390,14 @@ async fn main() -> anyhow::Result<()> {
             (false, false) => "no",
         };
         println!("| {metric:<44} | {value:>8.2} | {unit:<4} | {target:<6} | {met:<3} |");
+    }
+    println!();
+    match order {
+        Some((found, listed)) => println!(
+            "link order: {found} of the {listed} functions csi-driver/link/node.order lists are in the binary \
+             (scripts/node-link-order.sh regenerates it)"
+        ),
+        None => println!("link order: not measured (needs nm, the order file and a symbol table)"),
     }
     Ok(())
 }
