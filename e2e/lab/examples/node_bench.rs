@@ -18,12 +18,16 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
 use clap::Parser;
+use kubevirt_csi_proto::v1::identity_client::IdentityClient;
 use kubevirt_csi_proto::v1::node_client::NodeClient;
 use kubevirt_csi_proto::v1::volume_capability::{
     AccessMode, AccessType, BlockVolume, MountVolume, access_mode,
 };
 use kubevirt_csi_proto::v1::{
-    NodeGetInfoRequest, NodeStageVolumeRequest, NodeUnstageVolumeRequest, VolumeCapability,
+    GetPluginCapabilitiesRequest, GetPluginInfoRequest, NodeExpandVolumeRequest,
+    NodeGetCapabilitiesRequest, NodeGetInfoRequest, NodeGetVolumeStatsRequest,
+    NodePublishVolumeRequest, NodeStageVolumeRequest, NodeUnpublishVolumeRequest,
+    NodeUnstageVolumeRequest, ProbeRequest, VolumeCapability,
 };
 use kubevirt_lab::daemon::{self, Daemon};
 use kubevirt_lab::{Lab, LabConfig, wait};
@@ -58,7 +62,8 @@ struct Disk {
 }
 
 impl Disk {
-    fn new(backing: &Path, mib: u64) -> anyhow::Result<Disk> {
+    /// A disk of `mib` MiB, formatted ext4 when `format` (else blank).
+    fn new(backing: &Path, mib: u64, format: bool) -> anyhow::Result<Disk> {
         std::fs::File::create(backing)?.set_len(mib << 20)?;
         let out = Command::new("losetup")
             .args(["--find", "--show"])
@@ -72,6 +77,9 @@ impl Disk {
         );
         let device = PathBuf::from(String::from_utf8(out.stdout)?.trim());
         let disk = Disk { device };
+        if !format {
+            return Ok(disk);
+        }
         let mkfs = Command::new("mkfs.ext4")
             .args(["-q", "-F"])
             .arg(&disk.device)
@@ -128,6 +136,84 @@ fn link_path(node: &GuestNode, serial: &str) -> PathBuf {
         .join(format!("scsi-0QEMU_QEMU_HARDDISK_{serial}"))
 }
 
+/// Every call a kubelet and the sidecars make, once: identity, node
+/// capabilities and info; a blank disk formatted, staged, published,
+/// expanded, its stats read, unpublished and unstaged; the same disk as a
+/// block volume. The plugin at rest after them has run all of its node
+/// code, which is what it holds on a working node.
+async fn every_call(
+    node: &GuestNode,
+    mut client: NodeClient<Channel>,
+    channel: Channel,
+    dir: &Path,
+    disk_mib: u64,
+) -> anyhow::Result<()> {
+    let mut identity = IdentityClient::new(channel);
+    identity.get_plugin_info(GetPluginInfoRequest {}).await?;
+    identity
+        .get_plugin_capabilities(GetPluginCapabilitiesRequest {})
+        .await?;
+    identity.probe(ProbeRequest {}).await?;
+    client
+        .node_get_capabilities(NodeGetCapabilitiesRequest {})
+        .await?;
+    client.node_get_info(NodeGetInfoRequest {}).await?;
+
+    let disk = Disk::new(&dir.join("blank.img"), disk_mib, false)?;
+    let serial = "bench-every-call";
+    let link = link_path(node, serial);
+    std::os::unix::fs::symlink(&disk.device, &link)?;
+    for block in [false, true] {
+        let volume = format!("pvc-every-call-{}", if block { "block" } else { "fs" });
+        let staging = dir.join(format!("{volume}-staging"));
+        let target = dir.join(format!("{volume}-target"));
+        let path = |p: &Path| p.to_string_lossy().into_owned();
+        let stage = stage_request(&volume, &staging, serial, block);
+        let volume_context = stage.volume_context.clone();
+        client.node_stage_volume(stage).await?;
+        client
+            .node_publish_volume(NodePublishVolumeRequest {
+                volume_id: volume.clone(),
+                volume_context,
+                staging_target_path: path(&staging),
+                target_path: path(&target),
+                volume_capability: Some(rwo(block)),
+                ..Default::default()
+            })
+            .await?;
+        client
+            .node_expand_volume(NodeExpandVolumeRequest {
+                volume_id: volume.clone(),
+                volume_path: path(&target),
+                staging_target_path: path(&staging),
+                volume_capability: Some(rwo(block)),
+                ..Default::default()
+            })
+            .await?;
+        client
+            .node_get_volume_stats(NodeGetVolumeStatsRequest {
+                volume_id: volume.clone(),
+                volume_path: path(&target),
+                staging_target_path: path(&staging),
+            })
+            .await?;
+        client
+            .node_unpublish_volume(NodeUnpublishVolumeRequest {
+                volume_id: volume.clone(),
+                target_path: path(&target),
+            })
+            .await?;
+        client
+            .node_unstage_volume(NodeUnstageVolumeRequest {
+                volume_id: volume,
+                staging_target_path: path(&staging),
+            })
+            .await?;
+    }
+    std::fs::remove_file(&link)?;
+    Ok(())
+}
+
 /// How much of the link order (`csi-driver/link/node.order`) the binary
 /// still defines, as (found, listed): a compiler or dependency update
 /// renames functions, and the RSS at rest grows with what no longer
@@ -173,6 +259,7 @@ fn quantile_ms(samples: &mut [Duration], p: f64) -> f64 {
 struct Measured {
     rss_idle_kib: u64,
     rss_anon_kib: u64,
+    rss_after_calls_kib: u64,
     stage: Vec<Duration>,
     appear: Vec<Duration>,
 }
@@ -181,9 +268,10 @@ async fn measure(
     args: &Args,
     node: &GuestNode,
     plugin: &Daemon,
-    mut client: NodeClient<Channel>,
+    channel: Channel,
     dir: &Path,
 ) -> anyhow::Result<Measured> {
+    let mut client = NodeClient::new(channel.clone());
     client.node_get_info(NodeGetInfoRequest {}).await?;
     let pid = plugin.pid().context("plugin pid")?;
     let rss_idle_kib = status_kib(pid, "VmRSS")?;
@@ -191,7 +279,7 @@ async fn measure(
 
     let by_id = node.device_dir.join("disk/by-id");
     std::fs::create_dir_all(&by_id)?;
-    let disk = Disk::new(&dir.join("disk.img"), args.disk_mib)?;
+    let disk = Disk::new(&dir.join("disk.img"), args.disk_mib, true)?;
     let staging = dir.join("staging");
 
     // NodeStageVolume of a formatted device already present.
@@ -242,9 +330,12 @@ async fn measure(
             .await?;
         std::fs::remove_file(&link)?;
     }
+    every_call(node, client, channel, dir, args.disk_mib).await?;
+    let rss_after_calls_kib = status_kib(pid, "VmRSS")?;
     Ok(Measured {
         rss_idle_kib,
         rss_anon_kib,
+        rss_after_calls_kib,
         stage,
         appear,
     })
@@ -296,7 +387,7 @@ async fn main() -> anyhow::Result<()> {
     let channel = lab_guest::connect(&node.csi_socket).await?;
     let work = lab.dir.join("bench");
     std::fs::create_dir_all(&work)?;
-    let result = measure(&args, &node, &plugin, NodeClient::new(channel), &work).await;
+    let result = measure(&args, &node, &plugin, channel, &work).await;
     let log = plugin.log();
     plugin.terminate(start_within).await?;
     lab.shutdown().await?;
@@ -308,6 +399,7 @@ async fn main() -> anyhow::Result<()> {
     let appear_p99 = quantile_ms(&mut m.appear, 0.99);
     let rss_mib = m.rss_idle_kib as f64 / 1024.0;
     let anon_mib = m.rss_anon_kib as f64 / 1024.0;
+    let after_calls_mib = m.rss_after_calls_kib as f64 / 1024.0;
     let rows = [
         (
             "node plugin RSS at rest",
@@ -322,6 +414,13 @@ async fn main() -> anyhow::Result<()> {
             "MiB",
             "",
             true,
+        ),
+        (
+            "node plugin RSS at rest after every call",
+            after_calls_mib,
+            "MiB",
+            "<= 8",
+            after_calls_mib <= 8.0,
         ),
         (
             "NodeStage of a formatted device p50",
@@ -394,8 +493,9 @@ async fn main() -> anyhow::Result<()> {
     println!();
     match order {
         Some((found, listed)) => println!(
-            "link order: {found} of the {listed} functions csi-driver/link/node.order lists are in the binary \
-             (scripts/node-link-order.sh regenerates it)"
+            "link order: the binary defines {found} of the {listed} functions csi-driver/link/node.order \
+             lists (names of two kinds of build, so each finds about two thirds; far fewer means the \
+             order is stale: rerun scripts/node-link-order.sh)"
         ),
         None => println!("link order: not measured (needs nm, the order file and a symbol table)"),
     }
