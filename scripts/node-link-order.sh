@@ -12,7 +12,8 @@
 #
 # How: the release node benchmark runs the plugin under callgrind, which
 # names every function it executes; the names that are symbols of the
-# binary, in first-seen order, are the order file. build.rs hands it to the
+# binary, in first-seen order, are the order file (for the two ways the
+# driver is built; see below). build.rs hands it to the
 # linker (lld --symbol-ordering-file) in release builds. The names stay
 # valid across source edits; a new compiler or dependency version renames
 # some, which costs RSS, not correctness: rerun this script then.
@@ -38,30 +39,50 @@ if ! command -v valgrind >/dev/null 2>&1; then
     fi
 fi
 
-step "building the release driver and node benchmark (fat LTO: about ten minutes)"
-cargo build --release --locked -p kubevirt-csi-driver
-cargo build --release --locked -p kubevirt-lab --example node_bench
-
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 binary="target/release/kubevirt-csi-driver"
 callgrind="$(command -v valgrind) --tool=callgrind --demangle=no --compress-strings=no"
 
-step "profiling the plugin from start to rest (under callgrind: a minute)"
-target/release/examples/node_bench --rounds 0 \
-    --wrapper "$callgrind --callgrind-out-file=$work/rest.out" >/dev/null
-step "profiling the plugin's calls"
-target/release/examples/node_bench --rounds 3 \
-    --wrapper "$callgrind --callgrind-out-file=$work/calls.out" >/dev/null
+# The names of the functions each profile saw that the binary defines, in
+# first-seen order.
+functions() {
+    sed -n 's/^c\{0,1\}fn=//p' "$1" |
+        awk 'NR == FNR { defined[$0] = 1; next } defined[$0] && !seen[$0]++' "$2" -
+}
 
-# Function names, in first-seen order, that the binary defines.
-nm --defined-only "$binary" | awk '$2 ~ /^[tTwW]$/ { print $3 }' | sort -u >"$work/defined"
-functions() { sed -n 's/^c\{0,1\}fn=//p' "$1"; }
-{ functions "$work/rest.out"; functions "$work/calls.out"; } |
-    awk 'NR == FNR { defined[$0] = 1; next } defined[$0] && !seen[$0]++' "$work/defined" - \
-        >"$work/node.order"
+# Profiles the driver as last built, from start to rest and through every
+# call, into $work/$1.rest and $work/$1.calls.
+profile() {
+    nm --defined-only "$binary" | awk '$2 ~ /^[tTwW]$/ { print $3 }' | sort -u >"$work/$1.defined"
+    echo "profiling the plugin from start to rest (under callgrind)"
+    target/release/examples/node_bench --rounds 0 \
+        --wrapper "$callgrind --callgrind-out-file=$work/$1.rest.out" >/dev/null
+    echo "profiling the plugin's calls"
+    target/release/examples/node_bench --rounds 3 \
+        --wrapper "$callgrind --callgrind-out-file=$work/$1.calls.out" >/dev/null
+    functions "$work/$1.rest.out" "$work/$1.defined" >"$work/$1.rest"
+    functions "$work/$1.calls.out" "$work/$1.defined" >"$work/$1.calls"
+    echo "$(wc -l <"$work/$1.rest") functions until at rest, $(wc -l <"$work/$1.calls") in all"
+}
+
+# Cargo unifies features over the packages a build selects, and features
+# are part of the symbol names: a workspace build (the README's) and a
+# build of the driver alone (`-p`, as an image build may do) name their
+# functions differently. The order lists both sets, phase by phase, so
+# either binary finds its functions at rest side by side.
+step "building the release workspace (fat LTO: about ten minutes)"
+cargo build --release --locked --bins --examples
+step "profiling the workspace build of the driver"
+profile workspace
+step "building the driver alone (cargo build -p kubevirt-csi-driver)"
+cargo build --release --locked -p kubevirt-csi-driver
+step "profiling the driver built alone"
+profile alone
+
+cat "$work/workspace.rest" "$work/alone.rest" "$work/workspace.calls" "$work/alone.calls" |
+    awk '!seen[$0]++' >"$work/node.order"
 mkdir -p csi-driver/link
 mv "$work/node.order" csi-driver/link/node.order
-echo "csi-driver/link/node.order: $(wc -l <csi-driver/link/node.order) functions" \
-    "(rest: $(functions "$work/rest.out" | sort -u | wc -l) names seen)"
+echo "csi-driver/link/node.order: $(wc -l <csi-driver/link/node.order) functions"
 echo "rebuild the release driver to link in this order"
