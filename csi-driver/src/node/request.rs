@@ -70,6 +70,17 @@ pub fn required_path(value: &str, field: &'static str) -> Result<PathBuf, NodeEr
     Ok(path)
 }
 
+/// The `volume_path` of NodeGetVolumeStats and NodeExpandVolume. A path
+/// that is not absolute holds no volume: NotFound, as for any path with no
+/// volume at it.
+pub fn volume_path(value: &str) -> Result<PathBuf, NodeError> {
+    let path = PathBuf::from(required(value, "volume_path")?);
+    if !path.is_absolute() {
+        return Err(NodeError::PathNotFound(path));
+    }
+    Ok(path)
+}
+
 fn access(
     capability: Option<&VolumeCapability>,
     field: &'static str,
@@ -321,5 +332,18 @@ mod tests {
         assert_eq!(err.code(), Code::InvalidArgument);
         let ctx = HashMap::from([(SERIAL_KEY.to_owned(), "abc".to_owned())]);
         assert!(disk(&ctx, &HashMap::new()).is_ok(), "no bus: any naming");
+    }
+
+    #[test]
+    fn a_volume_path_that_cannot_exist_is_not_found() {
+        assert_eq!(
+            volume_path("").expect_err("required").code(),
+            Code::InvalidArgument
+        );
+        assert_eq!(
+            volume_path("some/path").expect_err("relative").code(),
+            Code::NotFound
+        );
+        assert!(volume_path("/var/lib/kubelet/pods/x").is_ok());
     }
 }

@@ -533,7 +533,7 @@ impl Node for NodeService {
     ) -> Result<Response<NodeGetVolumeStatsResponse>, Status> {
         let req = request.get_ref();
         request::required(&req.volume_id, "volume_id")?;
-        let path = request::required_path(&req.volume_path, "volume_path")?;
+        let path = request::volume_path(&req.volume_path)?;
         let stats = stats::volume_stats(
             &path,
             &self.inner.config.sysfs_dir,
@@ -551,7 +551,7 @@ impl Node for NodeService {
     ) -> Result<Response<NodeExpandVolumeResponse>, Status> {
         let req = request.get_ref();
         let volume_id = request::required(&req.volume_id, "volume_id")?.to_owned();
-        let path = request::required_path(&req.volume_path, "volume_path")?;
+        let path = request::volume_path(&req.volume_path)?;
         let required = req.capacity_range.as_ref().map_or(0, |r| r.required_bytes);
         let required = u64::try_from(required).map_err(|_| {
             NodeError::InvalidArgument(format!(
