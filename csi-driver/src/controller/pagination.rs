@@ -1,17 +1,35 @@
 //! Pagination of ListVolumes and ListSnapshots over name-ordered maps.
 //!
-//! The token handed out is the name of the last entry returned; the next
-//! page starts after it. Entries created or deleted between calls therefore
-//! never shift a page (the Go driver's index tokens skip or repeat entries),
-//! and a token naming a since-deleted entry still works. A token that is not
-//! an object name was not handed out by this driver: `Aborted`, as the spec
-//! asks.
+//! The token handed out names the last entry returned, with a check digest
+//! (`<name>/<8 hex digits>`); the next page starts after that name. Entries
+//! created or deleted between calls therefore never shift a page (the Go
+//! driver's index tokens skip or repeat entries), and a token naming a
+//! since-deleted entry still works. A token whose digest does not match was
+//! not handed out by this driver: `Aborted`, as the spec asks.
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
 
-use super::capability::is_object_name;
 use crate::error::{Error, Result};
+
+/// The token for a page that ends at `name`.
+fn token(name: &str) -> String {
+    format!("{name}/{}", check(name))
+}
+
+/// The check digest of a token: 32 bits of the name's SHA-256, in hex.
+fn check(name: &str) -> String {
+    let d = ring::digest::digest(&ring::digest::SHA256, name.as_bytes());
+    d.as_ref()[..4].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The name a token handed out by [`page`] resumes after.
+fn resume_after(token: &str) -> Result<&str> {
+    match token.rsplit_once('/') {
+        Some((name, digest)) if !name.is_empty() && digest == check(name) => Ok(name),
+        _ => Err(Error::InvalidToken(token.to_string())),
+    }
+}
 
 /// One page of results.
 #[derive(Debug, PartialEq, Eq)]
@@ -28,8 +46,8 @@ pub fn check_request(max_entries: i32, starting_token: &str) -> Result<()> {
             "max_entries must not be negative".into(),
         ));
     }
-    if !starting_token.is_empty() && !is_object_name(starting_token) {
-        return Err(Error::InvalidToken(starting_token.to_string()));
+    if !starting_token.is_empty() {
+        resume_after(starting_token)?;
     }
     Ok(())
 }
@@ -46,7 +64,7 @@ pub fn page<V, T>(
     let start = if starting_token.is_empty() {
         Bound::Unbounded
     } else {
-        Bound::Excluded(starting_token)
+        Bound::Excluded(resume_after(starting_token)?)
     };
     let limit = usize::try_from(max_entries).unwrap_or(0);
     let mut entries = Vec::new();
@@ -65,10 +83,9 @@ pub fn page<V, T>(
     }
     Ok(Page {
         entries,
-        next_token: if more {
-            last.unwrap_or_default().to_string()
-        } else {
-            String::new()
+        next_token: match (more, last) {
+            (true, Some(name)) => token(name),
+            _ => String::new(),
         },
     })
 }
@@ -112,7 +129,7 @@ mod tests {
     fn deleted_token_entry_still_works_and_filters_apply_before_counting() {
         let mut m = map(6);
         let p = page(&m, 2, "", |_, v| Some(*v)).expect("valid");
-        m.remove(&p.next_token);
+        m.remove("pvc-01");
         let p2 = page(&m, 2, &p.next_token, |_, v| Some(*v)).expect("valid");
         assert_eq!(p2.entries, vec![2, 3]);
         let even = page(&m, 2, "", |_, v| (v % 2 == 0).then_some(*v)).expect("valid");
@@ -122,10 +139,22 @@ mod tests {
     #[test]
     fn bad_requests() {
         let m = map(2);
-        assert!(matches!(
-            page(&m, 1, "not a token!", |_, v| Some(*v)),
-            Err(Error::InvalidToken(_))
-        ));
+        for bad in [
+            "not a token!",
+            "invalid-token",
+            "pvc-00",
+            "pvc-00/00000000",
+            "/",
+        ] {
+            assert!(
+                matches!(
+                    page(&m, 1, bad, |_, v| Some(*v)),
+                    Err(Error::InvalidToken(_))
+                ),
+                "{bad}"
+            );
+        }
+        assert!(check_request(1, &token("pvc-00")).is_ok());
         assert!(matches!(
             page(&m, -1, "", |_, v| Some(*v)),
             Err(Error::InvalidArgument(_))
