@@ -125,14 +125,16 @@ pub fn required<'a>(value: &'a str, field: &str) -> Result<&'a str> {
     }
 }
 
-/// Split a node id `<infra-namespace>/<vm-name>`.
+/// Split a node id `<infra-namespace>/<vm-name>`. Any other id names no
+/// VM, so no node: `NotFound`, as the spec asks for a node that does not
+/// exist.
 pub fn parse_node_id(node_id: &str) -> Result<(&str, &str)> {
     match node_id.split_once('/') {
         Some((ns, vm)) if is_object_name(ns) && is_object_name(vm) && !vm.contains('/') => {
             Ok((ns, vm))
         }
-        _ => Err(Error::InvalidArgument(format!(
-            "node id {node_id:?} is not of the form <infra-namespace>/<vm-name>"
+        _ => Err(Error::NotFound(format!(
+            "node {node_id:?} not found: node ids are <infra-namespace>/<vm-name>"
         ))),
     }
 }
@@ -219,7 +221,7 @@ pub(crate) mod tests {
             parse_node_id("infra/vm-1").expect("valid"),
             ("infra", "vm-1")
         );
-        assert!(parse_node_id("vm-1").is_err());
+        assert!(matches!(parse_node_id("vm-1"), Err(Error::NotFound(_))));
         assert!(parse_node_id("a/b/c").is_err());
         assert!(parse_node_id("/vm").is_err());
         assert!(is_object_name("pvc-1.x"));
