@@ -86,6 +86,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
             metrics.clone(),
             shutdown.child_token(),
         );
+        let service = service.with_alpha_rpcs(cc.alpha_rpcs);
         health.register(index);
         routes = routes.add_service(ControllerServer::new(service));
     }

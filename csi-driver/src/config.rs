@@ -105,6 +105,13 @@ pub struct Args {
     #[arg(long, default_value_t = crate::node::DEFAULT_MAX_VOLUMES_PER_NODE)]
     pub max_volumes_per_node: i64,
 
+    /// Offer the CSI spec's alpha controller RPCs (GetSnapshot). Off by
+    /// default: sidecars and csi-sanity releases that predate them refuse
+    /// a capability they do not know.
+    #[arg(long, default_value = "false", value_parser = parse_go_bool, action = ArgAction::Set,
+          num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub enable_alpha_rpcs: bool,
+
     /// How long the node service waits for a hotplugged disk to appear (seconds).
     #[arg(long, default_value_t = crate::node::DEFAULT_DEVICE_WAIT.as_secs())]
     pub device_wait_seconds: u64,
@@ -173,6 +180,8 @@ pub struct ControllerConfig {
     pub infra_labels: BTreeMap<String, String>,
     pub volume_prefix: String,
     pub enforcement: Enforcement,
+    /// Offer the alpha controller RPCs (`--enable-alpha-rpcs`).
+    pub alpha_rpcs: bool,
 }
 
 /// Settings of the node service.
@@ -293,6 +302,7 @@ impl Config {
                 infra_labels,
                 volume_prefix: args.volume_prefix.clone(),
                 enforcement,
+                alpha_rpcs: args.enable_alpha_rpcs,
             })
         } else {
             None

@@ -54,6 +54,11 @@ impl TenantScope {
         &self.namespace
     }
 
+    /// The bare volume prefix (`pvc`).
+    pub fn volume_prefix(&self) -> &str {
+        self.volume_prefix.trim_end_matches('-')
+    }
+
     /// The labels every tenant object carries.
     pub fn labels(&self) -> &BTreeMap<String, String> {
         &self.labels

@@ -5,6 +5,11 @@
 //! serial); ControllerPublishVolume waits for the volume to be attachable.
 //! One API request in the common case, two when the cache has not yet seen
 //! an existing volume.
+//!
+//! The volume id is the DataVolume name: the CSI name itself when it is a
+//! valid name with the volume prefix (what Kubernetes sends), else a name
+//! derived from it, with the CSI name recorded on the DataVolume
+//! ([`super::names`]).
 
 use std::collections::HashMap;
 
@@ -13,13 +18,14 @@ use kubevirt_csi_proto::v1::{
 };
 use tokio::time::Instant;
 
-use super::capability::{Bus, access_of, bus, check_supported, is_object_name, required};
+use super::capability::{Bus, access_of, bus, check_supported, required};
 use super::entries::{self, ContentSource, VolumeEntry};
+use super::names::{check_length, volume_object_name};
 use super::volume::{
     BUS_PARAM, INFRA_STORAGE_CLASS_PARAM, SERIAL_KEY, VolumeRequest, check_compatible,
     desired_data_volume, volume_size,
 };
-use super::{ControllerService, Lookup};
+use super::{ControllerService, Lookup, modify};
 use crate::error::{Error, Result, is_conflict};
 
 /// How long a call waits for the cache to show its own write.
@@ -43,11 +49,17 @@ fn requested_source(req: &CreateVolumeRequest) -> Result<Option<ContentSource>> 
     }
 }
 
-fn response(req: &CreateVolumeRequest, capacity: i64, bus: Bus, uid: &str) -> CreateVolumeResponse {
+fn response(
+    req: &CreateVolumeRequest,
+    volume_id: &str,
+    capacity: i64,
+    bus: Bus,
+    uid: &str,
+) -> CreateVolumeResponse {
     CreateVolumeResponse {
         volume: Some(Volume {
             capacity_bytes: capacity,
-            volume_id: req.name.clone(),
+            volume_id: volume_id.to_string(),
             volume_context: HashMap::from([
                 (BUS_PARAM.to_string(), bus.as_str().to_string()),
                 (SERIAL_KEY.to_string(), uid.to_string()),
@@ -58,22 +70,39 @@ fn response(req: &CreateVolumeRequest, capacity: i64, bus: Bus, uid: &str) -> Cr
     }
 }
 
-#[tracing::instrument(name = "CreateVolume", skip_all, fields(volume = %req.name))]
+#[tracing::instrument(name = "CreateVolume", skip_all,
+                      fields(name = %req.name, volume = tracing::field::Empty))]
 pub(super) async fn create_volume(
     svc: &ControllerService,
     req: CreateVolumeRequest,
     deadline: Instant,
 ) -> Result<CreateVolumeResponse> {
-    // Validate everything before touching anything.
-    let name = required(&req.name, "name")?;
-    svc.scope()
-        .check_volume_name(name)
-        .map_err(|e| Error::InvalidArgument(e.to_string()))?;
-    if !is_object_name(name) {
-        return Err(Error::InvalidArgument(format!(
-            "volume name {name:?} is not a valid Kubernetes object name"
-        )));
+    let mutable = modify::parse(&req.mutable_parameters)?;
+    let response = create_data_volume(svc, req, deadline).await?;
+    // A VolumeAttributesClass goes on the infra claim once CDI made it
+    // (again on a retry: setting it is idempotent).
+    if let (Some(class), Some(volume)) = (&mutable.infra_class, &response.volume) {
+        let uid = volume
+            .volume_context
+            .get(SERIAL_KEY)
+            .map_or("", String::as_str);
+        modify::set_class(svc, &volume.volume_id, uid, class, deadline).await?;
     }
+    Ok(response)
+}
+
+/// CreateVolume but for its mutable parameters.
+async fn create_data_volume(
+    svc: &ControllerService,
+    req: CreateVolumeRequest,
+    deadline: Instant,
+) -> Result<CreateVolumeResponse> {
+    // Validate everything before touching anything.
+    let csi_name = required(&req.name, "name")?;
+    check_length(csi_name, "name")?;
+    let object_name = volume_object_name(svc.scope(), csi_name);
+    let name = object_name.as_str();
+    tracing::Span::current().record("volume", name);
     let access = access_of(&req.volume_capabilities)?;
     check_supported(access)?;
     let bus = bus(req.parameters.get(BUS_PARAM).map(String::as_str))?;
@@ -93,7 +122,7 @@ pub(super) async fn create_volume(
 
     // A volume the cache already knows: idempotent answer, no API call.
     if let Some(existing) = svc.index.read(|s| s.volume(name).cloned()) {
-        return existing_volume(&req, existing, access, storage_class, source, bus);
+        return existing_volume(&req, name, existing, access, storage_class, source, bus);
     }
 
     let source_size = match &source {
@@ -110,6 +139,7 @@ pub(super) async fn create_volume(
     let size = volume_size(req.capacity_range.as_ref(), source_size)?;
     let request = VolumeRequest {
         name: name.to_string(),
+        csi_name: csi_name.to_string(),
         size,
         access,
         storage_class,
@@ -126,7 +156,7 @@ pub(super) async fn create_volume(
                     s.volume(name).is_some_and(|v| v.uid == uid)
                 })
                 .await;
-            Ok(response(&req, size, bus, &uid))
+            Ok(response(&req, name, size, bus, &uid))
         }
         Err(e) if is_conflict(&e) => {
             // Created by an earlier call the cache has not seen yet, or by someone else.
@@ -144,6 +174,7 @@ pub(super) async fn create_volume(
             let existing = entries::volume_entry(&found);
             existing_volume(
                 &req,
+                name,
                 existing,
                 request.access,
                 request.storage_class,
@@ -158,6 +189,7 @@ pub(super) async fn create_volume(
 /// Answer a repeated call from the existing volume.
 fn existing_volume(
     req: &CreateVolumeRequest,
+    name: &str,
     existing: VolumeEntry,
     access: super::capability::Access,
     storage_class: Option<String>,
@@ -166,12 +198,12 @@ fn existing_volume(
 ) -> Result<CreateVolumeResponse> {
     if existing.deleting {
         return Err(Error::Aborted(format!(
-            "volume {} is being deleted; retry",
-            req.name
+            "volume {name} is being deleted; retry"
         )));
     }
     let request = VolumeRequest {
-        name: req.name.clone(),
+        name: name.to_string(),
+        csi_name: req.name.clone(),
         size: existing.size.unwrap_or(0),
         access,
         storage_class,
@@ -179,7 +211,7 @@ fn existing_volume(
     };
     check_compatible(&existing, &request, req.capacity_range.as_ref())?;
     tracing::debug!(uid = %existing.uid, "volume exists; returning it");
-    Ok(response(req, request.size, bus, &existing.uid))
+    Ok(response(req, name, request.size, bus, &existing.uid))
 }
 
 /// The size of a source snapshot (its restore size), or NotFound.

@@ -3,11 +3,13 @@
 //! volumes cost kilobytes, not the full objects. Each `*_entry` function is a
 //! pure "object in, record out" conversion.
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kubevirt_infra::TenantScope;
 use kubevirt_infra::cdi::{DataVolume, phase as dv_phase};
 use kubevirt_infra::kubevirt::{VirtualMachine, VirtualMachineInstance};
 use kubevirt_infra::snapshot::VolumeSnapshot;
 
+use super::names::CSI_NAME_ANNOTATION;
 use super::quantity::parse_bytes;
 
 /// Annotation on a DataVolume: the bytes its claim was expanded to.
@@ -26,6 +28,9 @@ pub enum ContentSource {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VolumeEntry {
     pub uid: String,
+    /// The CSI name it was created for, when that is not its name
+    /// ([`super::names`]).
+    pub csi_name: Option<String>,
     /// `spec.storage.resources.requests.storage` in bytes.
     pub size: Option<i64>,
     pub storage_class: Option<String>,
@@ -78,6 +83,8 @@ pub struct VmiEntry {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SnapshotEntry {
     pub uid: String,
+    /// The CSI name it was created for, when that is not its name.
+    pub csi_name: Option<String>,
     pub source: Option<String>,
     pub class: Option<String>,
     /// When the snapshot was cut (`status.creationTime`).
@@ -111,7 +118,19 @@ impl VmiVolume {
     }
 }
 
+impl VolumeEntry {
+    /// The CSI name of the volume whose object is `name`.
+    pub fn csi_name<'a>(&'a self, name: &'a str) -> &'a str {
+        self.csi_name.as_deref().unwrap_or(name)
+    }
+}
+
 impl SnapshotEntry {
+    /// The CSI name of the snapshot whose object is `name`.
+    pub fn csi_name<'a>(&'a self, name: &'a str) -> &'a str {
+        self.csi_name.as_deref().unwrap_or(name)
+    }
+
     /// Cut: usable as a point in time, though maybe not yet ready to restore.
     pub fn is_cut(&self) -> bool {
         self.ready || self.cut_at.is_some()
@@ -124,6 +143,14 @@ impl SnapshotEntry {
 
 fn json_str<'a>(v: &'a serde_json::Value, path: &[&str]) -> Option<&'a str> {
     path.iter().try_fold(v, |v, k| v.get(k))?.as_str()
+}
+
+/// The CSI name recorded on an object, if any.
+fn recorded_name(meta: &ObjectMeta) -> Option<String> {
+    meta.annotations
+        .as_ref()
+        .and_then(|a| a.get(CSI_NAME_ANNOTATION))
+        .cloned()
 }
 
 /// Summarize a DataVolume (either the `spec.storage` or the older `spec.pvc` form).
@@ -177,6 +204,7 @@ pub fn volume_entry(dv: &DataVolume) -> VolumeEntry {
     });
     VolumeEntry {
         uid: dv.metadata.uid.clone().unwrap_or_default(),
+        csi_name: recorded_name(&dv.metadata),
         size,
         storage_class,
         multi_node,
@@ -238,6 +266,7 @@ pub fn snapshot_entry(vs: &VolumeSnapshot) -> SnapshotEntry {
     let status = vs.status.as_ref();
     SnapshotEntry {
         uid: vs.metadata.uid.clone().unwrap_or_default(),
+        csi_name: recorded_name(&vs.metadata),
         source: vs.spec.source.persistent_volume_claim_name.clone(),
         class: vs.spec.volume_snapshot_class_name.clone(),
         cut_at: status

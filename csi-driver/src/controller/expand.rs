@@ -32,6 +32,35 @@ fn claim_is_tenants(svc: &ControllerService, pvc: &PersistentVolumeClaim, uid: &
             .is_ok()
 }
 
+/// The infra claim behind the tenant's volume `name` (DataVolume `uid`),
+/// waiting on a watch for CDI to make it when the volume is new.
+pub(super) async fn tenant_claim(
+    svc: &ControllerService,
+    name: &str,
+    uid: &str,
+    deadline: Instant,
+) -> Result<PersistentVolumeClaim> {
+    let pvc = match svc.infra.get_claim(name).await? {
+        Some(pvc) => pvc,
+        // Just created: CDI makes the claim right after the DataVolume.
+        None => svc
+            .infra
+            .wait_claim_exists(name, deadline)
+            .await?
+            .ok_or_else(|| {
+                Error::DeadlineExceeded(format!(
+                    "the infra claim of volume {name} did not appear before the deadline"
+                ))
+            })?,
+    };
+    if !claim_is_tenants(svc, &pvc, uid) {
+        return Err(Error::NotFound(format!(
+            "the infra claim of volume {name} was not found"
+        )));
+    }
+    Ok(pvc)
+}
+
 #[tracing::instrument(name = "ControllerExpandVolume", skip_all, fields(volume = %req.volume_id))]
 pub(super) async fn expand_volume(
     svc: &ControllerService,
@@ -67,12 +96,7 @@ pub(super) async fn expand_volume(
         .lookup_volume(id)
         .await?
         .ok_or_else(|| Error::NotFound(format!("volume {id} not found")))?;
-    let pvc = svc
-        .infra
-        .get_claim(id)
-        .await?
-        .filter(|p| claim_is_tenants(svc, p, &volume.uid))
-        .ok_or_else(|| Error::NotFound(format!("the infra claim of volume {id} was not found")))?;
+    let pvc = tenant_claim(svc, id, &volume.uid, deadline).await?;
     let (requested, capacity) = claim_sizes(&pvc);
     let current = requested.unwrap_or(0).max(capacity.unwrap_or(0));
     if limit > 0 && current > limit {

@@ -6,8 +6,8 @@
 //! that cannot be an object name (a hostile or garbled id) is never sent: no
 //! such object can exist, so the read answers "absent".
 
-use k8s_openapi::api::core::v1::PersistentVolumeClaim;
-use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, ResourceQuota};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::{Api, Client};
 use kubevirt_infra::TenantScope;
 use kubevirt_infra::cdi::DataVolume;
@@ -34,6 +34,7 @@ pub struct Infra {
     vms: Api<VirtualMachine>,
     pvcs: Api<PersistentVolumeClaim>,
     snapshots: Api<VolumeSnapshot>,
+    quotas: Api<ResourceQuota>,
 }
 
 /// `Ok(None)` for 404.
@@ -53,6 +54,7 @@ impl Infra {
             vms: Api::namespaced(client.clone(), ns),
             pvcs: Api::namespaced(client.clone(), ns),
             snapshots: Api::namespaced(client.clone(), ns),
+            quotas: Api::namespaced(client.clone(), ns),
             client,
             scope,
         }
@@ -199,19 +201,69 @@ impl Infra {
     ) -> Result<bool> {
         let cond =
             move |pvc: Option<&PersistentVolumeClaim>| pvc.is_some_and(|p| claim_resized(p, bytes));
+        match self.wait_claim(name, deadline, cond).await? {
+            Some(Some(_)) => Ok(true),
+            Some(None) => Err(Error::NotFound(format!("infra claim {name} was deleted"))),
+            None => Ok(false),
+        }
+    }
+
+    /// The claim `name`, waiting on a watch until it exists (CDI creates a
+    /// DataVolume's claim just after the DataVolume); `None` at the deadline.
+    pub async fn wait_claim_exists(
+        &self,
+        name: &str,
+        deadline: Instant,
+    ) -> Result<Option<PersistentVolumeClaim>> {
+        let cond = |pvc: Option<&PersistentVolumeClaim>| pvc.is_some();
+        Ok(self.wait_claim(name, deadline, cond).await?.flatten())
+    }
+
+    /// Watch the claim until `cond` holds: `Some(the claim)` then (`None`
+    /// if it holds for an absent claim), `None` at the deadline.
+    pub async fn wait_claim(
+        &self,
+        name: &str,
+        deadline: Instant,
+        cond: impl kube::runtime::wait::Condition<PersistentVolumeClaim>,
+    ) -> Result<Option<Option<PersistentVolumeClaim>>> {
         match tokio::time::timeout_at(
             deadline,
             kube::runtime::wait::await_condition(self.pvcs.clone(), name, cond),
         )
         .await
         {
-            Ok(Ok(Some(_))) => Ok(true),
-            Ok(Ok(None)) => Err(Error::NotFound(format!("infra claim {name} was deleted"))),
+            Ok(Ok(found)) => Ok(Some(found)),
             Ok(Err(e)) => Err(Error::Unavailable(format!(
                 "watching PersistentVolumeClaim {name}: {e}"
             ))),
-            Err(_) => Ok(false),
+            Err(_) => Ok(None),
         }
+    }
+
+    /// Set the claim's `spec.volumeAttributesClassName`; the claim as the
+    /// API server stored it.
+    pub async fn set_claim_class(&self, name: &str, class: &str) -> Result<PersistentVolumeClaim> {
+        let patch = json!({"spec": {"volumeAttributesClassName": class}});
+        let pp = PatchParams {
+            field_manager: Some(MANAGER.to_string()),
+            ..Default::default()
+        };
+        self.pvcs
+            .patch(name, &pp, &Patch::Merge(&patch))
+            .await
+            .map_err(Error::infra(format!(
+                "setting the VolumeAttributesClass of PersistentVolumeClaim {name}"
+            )))
+    }
+
+    /// The ResourceQuotas of the namespace.
+    pub async fn list_quotas(&self) -> Result<Vec<ResourceQuota>> {
+        self.quotas
+            .list(&ListParams::default())
+            .await
+            .map(|l| l.items)
+            .map_err(Error::infra("listing ResourceQuotas"))
     }
 
     pub async fn create_snapshot(

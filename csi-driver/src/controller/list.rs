@@ -140,6 +140,7 @@ mod tests {
     fn failed_data_volumes_and_hotplugs_are_abnormal() {
         let mut e = VolumeEntry {
             uid: "u".into(),
+            csi_name: None,
             size: Some(1),
             storage_class: None,
             multi_node: false,

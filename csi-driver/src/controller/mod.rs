@@ -10,11 +10,13 @@
 //! maps the error once.
 
 pub mod capability;
+pub mod capacity;
 pub mod deadline;
 pub mod entries;
 pub mod in_flight;
 pub mod index;
 pub mod infra;
+pub mod names;
 pub mod pagination;
 pub mod quantity;
 pub mod volume;
@@ -24,6 +26,7 @@ mod create;
 mod delete;
 mod expand;
 mod list;
+mod modify;
 mod publish;
 mod snapshot;
 mod validate;
@@ -50,6 +53,8 @@ pub struct ControllerService {
     index: Arc<Index>,
     enforcement: Enforcement,
     in_flight: InFlight,
+    /// Offer the spec's alpha RPCs (GetSnapshot).
+    alpha_rpcs: bool,
 }
 
 impl ControllerService {
@@ -65,7 +70,15 @@ impl ControllerService {
             index,
             enforcement,
             in_flight: InFlight::default(),
+            alpha_rpcs: false,
         }
+    }
+
+    /// Offer (or not) the spec's alpha RPCs: advertised in the
+    /// capabilities and served, else neither.
+    pub fn with_alpha_rpcs(mut self, on: bool) -> Self {
+        self.alpha_rpcs = on;
+        self
     }
 
     /// Build the service and start the watches feeding its index; they stop
@@ -254,13 +267,11 @@ impl Controller for ControllerService {
 
     async fn get_capacity(
         &self,
-        _: Request<GetCapacityRequest>,
+        request: Request<GetCapacityRequest>,
     ) -> std::result::Result<Response<GetCapacityResponse>, Status> {
         reply(
             "GetCapacity",
-            Err(Error::Unimplemented(
-                "GetCapacity is not offered: the infra storage reports no free capacity".into(),
-            )),
+            capacity::get_capacity(self, request.into_inner()).await,
         )
     }
 
@@ -268,7 +279,10 @@ impl Controller for ControllerService {
         &self,
         _: Request<ControllerGetCapabilitiesRequest>,
     ) -> std::result::Result<Response<ControllerGetCapabilitiesResponse>, Status> {
-        reply("ControllerGetCapabilities", Ok(validate::capabilities()))
+        reply(
+            "ControllerGetCapabilities",
+            Ok(validate::capabilities(self.alpha_rpcs)),
+        )
     }
 
     async fn create_snapshot(
@@ -308,6 +322,15 @@ impl Controller for ControllerService {
         &self,
         request: Request<GetSnapshotRequest>,
     ) -> std::result::Result<Response<GetSnapshotResponse>, Status> {
+        if !self.alpha_rpcs {
+            return reply(
+                "GetSnapshot",
+                Err(Error::Unimplemented(
+                    "GetSnapshot (alpha in the CSI spec) is offered only with --enable-alpha-rpcs"
+                        .into(),
+                )),
+            );
+        }
         let deadline = deadline::deadline(request.metadata());
         reply(
             "GetSnapshot",
@@ -339,13 +362,12 @@ impl Controller for ControllerService {
 
     async fn controller_modify_volume(
         &self,
-        _: Request<ControllerModifyVolumeRequest>,
+        request: Request<ControllerModifyVolumeRequest>,
     ) -> std::result::Result<Response<ControllerModifyVolumeResponse>, Status> {
+        let deadline = deadline::deadline(request.metadata());
         reply(
             "ControllerModifyVolume",
-            Err(Error::Unimplemented(
-                "ControllerModifyVolume is not offered".into(),
-            )),
+            modify::modify_volume(self, request.into_inner(), deadline).await,
         )
     }
 }

@@ -19,6 +19,7 @@ use tokio::time::Instant;
 
 use super::capability::{is_object_name, required};
 use super::entries::SnapshotEntry;
+use super::names::{check_length, record, snapshot_object_name};
 use super::pagination;
 use super::{ControllerService, Lookup};
 use crate::error::{Error, Result, is_conflict};
@@ -41,9 +42,10 @@ pub fn csi_snapshot(name: &str, e: &SnapshotEntry, fallback_size: Option<i64>) -
     }
 }
 
-/// The infra VolumeSnapshot for a new snapshot.
+/// The infra VolumeSnapshot `name` for a new snapshot asked for as `csi_name`.
 pub fn desired_snapshot(
     name: &str,
+    csi_name: &str,
     source: &str,
     class: Option<String>,
     scope: &kubevirt_infra::TenantScope,
@@ -63,25 +65,26 @@ pub fn desired_snapshot(
         name: Some(name.to_string()),
         namespace: Some(scope.namespace().to_string()),
         labels: Some(scope.labels().clone()),
+        annotations: record(name, csi_name).map(|a| [a].into()),
         ..Default::default()
     };
     vs
 }
 
 #[tracing::instrument(name = "CreateSnapshot", skip_all,
-                      fields(snapshot = %req.name, volume = %req.source_volume_id))]
+                      fields(name = %req.name, snapshot = tracing::field::Empty,
+                             volume = %req.source_volume_id))]
 pub(super) async fn create_snapshot(
     svc: &ControllerService,
     req: CreateSnapshotRequest,
     deadline: Instant,
 ) -> Result<CreateSnapshotResponse> {
-    let name = required(&req.name, "name")?;
+    let csi_name = required(&req.name, "name")?;
+    check_length(csi_name, "name")?;
     let source = required(&req.source_volume_id, "source_volume_id")?;
-    if !is_object_name(name) {
-        return Err(Error::InvalidArgument(format!(
-            "snapshot name {name:?} is not a valid Kubernetes object name"
-        )));
-    }
+    let object_name = snapshot_object_name(csi_name);
+    let name = object_name.as_str();
+    tracing::Span::current().record("snapshot", name);
     let requested_class = req
         .parameters
         .get(INFRA_SNAPSHOT_CLASS_PARAM)
@@ -95,6 +98,12 @@ pub(super) async fn create_snapshot(
     let volume = svc.lookup_volume(source).await?;
     match svc.lookup_snapshot(name).await? {
         Lookup::Ours(existing) => {
+            let existing_name = existing.csi_name(name);
+            if existing_name != csi_name {
+                return Err(Error::AlreadyExists(format!(
+                    "snapshot {name} was created for another name, {existing_name:?}"
+                )));
+            }
             if existing.source.as_deref() != Some(source) {
                 return Err(Error::AlreadyExists(format!(
                     "snapshot {name} exists for volume {}",
@@ -115,7 +124,7 @@ pub(super) async fn create_snapshot(
                 .enforcement
                 .snapshot_class(volume.storage_class.as_deref(), requested_class)
                 .map_err(|e| Error::InvalidArgument(e.to_string()))?;
-            let vs = desired_snapshot(name, source, class.clone(), svc.scope());
+            let vs = desired_snapshot(name, csi_name, source, class.clone(), svc.scope());
             match svc.infra.create_snapshot(&vs).await {
                 Ok(_) => tracing::info!(
                     class = class.as_deref().unwrap_or("<default>"),
@@ -261,6 +270,7 @@ mod tests {
             "pvc",
         );
         let v = serde_json::to_value(desired_snapshot(
+            "snapshot-1",
             "snapshot-1",
             "pvc-1",
             Some("csi-snap".into()),

@@ -17,7 +17,8 @@ use super::capability::{check_capability, check_supported, required};
 use super::volume::INFRA_STORAGE_CLASS_PARAM;
 use crate::error::{Error, Result};
 
-/// The controller RPCs this driver implements (and nothing else).
+/// The controller RPCs this driver implements (and nothing else), but for
+/// the alpha ones ([`ALPHA_RPCS`]).
 pub const RPCS: &[controller_service_capability::rpc::Type] = {
     use controller_service_capability::rpc::Type::*;
     &[
@@ -25,21 +26,29 @@ pub const RPCS: &[controller_service_capability::rpc::Type] = {
         PublishUnpublishVolume,
         ListVolumes,
         ListVolumesPublishedNodes,
+        GetCapacity,
         CreateDeleteSnapshot,
         ListSnapshots,
         CloneVolume,
         ExpandVolume,
         GetVolume,
         VolumeCondition,
-        GetSnapshot,
+        ModifyVolume,
     ]
 };
 
-pub(super) fn capabilities() -> ControllerGetCapabilitiesResponse {
+/// The alpha controller RPCs this driver implements, advertised only when
+/// asked for (`--enable-alpha-rpcs`).
+pub const ALPHA_RPCS: &[controller_service_capability::rpc::Type] =
+    &[controller_service_capability::rpc::Type::GetSnapshot];
+
+pub(super) fn capabilities(alpha: bool) -> ControllerGetCapabilitiesResponse {
     use controller_service_capability::{Rpc, Type};
+    let alpha = if alpha { ALPHA_RPCS } else { &[] };
     ControllerGetCapabilitiesResponse {
         capabilities: RPCS
             .iter()
+            .chain(alpha)
             .map(|t| ControllerServiceCapability {
                 r#type: Some(Type::Rpc(Rpc { r#type: *t as i32 })),
             })

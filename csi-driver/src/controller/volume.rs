@@ -16,6 +16,7 @@ use kubevirt_infra::labels::CDI_DELETE_AFTER_COMPLETION;
 
 use super::capability::Access;
 use super::entries::{ContentSource, VolumeEntry};
+use super::names::record;
 use super::quantity::format_bytes;
 use crate::error::{Error, Result};
 
@@ -84,7 +85,10 @@ pub fn volume_size(range: Option<&CapacityRange>, source_size: Option<i64>) -> R
 /// A validated CreateVolume request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VolumeRequest {
+    /// The DataVolume name (the volume id).
     pub name: String,
+    /// The CSI name asked for ([`super::names`]).
+    pub csi_name: String,
     pub size: i64,
     pub access: Access,
     pub storage_class: Option<String>,
@@ -147,10 +151,12 @@ pub fn desired_data_volume(req: &VolumeRequest, scope: &TenantScope) -> DataVolu
         name: Some(req.name.clone()),
         namespace: Some(scope.namespace().to_string()),
         labels: Some(scope.labels().clone()),
-        annotations: Some(BTreeMap::from([(
-            CDI_DELETE_AFTER_COMPLETION.to_string(),
-            "false".to_string(),
-        )])),
+        annotations: Some(
+            [(CDI_DELETE_AFTER_COMPLETION.to_string(), "false".to_string())]
+                .into_iter()
+                .chain(record(&req.name, &req.csi_name))
+                .collect(),
+        ),
         ..Default::default()
     };
     dv
@@ -164,10 +170,17 @@ pub fn check_compatible(
     range: Option<&CapacityRange>,
 ) -> Result<()> {
     let (required, limit) = capacity_bounds(range)?;
+    let existing_name = existing.csi_name(&req.name);
+    if existing_name != req.csi_name {
+        return Err(Error::AlreadyExists(format!(
+            "volume {} was created for another name, {existing_name:?}",
+            req.name
+        )));
+    }
     let mismatch = |what: String| {
         Err(Error::AlreadyExists(format!(
-            "volume {} already exists with {what}",
-            req.name
+            "volume {:?} already exists with {what}",
+            req.csi_name
         )))
     };
     let size = existing.size.unwrap_or(0);
@@ -206,6 +219,7 @@ mod tests {
     fn request(source: Option<ContentSource>, multi_node: bool) -> VolumeRequest {
         VolumeRequest {
             name: "pvc-123".into(),
+            csi_name: "pvc-123".into(),
             size: 3 << 30,
             access: Access {
                 block: multi_node,
@@ -306,6 +320,7 @@ mod tests {
         let req = request(None, false);
         let existing = VolumeEntry {
             uid: "u".into(),
+            csi_name: None,
             size: Some(3 << 30),
             storage_class: Some("fast".into()),
             multi_node: false,
@@ -333,5 +348,33 @@ mod tests {
         let mut other = req.clone();
         other.source = Some(ContentSource::Volume("x".into()));
         assert!(check_compatible(&existing, &other, None).is_err());
+
+        // A mapped name: the recorded CSI name must be the one asked for.
+        let mut mapped = req.clone();
+        mapped.csi_name = "My-Volume".into();
+        let recorded = VolumeEntry {
+            csi_name: Some("My-Volume".into()),
+            ..existing.clone()
+        };
+        assert!(check_compatible(&recorded, &mapped, None).is_ok());
+        mapped.csi_name = "Other-Volume".into();
+        assert!(matches!(
+            check_compatible(&recorded, &mapped, None),
+            Err(Error::AlreadyExists(m)) if m.contains("My-Volume")
+        ));
+        // An object named as is belongs to no other CSI name.
+        assert!(check_compatible(&existing, &mapped, None).is_err());
+    }
+
+    #[test]
+    fn a_mapped_name_is_recorded_on_the_data_volume() {
+        let mut req = request(None, false);
+        req.csi_name = "Sanity-Volume".into();
+        let v = serde_json::to_value(desired_data_volume(&req, &scope())).expect("serializes");
+        assert_eq!(
+            v["metadata"]["annotations"],
+            json!({"cdi.kubevirt.io/storage.deleteAfterCompletion": "false",
+                   "csi.kubevirt.io/csi-name": "Sanity-Volume"})
+        );
     }
 }

@@ -150,13 +150,15 @@ pub fn driver_config(inp: &ClusterInputs) -> ConfigMap {
 // === infra RBAC ===
 
 /// Rules of the `kubevirt-csi` Role on the infra namespace: HyperShift's,
-/// plus `list`/`watch` where this driver waits by watching instead of polling.
+/// plus `list`/`watch` where this driver waits by watching instead of
+/// polling, `patch` on DataVolumes (the size a volume was expanded to) and
+/// reading ResourceQuotas (GetCapacity).
 pub fn infra_role_rules() -> Vec<PolicyRule> {
     vec![
         rule(
             &["cdi.kubevirt.io"],
             &["datavolumes"],
-            &["get", "list", "watch", "create", "delete"],
+            &["get", "list", "watch", "create", "patch", "delete"],
         ),
         rule(
             &["kubevirt.io"],
@@ -183,6 +185,7 @@ pub fn infra_role_rules() -> Vec<PolicyRule> {
             &["persistentvolumeclaims"],
             &["get", "list", "watch", "patch"],
         ),
+        rule(&[""], &["resourcequotas"], &["get", "list"]),
     ]
 }
 
@@ -754,6 +757,8 @@ mod tests {
         assert!(has("kubevirt.io", "virtualmachineinstances", "watch"));
         assert!(has("snapshot.storage.k8s.io", "volumesnapshots", "create"));
         assert!(has("", "persistentvolumeclaims", "patch"));
+        assert!(has("cdi.kubevirt.io", "datavolumes", "patch"));
+        assert!(has("", "resourcequotas", "list"));
         assert!(!has("kubevirt.io", "virtualmachines", "delete"));
     }
 }
