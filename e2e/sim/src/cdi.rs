@@ -24,6 +24,7 @@ use k8s_openapi::api::core::v1::{
     PersistentVolumeStatus, TypedObjectReference, VolumeResourceRequirements,
 };
 use k8s_openapi::api::storage::v1::StorageClass;
+use k8s_openapi::api::storage::v1beta1::VolumeAttributesClass;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
@@ -432,6 +433,7 @@ async fn reconcile_pvc(pvc: Arc<PersistentVolumeClaim>, ctx: Arc<Ctx>) -> Result
     }
 
     if is_bound(&pvc) {
+        apply_attributes_class(&pvc, &ctx).await?;
         return expand(&pvc, &ctx).await;
     }
     provision(&pvc, &ctx).await
@@ -604,6 +606,59 @@ pub fn desired_pv(
         }),
         status: None,
     })
+}
+
+/// The status a bound claim asking for VolumeAttributesClass `want` gets,
+/// as the external-resizer writes it for a driver that can modify volumes:
+/// the class is current once it exists, the modification Pending while it
+/// does not. `None` when the status already says so.
+pub fn attributes_class_status(
+    pvc: &PersistentVolumeClaim,
+    want: &str,
+    class_exists: bool,
+) -> Option<serde_json::Value> {
+    let status = pvc.status.as_ref();
+    let current = status.and_then(|s| s.current_volume_attributes_class_name.as_deref());
+    let pending = status
+        .and_then(|s| s.modify_volume_status.as_ref())
+        .is_some_and(|m| {
+            m.status == "Pending" && m.target_volume_attributes_class_name.as_deref() == Some(want)
+        });
+    match (current == Some(want), class_exists, pending) {
+        (true, ..) | (false, false, true) => None,
+        (false, true, _) => Some(json!({"status": {
+            "currentVolumeAttributesClassName": want, "modifyVolumeStatus": null}})),
+        (false, false, false) => Some(json!({"status": {"modifyVolumeStatus": {
+            "targetVolumeAttributesClassName": want, "status": "Pending"}}})),
+    }
+}
+
+/// Applies the VolumeAttributesClass a bound claim names (the hostpath
+/// volumes have no attributes to change, so any existing class applies).
+async fn apply_attributes_class(pvc: &PersistentVolumeClaim, ctx: &Ctx) -> Result<(), Error> {
+    let Some(want) = pvc
+        .spec
+        .as_ref()
+        .and_then(|s| s.volume_attributes_class_name.as_deref())
+        .filter(|c| !c.is_empty())
+    else {
+        return Ok(());
+    };
+    let classes: Api<VolumeAttributesClass> = Api::all(ctx.client.clone());
+    let exists = not_found_ok(classes.get(want).await)?.is_some();
+    let Some(status) = attributes_class_status(pvc, want, exists) else {
+        return Ok(());
+    };
+    let pvcs: Api<PersistentVolumeClaim> =
+        Api::namespaced(ctx.client.clone(), &pvc.namespace().unwrap_or_default());
+    pvcs.patch_status(
+        &pvc.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&status),
+    )
+    .await?;
+    tracing::info!(pvc = %key(pvc), class = want, exists, "VolumeAttributesClass applied");
+    Ok(())
 }
 
 /// Grows the file, PV and claim status when a bound claim asks for more.
@@ -952,5 +1007,27 @@ mod tests {
         assert_eq!(v["metadata"]["finalizers"], json!([BACKING_FILE_FINALIZER]));
         assert_eq!(pv_file(&pv)?, PathBuf::from("/data/pvc-claim-uid.img"));
         Ok(())
+    }
+
+    #[test]
+    fn attributes_class_is_current_once_it_exists() {
+        let pvc = |status: serde_json::Value| -> PersistentVolumeClaim {
+            serde_json::from_value(json!({"metadata": {"name": "p"},
+                "spec": {"volumeAttributesClassName": "gold"}, "status": status}))
+            .expect("pvc")
+        };
+        let fresh = pvc(json!({"phase": "Bound"}));
+        assert_eq!(
+            attributes_class_status(&fresh, "gold", true),
+            Some(
+                json!({"status": {"currentVolumeAttributesClassName": "gold", "modifyVolumeStatus": null}})
+            )
+        );
+        let pending = attributes_class_status(&fresh, "gold", false).expect("pending");
+        assert_eq!(pending["status"]["modifyVolumeStatus"]["status"], "Pending");
+        let waiting = pvc(pending["status"].clone());
+        assert_eq!(attributes_class_status(&waiting, "gold", false), None);
+        let done = pvc(json!({"currentVolumeAttributesClassName": "gold"}));
+        assert_eq!(attributes_class_status(&done, "gold", true), None);
     }
 }

@@ -157,6 +157,16 @@ pub fn all() -> Vec<ResourceDef> {
         row(
             "",
             "v1",
+            "resourcequotas",
+            "resourcequota",
+            "ResourceQuota",
+            NS,
+            &["quota"],
+        )
+        .status(Clear),
+        row(
+            "",
+            "v1",
             "persistentvolumes",
             "persistentvolume",
             "PersistentVolume",
@@ -276,6 +286,15 @@ pub fn all() -> Vec<ResourceDef> {
             "StorageClass",
             CLUSTER,
             &["sc"],
+        ),
+        row(
+            "storage.k8s.io",
+            "v1beta1",
+            "volumeattributesclasses",
+            "volumeattributesclass",
+            "VolumeAttributesClass",
+            CLUSTER,
+            &["vac"],
         ),
         row(
             "storage.k8s.io",
