@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every check and test of the suite: formatting, lints, unit tests, the
-# node-side tests on real loop devices, the end-to-end tests in the lab, and
-# a short run of each fuzz target.
+# node-side tests on real loop devices, the end-to-end tests in the lab, the
+# official CSI conformance suite (csi-sanity), and a short run of each fuzz
+# target.
 # Installs what it needs (Debian packages when root). Exits non-zero on failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,7 +30,13 @@ if [ "$(id -u)" != 0 ]; then
     echo "error: the node-side and lab tests need root (loop devices, mount)" >&2
     exit 1
 fi
-cargo test --workspace --locked --no-fail-fast -- --test-threads="${TEST_THREADS:-2}"
+cargo test --workspace --locked --no-fail-fast -- --test-threads="${TEST_THREADS:-2}" \
+    --skip csi_sanity::
+
+step "running the official CSI conformance suite (csi-sanity) against the driver in the lab"
+# ../shared/tools/csi-sanity, or CSI_SANITY=/path; without either the test
+# says so in one line and passes.
+cargo test -p kubevirt-lab --test e2e --locked csi_sanity:: -- --nocapture --test-threads=1
 
 step "fuzzing each parser briefly (cargo fuzz, ${FUZZ_SECONDS:-15}s per target)"
 ensure_cargo_fuzz

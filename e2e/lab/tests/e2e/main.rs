@@ -24,6 +24,7 @@ mod ccm_tenants;
 mod csi_bad_input;
 mod csi_conformance;
 mod csi_lifecycle;
+mod csi_sanity;
 mod fault_api_errors;
 mod fault_ccm;
 mod fault_csi_controller;
