@@ -22,6 +22,33 @@ ensure_packages() {
     command -v cargo >/dev/null 2>&1 || { echo "error: cargo is required (https://rustup.rs)" >&2; return 1; }
 }
 
+# grpcio (Python's gRPC, built on gRPC C-core) from PyPI, in a venv under the
+# target dir, for the test whose client is a C-core one
+# (csi-driver/tests/python_grpcio.rs); exports CSI_TEST_PYTHON, its python.
+# Debian's python3 and python3-venv are installed when missing (as root).
+ensure_grpcio() {
+    local venv="${CARGO_TARGET_DIR:-target}/python-grpcio"
+    if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+        if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+            echo "installing python3 and python3-venv"
+            DEBIAN_FRONTEND=noninteractive apt-get update -qq
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-venv >/dev/null
+        else
+            echo "error: python3 with venv is required (as root: apt-get install python3 python3-venv)" >&2
+            return 1
+        fi
+    fi
+    if ! "$venv/bin/python" -c 'import grpc' >/dev/null 2>&1; then
+        echo "installing grpcio from PyPI into $venv"
+        rm -rf "$venv"
+        python3 -m venv "$venv"
+        "$venv/bin/python" -m pip install --quiet --disable-pip-version-check 'grpcio>=1.57'
+    fi
+    CSI_TEST_PYTHON="$(cd "$venv" && pwd)/bin/python"
+    export CSI_TEST_PYTHON
+    echo "grpcio $("$CSI_TEST_PYTHON" -c 'import grpc; print(grpc.__version__)') for the Python client test"
+}
+
 # cargo-fuzz, installed from crates.io when missing.
 ensure_cargo_fuzz() {
     if ! cargo fuzz --version >/dev/null 2>&1; then

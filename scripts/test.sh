@@ -12,6 +12,9 @@ step "installing system dependencies"
 ensure_packages
 check_disk
 
+step "installing grpcio from PyPI (the Python gRPC client of one test)"
+ensure_grpcio
+
 step "checking formatting (cargo fmt)"
 cargo fmt --all -- --check
 

@@ -6,11 +6,13 @@
 //! - [`app`]: wiring from a [`config::Config`] to running services.
 //! - [`controller`], [`identity`], [`node`]: the CSI services; [`bus`]: the
 //!   disk bus both the controller and the node read from a volume.
-//! - [`server`], [`http`], [`metrics`], [`health`], [`telemetry`]: serving.
+//! - [`server`], [`http`], [`metrics`], [`health`], [`telemetry`]: serving;
+//!   [`authority`]: the unix socket's HTTP/2 `:authority` made acceptable.
 
 pub mod node;
 
 pub mod app;
+pub mod authority;
 pub mod bus;
 pub mod config;
 pub mod controller;

@@ -1,17 +1,21 @@
 //! The gRPC server: serves the given routes on the CSI endpoint (a unix
 //! socket, whose stale file is replaced and whose directory is created, or a
 //! TCP address) with the metrics layer around them, until shutdown; then
-//! finishes the calls in flight and removes the socket.
+//! finishes the calls in flight and removes the socket. Connections on the
+//! unix socket go through [`AuthorityRewrite`], so that clients that name the
+//! socket path as HTTP/2 `:authority` (gRPC C-core, grpc-java) are served.
 
 use std::io;
 use std::path::Path;
 use std::sync::Arc;
 
+use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
 use tonic::transport::Server;
 
+use crate::authority::AuthorityRewrite;
 use crate::endpoint::Endpoint;
 use crate::metrics::{GrpcMetricsLayer, Metrics};
 
@@ -112,9 +116,8 @@ pub async fn serve(
     match listener {
         Listener::Unix(l, path) => {
             tracing::info!(endpoint = %format!("unix://{}", path.display()), "serving CSI");
-            let r = router
-                .serve_with_incoming_shutdown(UnixListenerStream::new(l), signal)
-                .await;
+            let incoming = UnixListenerStream::new(l).map(|c| c.map(AuthorityRewrite::new));
+            let r = router.serve_with_incoming_shutdown(incoming, signal).await;
             let _ = std::fs::remove_file(&path);
             r?;
         }
