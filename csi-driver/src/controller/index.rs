@@ -17,6 +17,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::RwLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{Notify, watch};
@@ -62,9 +63,9 @@ struct SyncState {
     /// `snapshot.storage.k8s.io/v1 volumesnapshots`): the kind does not
     /// exist there, and its cache is empty.
     not_served: Option<String>,
-    /// How many times the watcher found the API not served: a waiter that
-    /// asked for a re-check sees its answer when this moves.
-    not_served_checks: u64,
+    /// The last re-check request (see [`Index::request_recheck`]) the "not
+    /// served" answer covers: it comes from an attempt begun after it.
+    not_served_answers: u64,
 }
 
 /// The indexed state. Read through [`Index::read`].
@@ -161,8 +162,8 @@ impl State {
         self.sync[kind as usize].not_served.as_deref()
     }
 
-    fn not_served_checks(&self, kind: Kind) -> u64 {
-        self.sync[kind as usize].not_served_checks
+    fn not_served_answers(&self, kind: Kind) -> u64 {
+        self.sync[kind as usize].not_served_answers
     }
 }
 
@@ -262,8 +263,9 @@ impl State {
     }
 
     /// The infra cluster does not serve `api`: nothing of the kind exists,
-    /// and its cache is emptied.
-    pub(super) fn mark_not_served(&mut self, kind: Kind, api: String) {
+    /// and its cache is emptied. `answers`: the last re-check request made
+    /// before the attempt that found it (see [`Index::rechecks_requested`]).
+    pub(super) fn mark_not_served(&mut self, kind: Kind, api: String, answers: u64) {
         match kind {
             Kind::DataVolume => self.replace_volumes(Vec::new()),
             Kind::VirtualMachine => self.replace_vms(Vec::new()),
@@ -274,7 +276,7 @@ impl State {
         sync.synced = false;
         sync.error = None;
         sync.not_served = Some(api);
-        sync.not_served_checks = sync.not_served_checks.wrapping_add(1);
+        sync.not_served_answers = answers;
     }
 }
 
@@ -291,6 +293,8 @@ pub struct Index {
     /// Per kind: a call asks the watcher to check again now whether the
     /// infra cluster serves the kind (instead of at the end of its backoff).
     recheck: [Notify; 4],
+    /// Per kind: re-check requests made so far (numbering them).
+    rechecks: [AtomicU64; 4],
 }
 
 impl Default for Index {
@@ -305,13 +309,23 @@ impl Index {
             state: RwLock::new(State::default()),
             changes: watch::Sender::new(0),
             recheck: Default::default(),
+            rechecks: Default::default(),
         }
     }
 
     /// Ask the watcher of `kind` to check again at once whether the infra
     /// cluster serves it. Requests made while it is busy are kept (one).
-    pub fn request_recheck(&self, kind: Kind) {
+    /// Returns the request's number.
+    pub fn request_recheck(&self, kind: Kind) -> u64 {
+        let n = self.rechecks[kind as usize].fetch_add(1, Ordering::SeqCst) + 1;
         self.recheck[kind as usize].notify_one();
+        n
+    }
+
+    /// The re-check requests of `kind` so far; the watcher reads it before
+    /// each attempt, which answers every request up to it.
+    pub(super) fn rechecks_requested(&self, kind: Kind) -> u64 {
+        self.rechecks[kind as usize].load(Ordering::SeqCst)
     }
 
     /// Resolves when a re-check of `kind` is asked for (the watcher's side).
@@ -336,24 +350,25 @@ impl Index {
     /// and wait (at most [`RECHECK_WAIT`], never past `deadline`) for the
     /// answer, so a CRD installed since is served to this very call.
     async fn recheck_not_served(&self, kinds: &[Kind], deadline: Instant) {
-        let asked: Vec<(Kind, u64)> = self.read(|s| {
+        let unserved: Vec<Kind> = self.read(|s| {
             kinds
                 .iter()
-                .filter(|k| s.not_served(**k).is_some())
-                .map(|k| (*k, s.not_served_checks(*k)))
+                .copied()
+                .filter(|k| s.not_served(*k).is_some())
                 .collect()
         });
-        if asked.is_empty() {
+        if unserved.is_empty() {
             return;
         }
-        for (kind, _) in &asked {
-            self.request_recheck(*kind);
-        }
+        let asked: Vec<(Kind, u64)> = unserved
+            .into_iter()
+            .map(|k| (k, self.request_recheck(k)))
+            .collect();
         let until = deadline.min(Instant::now() + RECHECK_WAIT);
         self.wait_for(until, |s| {
             asked
                 .iter()
-                .all(|(k, n)| s.not_served(*k).is_none() || s.not_served_checks(*k) != *n)
+                .all(|(k, n)| s.not_served(*k).is_none() || s.not_served_answers(*k) >= *n)
                 .then_some(())
         })
         .await;
@@ -577,7 +592,7 @@ mod tests {
         idx.write(|s| {
             s.upsert_snapshot("snap-1".into(), Some(a_snapshot()));
             s.mark_synced(Kind::VolumeSnapshot);
-            s.mark_not_served(Kind::VolumeSnapshot, SNAP_API.into());
+            s.mark_not_served(Kind::VolumeSnapshot, SNAP_API.into(), 0);
         });
         idx.read(|s| assert!(s.snapshots().is_empty(), "nothing exists unserved"));
         // A watcher that re-checks when asked and finds it still missing.
@@ -585,7 +600,8 @@ mod tests {
             let idx = idx.clone();
             tokio::spawn(async move {
                 idx.recheck_requested(Kind::VolumeSnapshot).await;
-                idx.write(|s| s.mark_not_served(Kind::VolumeSnapshot, SNAP_API.into()));
+                let asked = idx.rechecks_requested(Kind::VolumeSnapshot);
+                idx.write(|s| s.mark_not_served(Kind::VolumeSnapshot, SNAP_API.into(), asked));
             })
         };
         let started = Instant::now();
@@ -620,9 +636,42 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_answer_from_before_the_request_does_not_count() {
+        let idx = Arc::new(Index::new());
+        idx.write(|s| s.mark_not_served(Kind::VolumeSnapshot, SNAP_API.into(), 0));
+        let call = {
+            let idx = idx.clone();
+            tokio::spawn(async move {
+                idx.wait_synced(
+                    &[Kind::VolumeSnapshot],
+                    Instant::now() + Duration::from_secs(60),
+                )
+                .await
+            })
+        };
+        idx.recheck_requested(Kind::VolumeSnapshot).await;
+        // An attempt begun before the call asked ends: not its answer.
+        idx.write(|s| s.mark_not_served(Kind::VolumeSnapshot, SNAP_API.into(), 0));
+        // Single-threaded runtime: these let the call run until it waits again.
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert!(!call.is_finished(), "answered by a stale attempt");
+        // The attempt it asked for.
+        let asked = idx.rechecks_requested(Kind::VolumeSnapshot);
+        assert_eq!(asked, 1);
+        idx.write(|s| s.mark_not_served(Kind::VolumeSnapshot, SNAP_API.into(), asked));
+        let r = tokio::time::timeout(Duration::from_secs(1), call)
+            .await
+            .expect("answered")
+            .expect("joins");
+        assert!(matches!(r, Err(Error::NotServed { .. })));
+    }
+
+    #[tokio::test]
     async fn a_recheck_that_lists_serves_the_call() {
         let idx = Arc::new(Index::new());
-        idx.write(|s| s.mark_not_served(Kind::VolumeSnapshot, SNAP_API.into()));
+        idx.write(|s| s.mark_not_served(Kind::VolumeSnapshot, SNAP_API.into(), 0));
         let watcher = {
             let idx = idx.clone();
             tokio::spawn(async move {
@@ -658,7 +707,7 @@ mod tests {
             })
         };
         tokio::task::yield_now().await;
-        idx.write(|s| s.mark_not_served(Kind::VolumeSnapshot, SNAP_API.into()));
+        idx.write(|s| s.mark_not_served(Kind::VolumeSnapshot, SNAP_API.into(), 0));
         let r = tokio::time::timeout(Duration::from_secs(1), waiter)
             .await
             .expect("answers before the deadline")
@@ -680,6 +729,7 @@ mod tests {
             s.mark_not_served(
                 Kind::DataVolume,
                 "cdi.kubevirt.io/v1beta1 datavolumes".into(),
+                0,
             )
         });
         assert!(

@@ -248,6 +248,9 @@ struct Watch<'a> {
     health: Health,
     /// Attempts in a row that ended as the last one did.
     retry: u32,
+    /// The re-check requests made before the current attempt began: the
+    /// ones its answer covers.
+    asked: u64,
 }
 
 impl Watch<'_> {
@@ -272,7 +275,9 @@ impl Watch<'_> {
             }
             Outcome::NotServed => {
                 let api = self.api.clone();
-                self.index.write(|s| s.mark_not_served(self.kind, api));
+                let asked = self.asked;
+                self.index
+                    .write(|s| s.mark_not_served(self.kind, api, asked));
             }
         }
         self.metrics
@@ -301,8 +306,10 @@ async fn run<K: Watched>(
         metrics: &metrics,
         health: Health::Starting,
         retry: 0,
+        asked: 0,
     };
     loop {
+        watch.asked = index.rechecks_requested(K::KIND);
         let stream = watcher::watcher(api.clone(), config.clone());
         let err = tokio::select! {
             _ = cancel.cancelled() => return,
@@ -522,6 +529,7 @@ mod tests {
             metrics: &metrics,
             health: Health::Starting,
             retry: 0,
+            asked: 0,
         };
         assert_eq!(w.api, "snapshot.storage.k8s.io/v1 volumesnapshots");
         let err = watcher::Error::InitialListFailed(api_error(404));
