@@ -23,6 +23,10 @@ pub enum Error {
     /// The request cannot proceed in the current state (attached elsewhere, in use).
     #[error("{0}")]
     FailedPrecondition(String),
+    /// The infra cluster does not serve an API the call needs (e.g. the
+    /// VolumeSnapshot CRDs are not installed there); `api` names it.
+    #[error("the infra cluster does not serve {api} (is its CustomResourceDefinition installed?)")]
+    NotServed { api: String },
     /// The requested capacity cannot be provided.
     #[error("{0}")]
     OutOfRange(String),
@@ -75,7 +79,7 @@ impl Error {
             Error::InvalidArgument(_) => Code::InvalidArgument,
             Error::NotFound(_) => Code::NotFound,
             Error::AlreadyExists(_) => Code::AlreadyExists,
-            Error::FailedPrecondition(_) => Code::FailedPrecondition,
+            Error::FailedPrecondition(_) | Error::NotServed { .. } => Code::FailedPrecondition,
             Error::OutOfRange(_) => Code::OutOfRange,
             Error::ResourceExhausted(_) => Code::ResourceExhausted,
             Error::Busy(_) | Error::Aborted(_) | Error::InvalidToken(_) => Code::Aborted,
@@ -171,6 +175,15 @@ mod tests {
     fn codes_follow_the_spec() {
         assert_eq!(Error::Busy("pvc-1".into()).code(), Code::Aborted);
         assert_eq!(Error::InvalidToken("x".into()).code(), Code::Aborted);
+        let not_served = Error::NotServed {
+            api: "snapshot.storage.k8s.io/v1 volumesnapshots".into(),
+        };
+        assert_eq!(not_served.code(), Code::FailedPrecondition);
+        assert!(
+            not_served
+                .to_string()
+                .contains("does not serve snapshot.storage.k8s.io/v1 volumesnapshots")
+        );
         let infra = |e| Error::infra("creating DataVolume pvc-1")(e).code();
         assert_eq!(infra(api(404, "namespace not found")), Code::Internal);
         assert_eq!(infra(api(409, "conflict")), Code::Aborted);

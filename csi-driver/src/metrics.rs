@@ -1,6 +1,6 @@
 //! Prometheus metrics: per-RPC call counts by method and gRPC code and an RPC
 //! latency histogram, recorded by a tower layer around the gRPC router, plus
-//! counters the infra caches feed. [`Metrics::encode`] renders the OpenMetrics
+//! the infra caches' watch errors and the APIs the infra cluster lacks. [`Metrics::encode`] renders the OpenMetrics
 //! text served at `/metrics`.
 
 use std::future::Future;
@@ -12,6 +12,7 @@ use std::time::Instant;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -42,6 +43,7 @@ pub struct Metrics {
     rpcs: Family<RpcLabels, Counter>,
     latency: Family<MethodLabels, Histogram, fn() -> Histogram>,
     watch_errors: Family<KindLabels, Counter>,
+    not_served: Family<KindLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -58,6 +60,7 @@ impl Metrics {
             latency_histogram,
         );
         let watch_errors = Family::<KindLabels, Counter>::default();
+        let not_served = Family::<KindLabels, Gauge>::default();
         registry.register(
             "grpc_requests",
             "CSI calls handled, by method and gRPC code",
@@ -73,11 +76,17 @@ impl Metrics {
             "Failed infra watch attempts, by resource kind",
             watch_errors.clone(),
         );
+        registry.register(
+            "infra_api_not_served",
+            "1 while the infra cluster does not serve the API of a resource kind (its CRD is not installed)",
+            not_served.clone(),
+        );
         Self {
             registry,
             rpcs,
             latency,
             watch_errors,
+            not_served,
         }
     }
 
@@ -103,6 +112,15 @@ impl Metrics {
                 kind: kind.to_string(),
             })
             .inc();
+    }
+
+    /// Record whether the infra cluster serves the API of `kind`.
+    pub fn set_not_served(&self, kind: &str, not_served: bool) {
+        self.not_served
+            .get_or_create(&KindLabels {
+                kind: kind.to_string(),
+            })
+            .set(i64::from(not_served));
     }
 
     /// The OpenMetrics text exposition.
@@ -201,6 +219,7 @@ mod tests {
         m.observe_rpc("CreateVolume", tonic::Code::Ok, 0.002);
         m.observe_rpc("CreateVolume", tonic::Code::InvalidArgument, 0.001);
         m.watch_error("DataVolume");
+        m.set_not_served("VolumeSnapshot", true);
         let text = m.encode();
         assert!(text.contains(
             "kubevirt_csi_grpc_requests_total{method=\"CreateVolume\",grpc_code=\"Ok\"} 1"
@@ -210,6 +229,7 @@ mod tests {
             "kubevirt_csi_grpc_request_duration_seconds_count{method=\"CreateVolume\"} 2"
         ));
         assert!(text.contains("kubevirt_csi_infra_watch_errors_total{kind=\"DataVolume\"} 1"));
+        assert!(text.contains("kubevirt_csi_infra_api_not_served{kind=\"VolumeSnapshot\"} 1"));
     }
 
     #[test]

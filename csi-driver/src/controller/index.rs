@@ -8,11 +8,19 @@
 //! [`super::watch`]; every change bumps a generation on a `tokio::sync::watch`
 //! channel, which is how RPCs wait for a state ([`Index::wait_for`]) without
 //! polling.
+//!
+//! A kind the infra cluster does not serve (its CRD is not installed: common
+//! for snapshots) is recorded as such, not as a failing watch: calls needing
+//! it fail at once with [`Error::NotServed`], after asking its watcher to
+//! look again ([`Index::wait_synced`]), so a CRD installed since is noticed
+//! on the next call rather than after the watcher's long retry delay.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::RwLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
 use super::entries::{SnapshotEntry, VmEntry, VmiEntry, VolumeEntry};
@@ -51,6 +59,13 @@ pub const CORE_KINDS: [Kind; 3] = [
 struct SyncState {
     synced: bool,
     error: Option<String>,
+    /// The API the infra cluster answered "not found" for (e.g.
+    /// `snapshot.storage.k8s.io/v1 volumesnapshots`): the kind does not
+    /// exist there, and its cache is empty.
+    not_served: Option<String>,
+    /// The last re-check request (see [`Index::request_recheck`]) the "not
+    /// served" answer covers: it comes from an attempt begun after it.
+    not_served_answers: u64,
 }
 
 /// The indexed state. Read through [`Index::read`].
@@ -141,6 +156,15 @@ impl State {
     pub fn error(&self, kind: Kind) -> Option<&str> {
         self.sync[kind as usize].error.as_deref()
     }
+
+    /// The API of `kind`, when the infra cluster does not serve it.
+    pub fn not_served(&self, kind: Kind) -> Option<&str> {
+        self.sync[kind as usize].not_served.as_deref()
+    }
+
+    fn not_served_answers(&self, kind: Kind) -> u64 {
+        self.sync[kind as usize].not_served_answers
+    }
 }
 
 // === impl State: writes (from the watch tasks) ===
@@ -221,22 +245,56 @@ impl State {
     }
 
     pub(super) fn mark_synced(&mut self, kind: Kind) {
-        self.sync[kind as usize] = SyncState {
-            synced: true,
-            error: None,
-        };
+        let sync = &mut self.sync[kind as usize];
+        sync.synced = true;
+        sync.error = None;
+        sync.not_served = None;
     }
 
+    /// A failed attempt (`Some`), or none pending. A failure other than "not
+    /// served" says nothing about whether the API exists: that is unknown
+    /// again.
     pub(super) fn mark_error(&mut self, kind: Kind, error: Option<String>) {
-        self.sync[kind as usize].error = error;
+        let sync = &mut self.sync[kind as usize];
+        if error.is_some() {
+            sync.not_served = None;
+        }
+        sync.error = error;
+    }
+
+    /// The infra cluster does not serve `api`: nothing of the kind exists,
+    /// and its cache is emptied. `answers`: the last re-check request made
+    /// before the attempt that found it (see [`Index::rechecks_requested`]).
+    pub(super) fn mark_not_served(&mut self, kind: Kind, api: String, answers: u64) {
+        match kind {
+            Kind::DataVolume => self.replace_volumes(Vec::new()),
+            Kind::VirtualMachine => self.replace_vms(Vec::new()),
+            Kind::VirtualMachineInstance => self.replace_vmis(Vec::new()),
+            Kind::VolumeSnapshot => self.replace_snapshots(Vec::new()),
+        }
+        let sync = &mut self.sync[kind as usize];
+        sync.synced = false;
+        sync.error = None;
+        sync.not_served = Some(api);
+        sync.not_served_answers = answers;
     }
 }
+
+/// How long a call waits for the re-check it asked for (never past its own
+/// deadline). One list request: far less than this unless the API server is
+/// struggling, and then the call still answers in good time.
+const RECHECK_WAIT: Duration = Duration::from_secs(5);
 
 /// The shared index.
 #[derive(Debug)]
 pub struct Index {
     state: RwLock<State>,
     changes: watch::Sender<u64>,
+    /// Per kind: a call asks the watcher to check again now whether the
+    /// infra cluster serves the kind (instead of at the end of its backoff).
+    recheck: [Notify; 4],
+    /// Per kind: re-check requests made so far (numbering them).
+    rechecks: [AtomicU64; 4],
 }
 
 impl Default for Index {
@@ -250,7 +308,70 @@ impl Index {
         Self {
             state: RwLock::new(State::default()),
             changes: watch::Sender::new(0),
+            recheck: Default::default(),
+            rechecks: Default::default(),
         }
+    }
+
+    /// Ask the watcher of `kind` to check again at once whether the infra
+    /// cluster serves it. Requests made while it is busy are kept (one).
+    /// Returns the request's number.
+    pub fn request_recheck(&self, kind: Kind) -> u64 {
+        let n = self.rechecks[kind as usize].fetch_add(1, Ordering::SeqCst) + 1;
+        self.recheck[kind as usize].notify_one();
+        n
+    }
+
+    /// The re-check requests of `kind` so far; the watcher reads it before
+    /// each attempt, which answers every request up to it.
+    pub(super) fn rechecks_requested(&self, kind: Kind) -> u64 {
+        self.rechecks[kind as usize].load(Ordering::SeqCst)
+    }
+
+    /// Resolves when a re-check of `kind` is asked for (the watcher's side).
+    pub(super) async fn recheck_requested(&self, kind: Kind) {
+        self.recheck[kind as usize].notified().await
+    }
+
+    /// `NotServed` if the infra cluster did not serve `kind` when last
+    /// checked; asks for a re-check then, so that the next call knows. For
+    /// calls that cannot wait for the answer.
+    pub fn check_served(&self, kind: Kind) -> Result<()> {
+        match self.read(|s| s.not_served(kind).map(str::to_string)) {
+            None => Ok(()),
+            Some(api) => {
+                self.request_recheck(kind);
+                Err(Error::NotServed { api })
+            }
+        }
+    }
+
+    /// For the kinds last found not served: ask their watchers to look again
+    /// and wait (at most [`RECHECK_WAIT`], never past `deadline`) for the
+    /// answer, so a CRD installed since is served to this very call.
+    async fn recheck_not_served(&self, kinds: &[Kind], deadline: Instant) {
+        let unserved: Vec<Kind> = self.read(|s| {
+            kinds
+                .iter()
+                .copied()
+                .filter(|k| s.not_served(*k).is_some())
+                .collect()
+        });
+        if unserved.is_empty() {
+            return;
+        }
+        let asked: Vec<(Kind, u64)> = unserved
+            .into_iter()
+            .map(|k| (k, self.request_recheck(k)))
+            .collect();
+        let until = deadline.min(Instant::now() + RECHECK_WAIT);
+        self.wait_for(until, |s| {
+            asked
+                .iter()
+                .all(|(k, n)| s.not_served(*k).is_none() || s.not_served_answers(*k) >= *n)
+                .then_some(())
+        })
+        .await;
     }
 
     /// Read the state (briefly: never across an await).
@@ -305,27 +426,38 @@ impl Index {
             .is_some()
     }
 
-    /// Wait until the kinds are synced, or `Unavailable` at the deadline.
+    /// Wait until the kinds are synced, or `Unavailable` at the deadline;
+    /// `NotServed` at once if the infra cluster does not serve one of them
+    /// (after a re-check, see [`Self::recheck_not_served`]).
     pub async fn wait_synced(&self, kinds: &[Kind], deadline: Instant) -> Result<()> {
+        self.recheck_not_served(kinds, deadline).await;
         let done = self
             .wait_for(deadline, |s| {
-                kinds.iter().all(|k| s.is_synced(*k)).then_some(())
+                if let Some(api) = kinds.iter().find_map(|k| s.not_served(*k)) {
+                    return Some(Err(Error::NotServed {
+                        api: api.to_string(),
+                    }));
+                }
+                kinds.iter().all(|k| s.is_synced(*k)).then_some(Ok(()))
             })
             .await;
-        done.ok_or_else(|| {
-            let why = self.read(|s| {
-                kinds
-                    .iter()
-                    .filter(|k| !s.is_synced(**k))
-                    .map(|k| match s.error(*k) {
-                        Some(e) => format!("{}: {e}", k.as_str()),
-                        None => format!("{}: not listed yet", k.as_str()),
-                    })
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            });
-            Error::Unavailable(format!("infra caches are not synced ({why})"))
-        })
+        if let Some(done) = done {
+            return done;
+        }
+        let why = self.read(|s| {
+            kinds
+                .iter()
+                .filter(|k| !s.is_synced(**k))
+                .map(|k| match s.error(*k) {
+                    Some(e) => format!("{}: {e}", k.as_str()),
+                    None => format!("{}: not listed yet", k.as_str()),
+                })
+                .collect::<Vec<_>>()
+                .join("; ")
+        });
+        Err(Error::Unavailable(format!(
+            "infra caches are not synced ({why})"
+        )))
     }
 }
 
@@ -333,6 +465,9 @@ impl ReadinessCheck for Index {
     fn readiness(&self) -> Readiness {
         self.read(|s| {
             for kind in CORE_KINDS {
+                if let Some(api) = s.not_served(kind) {
+                    return Readiness::Failing(format!("the infra cluster does not serve {api}"));
+                }
                 match (s.is_synced(kind), s.error(kind)) {
                     (true, None) => {}
                     (true, Some(e)) => {
@@ -439,6 +574,147 @@ mod tests {
         assert_eq!(none, None);
     }
 
+    const SNAP_API: &str = "snapshot.storage.k8s.io/v1 volumesnapshots";
+
+    fn a_snapshot() -> SnapshotEntry {
+        let vs = serde_json::from_value(serde_json::json!({
+            "apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshot",
+            "metadata": {"name": "snap-1"},
+            "spec": {"source": {"persistentVolumeClaimName": "pvc-1"}}
+        }))
+        .expect("parses");
+        crate::controller::entries::snapshot_entry(&vs)
+    }
+
+    #[tokio::test]
+    async fn not_served_answers_at_once_after_a_recheck() {
+        let idx = Arc::new(Index::new());
+        idx.write(|s| {
+            s.upsert_snapshot("snap-1".into(), Some(a_snapshot()));
+            s.mark_synced(Kind::VolumeSnapshot);
+            s.mark_not_served(Kind::VolumeSnapshot, SNAP_API.into(), 0);
+        });
+        idx.read(|s| assert!(s.snapshots().is_empty(), "nothing exists unserved"));
+        // A watcher that re-checks when asked and finds it still missing.
+        let watcher = {
+            let idx = idx.clone();
+            tokio::spawn(async move {
+                idx.recheck_requested(Kind::VolumeSnapshot).await;
+                let asked = idx.rechecks_requested(Kind::VolumeSnapshot);
+                idx.write(|s| s.mark_not_served(Kind::VolumeSnapshot, SNAP_API.into(), asked));
+            })
+        };
+        let started = Instant::now();
+        let deadline = started + Duration::from_secs(60);
+        let err = idx
+            .wait_synced(&[Kind::VolumeSnapshot], deadline)
+            .await
+            .expect_err("not served");
+        assert!(
+            matches!(&err, Error::NotServed { api } if api == SNAP_API),
+            "{err}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(1));
+        watcher.await.expect("joins");
+        // The core kinds are not held up by it.
+        idx.write(|s| CORE_KINDS.iter().for_each(|k| s.mark_synced(*k)));
+        idx.wait_synced(&CORE_KINDS, deadline)
+            .await
+            .expect("core kinds synced");
+        assert_eq!(idx.readiness(), Readiness::Ready);
+        // Calls that cannot wait fail at once and leave a re-check request.
+        assert!(matches!(
+            idx.check_served(Kind::VolumeSnapshot),
+            Err(Error::NotServed { .. })
+        ));
+        tokio::time::timeout(
+            Duration::from_secs(1),
+            idx.recheck_requested(Kind::VolumeSnapshot),
+        )
+        .await
+        .expect("a re-check was requested");
+    }
+
+    #[tokio::test]
+    async fn an_answer_from_before_the_request_does_not_count() {
+        let idx = Arc::new(Index::new());
+        idx.write(|s| s.mark_not_served(Kind::VolumeSnapshot, SNAP_API.into(), 0));
+        let call = {
+            let idx = idx.clone();
+            tokio::spawn(async move {
+                idx.wait_synced(
+                    &[Kind::VolumeSnapshot],
+                    Instant::now() + Duration::from_secs(60),
+                )
+                .await
+            })
+        };
+        idx.recheck_requested(Kind::VolumeSnapshot).await;
+        // An attempt begun before the call asked ends: not its answer.
+        idx.write(|s| s.mark_not_served(Kind::VolumeSnapshot, SNAP_API.into(), 0));
+        // Single-threaded runtime: these let the call run until it waits again.
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert!(!call.is_finished(), "answered by a stale attempt");
+        // The attempt it asked for.
+        let asked = idx.rechecks_requested(Kind::VolumeSnapshot);
+        assert_eq!(asked, 1);
+        idx.write(|s| s.mark_not_served(Kind::VolumeSnapshot, SNAP_API.into(), asked));
+        let r = tokio::time::timeout(Duration::from_secs(1), call)
+            .await
+            .expect("answered")
+            .expect("joins");
+        assert!(matches!(r, Err(Error::NotServed { .. })));
+    }
+
+    #[tokio::test]
+    async fn a_recheck_that_lists_serves_the_call() {
+        let idx = Arc::new(Index::new());
+        idx.write(|s| s.mark_not_served(Kind::VolumeSnapshot, SNAP_API.into(), 0));
+        let watcher = {
+            let idx = idx.clone();
+            tokio::spawn(async move {
+                idx.recheck_requested(Kind::VolumeSnapshot).await;
+                idx.write(|s| {
+                    s.replace_snapshots(vec![("snap-1".into(), a_snapshot())]);
+                    s.mark_synced(Kind::VolumeSnapshot);
+                });
+            })
+        };
+        idx.wait_synced(
+            &[Kind::VolumeSnapshot],
+            Instant::now() + Duration::from_secs(60),
+        )
+        .await
+        .expect("served once the CRD is installed");
+        idx.read(|s| assert!(s.snapshot("snap-1").is_some()));
+        assert!(idx.check_served(Kind::VolumeSnapshot).is_ok());
+        watcher.await.expect("joins");
+    }
+
+    #[tokio::test]
+    async fn a_first_list_answered_not_served_ends_the_wait() {
+        let idx = Arc::new(Index::new());
+        let waiter = {
+            let idx = idx.clone();
+            tokio::spawn(async move {
+                idx.wait_synced(
+                    &[Kind::VolumeSnapshot],
+                    Instant::now() + Duration::from_secs(60),
+                )
+                .await
+            })
+        };
+        tokio::task::yield_now().await;
+        idx.write(|s| s.mark_not_served(Kind::VolumeSnapshot, SNAP_API.into(), 0));
+        let r = tokio::time::timeout(Duration::from_secs(1), waiter)
+            .await
+            .expect("answers before the deadline")
+            .expect("joins");
+        assert!(matches!(r, Err(Error::NotServed { .. })));
+    }
+
     #[test]
     fn readiness_reflects_sync_and_errors() {
         let idx = Index::new();
@@ -448,6 +724,16 @@ mod tests {
         idx.write(|s| s.mark_error(Kind::VirtualMachine, Some("connection refused".into())));
         assert!(
             matches!(idx.readiness(), Readiness::Failing(m) if m.contains("connection refused"))
+        );
+        idx.write(|s| {
+            s.mark_not_served(
+                Kind::DataVolume,
+                "cdi.kubevirt.io/v1beta1 datavolumes".into(),
+                0,
+            )
+        });
+        assert!(
+            matches!(idx.readiness(), Readiness::Failing(m) if m.contains("does not serve cdi.kubevirt.io"))
         );
     }
 }

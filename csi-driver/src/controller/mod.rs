@@ -110,7 +110,8 @@ impl ControllerService {
         self.index.wait_synced(&CORE_KINDS, deadline).await
     }
 
-    /// Wait (bounded) for the snapshot cache as well.
+    /// Wait (bounded) for the snapshot cache as well; `NotServed` at once
+    /// when the infra cluster has no VolumeSnapshot API (after re-checking).
     async fn snapshots_synced(&self, deadline: tokio::time::Instant) -> Result<()> {
         self.index
             .wait_synced(&[Kind::VolumeSnapshot], deadline)
@@ -157,8 +158,11 @@ impl ControllerService {
     }
 
     /// The snapshot `name` (cache, then API): the tenant's, someone else's
-    /// (with the reason), or absent.
+    /// (with the reason), or absent; `NotServed` when the infra cluster has
+    /// no VolumeSnapshot API (a re-check is asked for, not waited for: a
+    /// snapshot to restore from is made by a CreateSnapshot, which waits).
     async fn lookup_snapshot(&self, name: &str) -> Result<Lookup<SnapshotEntry>> {
+        self.index.check_served(Kind::VolumeSnapshot)?;
         if let Some(e) = self.index.read(|s| s.snapshot(name).cloned()) {
             return Ok(Lookup::Ours(e));
         }
@@ -301,10 +305,18 @@ impl Controller for ControllerService {
         request: Request<DeleteSnapshotRequest>,
     ) -> std::result::Result<Response<DeleteSnapshotResponse>, Status> {
         let deadline = deadline::deadline(request.metadata());
-        reply(
-            "DeleteSnapshot",
-            snapshot::delete_snapshot(self, request.into_inner(), deadline).await,
-        )
+        let deleted = match snapshot::delete_snapshot(self, request.into_inner(), deadline).await {
+            // Deleting is idempotent, and no snapshot can exist where the
+            // API is not served (the CRD's objects go with it): the wanted
+            // state holds, and failing would only stall the sidecar on a
+            // VolumeSnapshotContent that has nothing left to delete.
+            Err(Error::NotServed { api }) => {
+                tracing::info!("the infra cluster does not serve {api}: no snapshot to delete");
+                Ok(DeleteSnapshotResponse {})
+            }
+            other => other,
+        };
+        reply("DeleteSnapshot", deleted)
     }
 
     async fn list_snapshots(

@@ -25,6 +25,7 @@ mod csi_bad_input;
 mod csi_conformance;
 mod csi_lifecycle;
 mod csi_sanity;
+mod csi_snapshot_api;
 mod fault_api_errors;
 mod fault_ccm;
 mod fault_csi_controller;
