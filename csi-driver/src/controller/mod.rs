@@ -305,18 +305,10 @@ impl Controller for ControllerService {
         request: Request<DeleteSnapshotRequest>,
     ) -> std::result::Result<Response<DeleteSnapshotResponse>, Status> {
         let deadline = deadline::deadline(request.metadata());
-        let deleted = match snapshot::delete_snapshot(self, request.into_inner(), deadline).await {
-            // Deleting is idempotent, and no snapshot can exist where the
-            // API is not served (the CRD's objects go with it): the wanted
-            // state holds, and failing would only stall the sidecar on a
-            // VolumeSnapshotContent that has nothing left to delete.
-            Err(Error::NotServed { api }) => {
-                tracing::info!("the infra cluster does not serve {api}: no snapshot to delete");
-                Ok(DeleteSnapshotResponse {})
-            }
-            other => other,
-        };
-        reply("DeleteSnapshot", deleted)
+        reply(
+            "DeleteSnapshot",
+            snapshot::delete_snapshot(self, request.into_inner(), deadline).await,
+        )
     }
 
     async fn list_snapshots(

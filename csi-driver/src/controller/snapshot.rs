@@ -176,7 +176,17 @@ pub(super) async fn delete_snapshot(
         return Ok(DeleteSnapshotResponse {});
     }
     let _guard = svc.in_flight.begin(&format!("snapshot/{id}"))?;
-    svc.snapshots_synced(deadline).await?;
+    match svc.snapshots_synced(deadline).await {
+        // Deleting is idempotent, and no snapshot can exist where the API
+        // is not served (the CRD's objects go with it): the wanted state
+        // holds, and failing would only stall the sidecar on a
+        // VolumeSnapshotContent that has nothing left to delete.
+        Err(Error::NotServed { api }) => {
+            tracing::info!("the infra cluster does not serve {api}: no snapshot to delete");
+            return Ok(DeleteSnapshotResponse {});
+        }
+        other => other?,
+    }
     match svc.lookup_snapshot(id).await? {
         Lookup::Ours(e) => {
             svc.infra.delete_snapshot(id, &e.uid).await?;
