@@ -92,10 +92,7 @@ pub(super) async fn expand_volume(
     let _guard = svc.in_flight.begin(id)?;
     svc.synced(deadline).await?;
 
-    let volume = svc
-        .lookup_volume(id)
-        .await?
-        .ok_or_else(|| Error::NotFound(format!("volume {id} not found")))?;
+    let volume = svc.volume(id).await?;
     let pvc = tenant_claim(svc, id, &volume.uid, deadline).await?;
     let (requested, capacity) = claim_sizes(&pvc);
     let current = requested.unwrap_or(0).max(capacity.unwrap_or(0));

@@ -37,6 +37,21 @@ pub struct Infra {
     quotas: Api<ResourceQuota>,
 }
 
+/// How our writes identify themselves (creates and patches).
+fn patch_params() -> PatchParams {
+    PatchParams {
+        field_manager: Some(MANAGER.to_string()),
+        ..Default::default()
+    }
+}
+
+fn post_params() -> PostParams {
+    PostParams {
+        field_manager: Some(MANAGER.to_string()),
+        ..Default::default()
+    }
+}
+
 /// `Ok(None)` for 404.
 fn optional<T>(r: std::result::Result<T, kube::Error>, action: String) -> Result<Option<T>> {
     match r {
@@ -73,11 +88,7 @@ impl Infra {
         &self,
         dv: &DataVolume,
     ) -> std::result::Result<DataVolume, kube::Error> {
-        let pp = PostParams {
-            field_manager: Some(MANAGER.to_string()),
-            ..Default::default()
-        };
-        self.dvs.create(&pp, dv).await
+        self.dvs.create(&post_params(), dv).await
     }
 
     pub async fn get_data_volume(&self, name: &str) -> Result<Option<DataVolume>> {
@@ -159,17 +170,26 @@ impl Infra {
     /// Raise the claim's storage request to `bytes`.
     pub async fn resize_claim(&self, name: &str, bytes: i64) -> Result<()> {
         let patch = json!({"spec": {"resources": {"requests": {"storage": format_bytes(bytes)}}}});
-        let pp = PatchParams {
-            field_manager: Some(MANAGER.to_string()),
-            ..Default::default()
-        };
+        self.patch_claim(
+            name,
+            &patch,
+            format!("resizing PersistentVolumeClaim {name}"),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Merge-patch the claim `name`; `action` says what for.
+    async fn patch_claim(
+        &self,
+        name: &str,
+        patch: &serde_json::Value,
+        action: String,
+    ) -> Result<PersistentVolumeClaim> {
         self.pvcs
-            .patch(name, &pp, &Patch::Merge(&patch))
+            .patch(name, &patch_params(), &Patch::Merge(patch))
             .await
-            .map(|_| ())
-            .map_err(Error::infra(format!(
-                "resizing PersistentVolumeClaim {name}"
-            )))
+            .map_err(Error::infra(action))
     }
 
     /// Record on DataVolume `name` the capacity its claim was expanded to
@@ -177,12 +197,8 @@ impl Infra {
     /// so that ListVolumes and ControllerGetVolume report the current size.
     pub async fn record_capacity(&self, name: &str, bytes: i64) -> Result<()> {
         let patch = json!({"metadata": {"annotations": {CAPACITY_ANNOTATION: bytes.to_string()}}});
-        let pp = PatchParams {
-            field_manager: Some(MANAGER.to_string()),
-            ..Default::default()
-        };
         self.dvs
-            .patch(name, &pp, &Patch::Merge(&patch))
+            .patch(name, &patch_params(), &Patch::Merge(&patch))
             .await
             .map(|_| ())
             .map_err(Error::infra(format!(
@@ -245,16 +261,8 @@ impl Infra {
     /// API server stored it.
     pub async fn set_claim_class(&self, name: &str, class: &str) -> Result<PersistentVolumeClaim> {
         let patch = json!({"spec": {"volumeAttributesClassName": class}});
-        let pp = PatchParams {
-            field_manager: Some(MANAGER.to_string()),
-            ..Default::default()
-        };
-        self.pvcs
-            .patch(name, &pp, &Patch::Merge(&patch))
-            .await
-            .map_err(Error::infra(format!(
-                "setting the VolumeAttributesClass of PersistentVolumeClaim {name}"
-            )))
+        let action = format!("setting the VolumeAttributesClass of PersistentVolumeClaim {name}");
+        self.patch_claim(name, &patch, action).await
     }
 
     /// The ResourceQuotas of the namespace.
@@ -270,11 +278,7 @@ impl Infra {
         &self,
         vs: &VolumeSnapshot,
     ) -> std::result::Result<VolumeSnapshot, kube::Error> {
-        let pp = PostParams {
-            field_manager: Some(MANAGER.to_string()),
-            ..Default::default()
-        };
-        self.snapshots.create(&pp, vs).await
+        self.snapshots.create(&post_params(), vs).await
     }
 
     pub async fn get_snapshot(&self, name: &str) -> Result<Option<VolumeSnapshot>> {

@@ -17,7 +17,7 @@ use super::entries::{ContentSource, VolumeEntry};
 use super::index::State;
 use super::pagination;
 use super::volume::SERIAL_KEY;
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 fn csi_volume(name: &str, e: &VolumeEntry) -> Volume {
     use kubevirt_csi_proto::v1::{VolumeContentSource, volume_content_source as vcs};
@@ -113,10 +113,7 @@ pub(super) async fn get_volume(
 ) -> Result<ControllerGetVolumeResponse> {
     let id = required(&req.volume_id, "volume_id")?;
     svc.synced(deadline).await?;
-    let e = svc
-        .lookup_volume(id)
-        .await?
-        .ok_or_else(|| Error::NotFound(format!("volume {id} not found")))?;
+    let e = svc.volume(id).await?;
     let ns = svc.scope().namespace();
     let (published, condition) = svc
         .index

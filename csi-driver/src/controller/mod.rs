@@ -140,6 +140,13 @@ impl ControllerService {
         }
     }
 
+    /// The tenant's volume `id`, or NotFound.
+    async fn volume(&self, id: &str) -> Result<VolumeEntry> {
+        self.lookup_volume(id)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("volume {id} not found")))
+    }
+
     /// The tenant's VM `name` (cache, then API), or `None`.
     async fn lookup_vm(&self, name: &str) -> Result<Option<VmEntry>> {
         if let Some(e) = self.index.read(|s| s.vm(name).cloned()) {

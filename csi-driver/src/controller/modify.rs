@@ -119,10 +119,7 @@ pub(super) async fn modify_volume(
 
     let _guard = svc.in_flight.begin(id)?;
     svc.synced(deadline).await?;
-    let volume = svc
-        .lookup_volume(id)
-        .await?
-        .ok_or_else(|| Error::NotFound(format!("volume {id} not found")))?;
+    let volume = svc.volume(id).await?;
     let Some(class) = mutable.infra_class else {
         return Ok(ControllerModifyVolumeResponse {});
     };

@@ -82,10 +82,7 @@ pub(super) async fn publish(
     let _guard = svc.in_flight.begin(id)?;
     svc.synced(deadline).await?;
 
-    let volume = svc
-        .lookup_volume(id)
-        .await?
-        .ok_or_else(|| Error::NotFound(format!("volume {id} not found")))?;
+    let volume = svc.volume(id).await?;
     if access.multi_node && !volume.multi_node {
         return Err(Error::InvalidArgument(format!(
             "volume {id} was not created for multi-node access"

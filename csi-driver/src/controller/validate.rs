@@ -83,10 +83,7 @@ pub(super) async fn validate_volume_capabilities(
         }
     }
     svc.synced(deadline).await?;
-    let volume = svc
-        .lookup_volume(id)
-        .await?
-        .ok_or_else(|| Error::NotFound(format!("volume {id} not found")))?;
+    let volume = svc.volume(id).await?;
     if refusal.is_none() {
         let wants_multi = req
             .volume_capabilities

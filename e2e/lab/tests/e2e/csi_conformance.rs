@@ -13,6 +13,7 @@ use std::time::Duration;
 use crate::csi_support::*;
 use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use kube::api::{Api, PostParams};
+use kubevirt_csi_proto::v1::controller_client::ControllerClient;
 use kubevirt_csi_proto::v1::volume_capability::access_mode::Mode;
 use kubevirt_csi_proto::v1::*;
 use kubevirt_infra::cdi::DataVolume;
@@ -21,6 +22,7 @@ use kubevirt_infra::snapshot::VolumeSnapshot;
 use kubevirt_lab::wait;
 use serde_json::json;
 use tonic::Code;
+use tonic::transport::Channel;
 
 fn node(lab: &kubevirt_lab::Lab, i: usize) -> String {
     format!("{}/{}", lab.infra_namespace, lab.nodes[i])
@@ -432,6 +434,16 @@ async fn create_and_delete_volume() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The CSI name recorded on an infra object.
+fn recorded_name(
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) -> Option<&str> {
+    meta.annotations
+        .as_ref()
+        .and_then(|a| a.get("csi.kubevirt.io/csi-name"))
+        .map(String::as_str)
+}
+
 /// A CSI name is any string the CO chooses. Names that are not valid
 /// object names with the volume prefix map to `pvc-<digest>`, recorded on
 /// the DataVolume; creation stays idempotent, across a driver restart too,
@@ -469,11 +481,7 @@ async fn any_csi_name_maps_to_a_volume() -> anyhow::Result<()> {
         );
         let dv = dvs.get(&id).await?;
         assert_eq!(
-            dv.metadata
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get("csi.kubevirt.io/csi-name"))
-                .map(String::as_str),
+            recorded_name(&dv.metadata),
             Some(name),
             "the CSI name is recorded on {id}"
         );
@@ -485,27 +493,25 @@ async fn any_csi_name_maps_to_a_volume() -> anyhow::Result<()> {
         );
         ids.insert(name.to_string(), id);
     }
-    let snapshot = c
-        .create_snapshot(CreateSnapshotRequest {
-            name: "Snapshot-Of-Disk-1".into(),
-            source_volume_id: ids["disk-1"].clone(),
-            ..Default::default()
-        })
-        .await?
-        .into_inner()
-        .snapshot
-        .map(|s| s.snapshot_id)
-        .unwrap_or_default();
+    let snapshot_of_disk_1 = |mut c: ControllerClient<Channel>, source: String| async move {
+        let r = c
+            .create_snapshot(CreateSnapshotRequest {
+                name: "Snapshot-Of-Disk-1".into(),
+                source_volume_id: source,
+                ..Default::default()
+            })
+            .await?;
+        anyhow::Ok(
+            r.into_inner()
+                .snapshot
+                .map(|s| s.snapshot_id)
+                .unwrap_or_default(),
+        )
+    };
+    let snapshot = snapshot_of_disk_1(c.clone(), ids["disk-1"].clone()).await?;
     assert!(snapshot.starts_with("snapshot-"), "{snapshot}");
     let vs = snaps.get(&snapshot).await?;
-    assert_eq!(
-        vs.metadata
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get("csi.kubevirt.io/csi-name"))
-            .map(String::as_str),
-        Some("Snapshot-Of-Disk-1")
-    );
+    assert_eq!(recorded_name(&vs.metadata), Some("Snapshot-Of-Disk-1"));
 
     // A new process finds the same volumes and snapshot by their names.
     d.daemon.kill()?;
@@ -516,17 +522,8 @@ async fn any_csi_name_maps_to_a_volume() -> anyhow::Result<()> {
     for name in names {
         assert_eq!(create(&d, name, GIB).await?.volume_id, ids[name], "{name}");
     }
-    let again = c
-        .create_snapshot(CreateSnapshotRequest {
-            name: "Snapshot-Of-Disk-1".into(),
-            source_volume_id: ids["disk-1"].clone(),
-            ..Default::default()
-        })
-        .await?
-        .into_inner()
-        .snapshot
-        .map(|s| s.snapshot_id);
-    assert_eq!(again.as_deref(), Some(snapshot.as_str()));
+    let again = snapshot_of_disk_1(c.clone(), ids["disk-1"].clone()).await?;
+    assert_eq!(again, snapshot);
     c.delete_snapshot(DeleteSnapshotRequest {
         snapshot_id: snapshot,
         ..Default::default()

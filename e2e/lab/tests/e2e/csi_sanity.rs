@@ -18,6 +18,7 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use k8s_openapi::api::storage::v1beta1::VolumeAttributesClass;
 use kube::api::{Api, PostParams};
+use kubevirt_infra::labels::selector_string;
 use kubevirt_lab::daemon::{self, Daemon};
 use kubevirt_lab::{Lab, LabConfig, wait};
 
@@ -107,17 +108,15 @@ async fn start_driver(lab: &Lab, dir: &Path) -> anyhow::Result<(Daemon, PathBuf)
         .context("write the guest kubeconfig")?;
     let node = lab.nodes.first().context("the lab has no node")?;
     let socket = dir.join("csi/csi.sock");
-    let labels: Vec<String> = lab
-        .infra_labels
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect();
     let args = vec![
         format!("--endpoint=unix://{}", socket.display()),
         format!("--node-name={node}"),
         format!("--infra-cluster-kubeconfig={}", infra.display()),
         format!("--infra-cluster-namespace={}", lab.infra_namespace),
-        format!("--infra-cluster-labels={}", labels.join(",")),
+        format!(
+            "--infra-cluster-labels={}",
+            selector_string(&lab.infra_labels)
+        ),
         format!("--tenant-cluster-kubeconfig={}", guest.display()),
         format!("--volume-prefix={PREFIX}"),
         format!("--device-dir={}", lab.node_dev_dir(node).display()),
