@@ -41,7 +41,8 @@ fi
 
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
-binary="target/release/kubevirt-csi-driver"
+release="${CARGO_TARGET_DIR:-target}/release"
+binary="$release/kubevirt-csi-driver"
 callgrind="$(command -v valgrind) --tool=callgrind --demangle=no --compress-strings=no"
 
 # The names of the functions each profile saw that the binary defines, in
@@ -56,10 +57,10 @@ functions() {
 profile() {
     nm --defined-only "$binary" | awk '$2 ~ /^[tTwW]$/ { print $3 }' | sort -u >"$work/$1.defined"
     echo "profiling the plugin from start to rest (under callgrind)"
-    target/release/examples/node_bench --rounds 0 \
+    "$release/examples/node_bench" --rounds 0 \
         --wrapper "$callgrind --callgrind-out-file=$work/$1.rest.out" >/dev/null
     echo "profiling the plugin's calls"
-    target/release/examples/node_bench --rounds 3 \
+    "$release/examples/node_bench" --rounds 3 \
         --wrapper "$callgrind --callgrind-out-file=$work/$1.calls.out" >/dev/null
     functions "$work/$1.rest.out" "$work/$1.defined" >"$work/$1.rest"
     functions "$work/$1.calls.out" "$work/$1.defined" >"$work/$1.calls"
