@@ -154,7 +154,7 @@ build() {
     echo "built $image in $(( $(date +%s) - start ))s"
 }
 
-step "building the images (the first one runs the release build of the three binaries: 10+ minutes on 2 cores)"
+step "building the images (the first one runs the release build of the three binaries: about 6 minutes on 2 cores when cold)"
 csi="$REGISTRY/kubevirt-csi-driver:$TAG"
 ccm="$REGISTRY/kubevirt-cloud-controller-manager:$TAG"
 manager="$REGISTRY/kubevirt-hcp-manager:$TAG"
