@@ -80,3 +80,42 @@ check_disk() {
         echo "warning: less than 10 GB free; the build may run out of room (a linker dying with SIGBUS is the sign)" >&2
     fi
 }
+
+# podman, runc and mmdebstrap (Debian packages, installed when missing and
+# root), and a podman configuration of our own in $CONTAINERS_CONF (under
+# the target dir; /etc/containers is not touched): the runc runtime with
+# cgroupfs (crun refuses this machine's hybrid cgroup v1 layout) and rlimits
+# this machine lets runc set.
+ensure_podman() {
+    local need=()
+    command -v podman >/dev/null 2>&1 || need+=(podman)
+    command -v runc >/dev/null 2>&1 || need+=(runc)
+    command -v mmdebstrap >/dev/null 2>&1 || need+=(mmdebstrap)
+    if [ ${#need[@]} -eq 0 ]; then
+        echo "podman $(podman --version | awk '{ print $3 }'), runc, mmdebstrap present"
+    elif [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "installing ${need[*]}"
+        DEBIAN_FRONTEND=noninteractive apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+    else
+        echo "error: missing packages ${need[*]}; install them (as root: apt-get install ${need[*]})" >&2
+        return 1
+    fi
+    local dir="${CARGO_TARGET_DIR:-target}/images"
+    mkdir -p "$dir"
+    CONTAINERS_CONF="$(cd "$dir" && pwd)/containers.conf"
+    cat >"$CONTAINERS_CONF" <<'CONF'
+# Written by scripts/lib.sh (ensure_podman). runc: crun refuses the hybrid
+# cgroup v1 layout of the build machines; podman 4.3 accepts cgroups
+# "disabled" only with crun, so runc gets the cgroupfs manager. Without
+# CAP_SYS_RESOURCE here, runc cannot set the rlimits podman asks for by
+# default: ask for ones under this machine's hard limits.
+[containers]
+default_ulimits = ["nofile=16384:16384", "nproc=16384:16384"]
+[engine]
+runtime = "runc"
+cgroup_manager = "cgroupfs"
+events_logger = "file"
+CONF
+    export CONTAINERS_CONF
+}

@@ -2,7 +2,8 @@
 # Runs every check and test of the suite: formatting, lints, unit tests, the
 # node-side tests on real loop devices, the end-to-end tests in the lab, the
 # official CSI conformance suite (csi-sanity), and a short run of each fuzz
-# target.
+# target; with IMAGE_TEST=1 also builds the container images and runs the
+# image test (scripts/images.sh, scripts/image-test.sh).
 # Installs what it needs (Debian packages when root). Exits non-zero on failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -56,4 +57,14 @@ for target in $(cargo fuzz list --fuzz-dir fuzz); do
     fi
     grep -E '^Done [0-9]+ runs' "$fuzz_log" || tail -n 1 "$fuzz_log"
 done
+if [ "${IMAGE_TEST:-0}" = 1 ]; then
+    step "building the container images (scripts/images.sh)"
+    bash scripts/images.sh
+    step "running the image test (scripts/image-test.sh)"
+    bash scripts/image-test.sh
+else
+    # A cold image build (base root filesystems, the release build of the
+    # three binaries) takes longer than CI's budget allows on 2 cores.
+    echo "container images: skipped (IMAGE_TEST=1 builds them and runs the image test)"
+fi
 step "all checks passed"
