@@ -30,7 +30,12 @@ cd "$(dirname "$0")/.."
 
 REGISTRY="${REGISTRY:-quay.io/kubevirt-rs}"
 IMAGE_BASES="${IMAGE_BASES:-local}"
-MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
+# The Debian archive this machine's apt uses (DEBIAN_MIRROR overrides it).
+host_mirror() {
+    apt-get indextargets --format '$(REPO_URI)' 2>/dev/null |
+        grep -v -- '-security' | grep -m 1 '/debian/*$' | sed 's:/*$::'
+}
+
 VERSION="$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)"
 TAG="v$VERSION"
 state="${CARGO_TARGET_DIR:-target}/images"
@@ -41,6 +46,8 @@ die() { echo "error: $*" >&2; exit 1; }
 
 step "installing podman, runc and mmdebstrap"
 ensure_podman
+MIRROR="${DEBIAN_MIRROR:-$(host_mirror)}"
+[ -n "$MIRROR" ] || die "no Debian archive in apt's sources; set DEBIAN_MIRROR"
 
 step "configuring podman ($CONTAINERS_CONF)"
 cat "$CONTAINERS_CONF"
