@@ -51,6 +51,7 @@ impl AddVolumeOptions {
                 name: name.to_string(),
                 disk: Some(crate::kubevirt::DiskTarget {
                     bus: Some(bus.to_string()),
+                    read_only: false,
                     extra: Default::default(),
                 }),
                 serial: Some(serial.to_string()),
@@ -65,6 +66,16 @@ impl AddVolumeOptions {
             },
             dry_run: Vec::new(),
         }
+    }
+}
+
+impl AddVolumeOptions {
+    /// The same request for a disk the guest sees read-only (or not).
+    pub fn read_only(mut self, read_only: bool) -> Self {
+        if let Some(target) = self.disk.disk.as_mut() {
+            target.read_only = read_only;
+        }
+        self
     }
 }
 
@@ -140,6 +151,14 @@ mod tests {
                 "disk": {"name": "pvc-1", "disk": {"bus": "scsi"}, "serial": "abc"},
                 "volumeSource": {"dataVolume": {"name": "pvc-1", "hotpluggable": true}}
             })
+        );
+        let read_only = serde_json::to_value(
+            AddVolumeOptions::data_volume("pvc-1", "scsi", "abc").read_only(true),
+        )
+        .expect("serializes");
+        assert_eq!(
+            read_only["disk"]["disk"],
+            json!({"bus": "scsi", "readonly": true})
         );
         assert_eq!(
             path(Target::VirtualMachineInstance, "ns", "vm", "removevolume"),

@@ -136,12 +136,20 @@ pub struct Disk {
     pub extra: Extra,
 }
 
-/// `disk.disk`: the bus the disk is attached through.
+/// `disk.disk`: the bus the disk is attached through, and whether the
+/// guest sees it read-only.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct DiskTarget {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bus: Option<String>,
+    /// KubeVirt's `readonly` (all lower case).
+    #[serde(
+        default,
+        rename = "readonly",
+        skip_serializing_if = "std::ops::Not::not"
+    )]
+    pub read_only: bool,
     #[serde(flatten)]
     pub extra: Extra,
 }
@@ -323,6 +331,15 @@ impl VirtualMachine {
             .template
             .as_ref()
             .map(|t| t.spec.volumes.as_slice())
+            .unwrap_or(&[])
+    }
+
+    /// The disks of the VM template.
+    pub fn template_disks(&self) -> &[Disk] {
+        self.spec
+            .template
+            .as_ref()
+            .map(|t| t.spec.domain.devices.disks.as_slice())
             .unwrap_or(&[])
     }
 

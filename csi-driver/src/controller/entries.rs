@@ -49,6 +49,8 @@ pub struct VolumeEntry {
 pub struct VmVolume {
     pub name: String,
     pub hotpluggable: bool,
+    /// Its disk is read-only to the guest.
+    pub read_only: bool,
 }
 
 /// A tenant VM: the volumes of its template that look like tenant volumes.
@@ -217,6 +219,13 @@ pub fn volume_entry(dv: &DataVolume) -> VolumeEntry {
 
 /// Summarize a VM: the template volumes named like tenant volumes.
 pub fn vm_entry(vm: &VirtualMachine, scope: &TenantScope) -> VmEntry {
+    let read_only = |name: &str| {
+        vm.template_disks()
+            .iter()
+            .find(|d| d.name == name)
+            .and_then(|d| d.disk.as_ref())
+            .is_some_and(|t| t.read_only)
+    };
     VmEntry {
         volumes: vm
             .template_volumes()
@@ -225,6 +234,7 @@ pub fn vm_entry(vm: &VirtualMachine, scope: &TenantScope) -> VmEntry {
             .map(|v| VmVolume {
                 name: v.name.clone(),
                 hotpluggable: v.is_hotpluggable(),
+                read_only: read_only(&v.name),
             })
             .collect(),
     }
@@ -369,9 +379,13 @@ mod tests {
         let vm: VirtualMachine = serde_json::from_value(json!({
             "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine",
             "metadata": {"name": "vm1", "namespace": "infra"},
-            "spec": {"template": {"spec": {"volumes": [
-                {"name": "rootdisk", "dataVolume": {"name": "root"}},
-                {"name": "pvc-1", "dataVolume": {"name": "pvc-1", "hotpluggable": true}}]}}}
+            "spec": {"template": {"spec": {
+                "domain": {"devices": {"disks": [
+                    {"name": "rootdisk", "disk": {"bus": "virtio"}},
+                    {"name": "pvc-1", "disk": {"bus": "scsi", "readonly": true}}]}},
+                "volumes": [
+                    {"name": "rootdisk", "dataVolume": {"name": "root"}},
+                    {"name": "pvc-1", "dataVolume": {"name": "pvc-1", "hotpluggable": true}}]}}}
         }))
         .expect("vm");
         let e = vm_entry(&vm, &scope());
@@ -379,7 +393,8 @@ mod tests {
             e.volumes,
             [VmVolume {
                 name: "pvc-1".into(),
-                hotpluggable: true
+                hotpluggable: true,
+                read_only: true,
             }]
         );
     }

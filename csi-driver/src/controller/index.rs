@@ -526,6 +526,7 @@ mod tests {
                     volumes: vec![VmVolume {
                         name: "pvc-2".into(),
                         hotpluggable: true,
+                        read_only: false,
                     }],
                 }),
             );

@@ -8,7 +8,9 @@
 //! prefix); anything else is `NotFound`, exactly like an object that does not
 //! exist, so a guest learns nothing about other tenants. A single-node
 //! volume already on another VM or VMI is refused with `FailedPrecondition`
-//! naming that node, from the cache (no listing).
+//! naming that node, from the cache (no listing). A read-only publish
+//! hotplugs the disk read-only (KubeVirt's `readonly`) and says so in the
+//! publish context; publishing again with the other mode is AlreadyExists.
 
 use std::collections::BTreeSet;
 
@@ -22,12 +24,21 @@ use tokio::time::Instant;
 use super::ControllerService;
 use super::capability::{bus, check_capability, check_supported, node_id, parse_node_id, required};
 use super::index::State;
-use super::volume::{BUS_PARAM, SERIAL_KEY};
+use super::volume::{BUS_PARAM, READONLY_KEY, SERIAL_KEY};
 use crate::error::{Error, Result, is_conflict, is_not_found};
 
 /// How long a conflicting `addvolume` waits for the cache to show the
 /// volume on the VM (added by an earlier call) before answering Aborted.
 const CONFLICT_SETTLE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// What the node learns from the attachment: that the disk is read-only.
+fn publish_context(read_only: bool) -> std::collections::HashMap<String, String> {
+    if read_only {
+        [(READONLY_KEY.to_string(), "true".to_string())].into()
+    } else {
+        Default::default()
+    }
+}
 
 /// Where a wait for attachment stands.
 fn attach_state(s: &State, vm: &str, volume: &str) -> Option<()> {
@@ -109,6 +120,16 @@ pub(super) async fn publish(
         }
     }
 
+    if let Some(attached) = vm_entry.volume(id)
+        && attached.read_only != req.readonly
+    {
+        let mode = |ro: bool| if ro { "read-only" } else { "read-write" };
+        return Err(Error::AlreadyExists(format!(
+            "volume {id} is published to node {node} {}; a {} publish is incompatible",
+            mode(attached.read_only),
+            mode(req.readonly)
+        )));
+    }
     if !vm_entry.has(id) {
         let serial = req
             .volume_context
@@ -116,7 +137,7 @@ pub(super) async fn publish(
             .filter(|s| !s.is_empty())
             .cloned()
             .unwrap_or_else(|| volume.uid.clone());
-        let opts = AddVolumeOptions::data_volume(id, bus.as_str(), &serial);
+        let opts = AddVolumeOptions::data_volume(id, bus.as_str(), &serial).read_only(req.readonly);
         match svc.infra.add_volume(vm, &opts).await {
             Ok(()) => tracing::info!(bus = bus.as_str(), serial = %serial, "hotplug requested"),
             // Added by an earlier call the cache has not seen yet, or refused
@@ -149,8 +170,10 @@ pub(super) async fn publish(
         .await
     {
         Some(()) => {
-            tracing::info!("volume attached");
-            Ok(ControllerPublishVolumeResponse::default())
+            tracing::info!(read_only = req.readonly, "volume attached");
+            Ok(ControllerPublishVolumeResponse {
+                publish_context: publish_context(req.readonly),
+            })
         }
         None => Err(Error::DeadlineExceeded(format!(
             "volume {id} not ready on node {node} before the deadline: {}",
@@ -281,6 +304,7 @@ mod tests {
                     volumes: vec![VmVolume {
                         name: "pvc-1".into(),
                         hotpluggable: true,
+                        read_only: false,
                     }],
                 }),
             );

@@ -24,6 +24,7 @@ pub const RPCS: &[controller_service_capability::rpc::Type] = {
     &[
         CreateDeleteVolume,
         PublishUnpublishVolume,
+        PublishReadonly,
         ListVolumes,
         ListVolumesPublishedNodes,
         GetCapacity,

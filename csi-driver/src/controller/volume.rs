@@ -29,6 +29,8 @@ pub const INFRA_STORAGE_CLASS_PARAM: &str = "infraStorageClassName";
 pub const BUS_PARAM: &str = "bus";
 /// volume_context key of the disk serial.
 pub const SERIAL_KEY: &str = "serial";
+/// publish_context key saying the disk was attached read-only.
+pub const READONLY_KEY: &str = "readonly";
 
 /// The bounds of a capacity range, checked. `(required, limit)`, 0 = unset.
 pub fn capacity_bounds(range: Option<&CapacityRange>) -> Result<(i64, i64)> {

@@ -19,6 +19,8 @@ use super::mount::MountOptions;
 pub const SERIAL_KEY: &str = "serial";
 /// `volume_context` / `publish_context` key of the disk bus.
 pub const BUS_KEY: &str = "bus";
+/// publish_context key: the controller attached the disk read-only.
+pub const READONLY_KEY: &str = "readonly";
 
 /// How the volume is consumed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -128,8 +130,12 @@ pub fn stage_request(req: &NodeStageVolumeRequest) -> Result<Stage, NodeError> {
     let staging_path = required_path(&req.staging_target_path, "staging_target_path")?;
     let (access, reader_only) = access(req.volume_capability.as_ref(), "volume_capability")?;
     let disk = disk(&req.volume_context, &req.publish_context)?;
-    let read_only =
-        reader_only || matches!(&access, Access::Mount { options, .. } if options.read_only());
+    // A disk attached read-only can only be staged read-only.
+    let attached_read_only =
+        req.publish_context.get(READONLY_KEY).map(String::as_str) == Some("true");
+    let read_only = reader_only
+        || attached_read_only
+        || matches!(&access, Access::Mount { options, .. } if options.read_only());
     Ok(Stage {
         volume_id,
         staging_path,
@@ -254,6 +260,15 @@ mod tests {
                 "{broken:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_disk_attached_read_only_is_staged_read_only() {
+        let req = NodeStageVolumeRequest {
+            publish_context: HashMap::from([(READONLY_KEY.to_owned(), "true".to_owned())]),
+            ..stage()
+        };
+        assert!(stage_request(&req).expect("valid").read_only);
     }
 
     #[test]

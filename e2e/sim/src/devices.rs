@@ -77,7 +77,8 @@ impl Devices {
         self.root.join(node).join("dev/disk/by-id")
     }
 
-    /// Attaches `file` as the disk `volume` of guest `node` (idempotent).
+    /// Attaches `file` as the disk `volume` of guest `node` (idempotent),
+    /// read-only to the guest when `read_only`.
     pub fn attach(
         &self,
         node: &str,
@@ -85,6 +86,7 @@ impl Devices {
         bus: &str,
         serial: &str,
         file: &Path,
+        read_only: bool,
     ) -> Result<Attachment, Error> {
         let mut attached = self.lock();
         let k = (node.to_string(), volume.to_string());
@@ -93,12 +95,13 @@ impl Devices {
         }
         let dir = self.by_id_dir(node);
         std::fs::create_dir_all(&dir).map_err(Error::io("create directory", &dir))?;
-        let out = losetup(&[
-            "--find",
-            "--show",
-            "--direct-io=off",
-            &file.to_string_lossy(),
-        ])?;
+        let file_arg = file.to_string_lossy();
+        let mut args = vec!["--find", "--show", "--direct-io=off"];
+        if read_only {
+            args.push("--read-only");
+        }
+        args.push(&file_arg);
+        let out = losetup(&args)?;
         let loop_device = PathBuf::from(out.trim());
         let link = dir.join(link_name(bus, serial));
         let a = Attachment {
@@ -113,7 +116,7 @@ impl Devices {
         self.write_state(&attached)?;
         let _ = std::fs::remove_file(&link);
         std::os::unix::fs::symlink(&loop_device, &link).map_err(Error::io("symlink", &link))?;
-        tracing::info!(node, volume, device = %loop_device.display(), link = %link.display(), "disk attached");
+        tracing::info!(node, volume, read_only, device = %loop_device.display(), link = %link.display(), "disk attached");
         Ok(a)
     }
 

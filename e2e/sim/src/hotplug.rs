@@ -253,9 +253,14 @@ async fn attach(
     let serial = disk
         .and_then(|d| d.serial.clone())
         .unwrap_or_else(|| volume.to_string());
+    let read_only = disk
+        .and_then(|d| d.disk.as_ref())
+        .is_some_and(|t| t.read_only);
     let (node, volume) = (vmi.name_any(), volume.to_string());
-    tokio::task::spawn_blocking(move || devices.attach(&node, &volume, &bus, &serial, &file))
-        .await??;
+    tokio::task::spawn_blocking(move || {
+        devices.attach(&node, &volume, &bus, &serial, &file, read_only)
+    })
+    .await??;
     Ok(())
 }
 

@@ -277,6 +277,7 @@ pub fn virtual_machine(inp: &PoolInputs, name: &str, template_hash: &str) -> Vir
                     name: ROOT_DISK.to_string(),
                     disk: Some(DiskTarget {
                         bus: Some("virtio".to_string()),
+                        read_only: false,
                         extra: BTreeMap::new(),
                     }),
                     serial: None,

@@ -143,7 +143,7 @@ async fn identity_and_capabilities() -> anyhow::Result<()> {
     ] {
         assert!(rpcs.contains(&(t as i32)), "{t:?} not advertised");
     }
-    assert!(!rpcs.contains(&(T::PublishReadonly as i32)));
+    assert!(rpcs.contains(&(T::PublishReadonly as i32)));
     // Alpha in the spec: only with --enable-alpha-rpcs (csi-sanity v5.4.0
     // refuses a capability it does not know).
     assert!(!rpcs.contains(&(T::GetSnapshot as i32)));
@@ -669,6 +669,13 @@ async fn publish_and_unpublish() -> anyhow::Result<()> {
     // Idempotent; single-node volumes stay on one node; in use: no delete.
     c.controller_publish_volume(publish_request(&name, &n0, &serial))
         .await?;
+    let mut read_only = publish_request(&name, &n0, &serial);
+    read_only.readonly = true;
+    assert_code(
+        c.controller_publish_volume(read_only).await,
+        Code::AlreadyExists,
+        "read-only publish of a volume published read-write",
+    );
     assert_code(
         c.controller_publish_volume(publish_request(&name, &n1, &serial))
             .await,
@@ -753,6 +760,26 @@ async fn publish_and_unpublish() -> anyhow::Result<()> {
         ..Default::default()
     })
     .await?;
+
+    // A read-only publish hotplugs a read-only disk and tells the node so.
+    let ro_name = volume_name();
+    let ro = create(&d, &ro_name, GIB).await?;
+    let mut r = publish_request(&ro_name, &n1, &ro.volume_context["serial"]);
+    r.readonly = true;
+    let context = c
+        .controller_publish_volume(r)
+        .await?
+        .into_inner()
+        .publish_context;
+    assert_eq!(context.get("readonly").map(String::as_str), Some("true"));
+    let raw = serde_json::to_value(vms.get(&lab.nodes[1]).await?)?;
+    let disk = raw["spec"]["template"]["spec"]["domain"]["devices"]["disks"]
+        .as_array()
+        .and_then(|ds| ds.iter().find(|d| d["name"] == ro_name.as_str()).cloned());
+    assert_eq!(
+        disk.map(|d| d["disk"]["readonly"].clone()),
+        Some(json!(true))
+    );
     Ok(())
 }
 

@@ -272,7 +272,7 @@ async fn devices_left_by_a_crashed_run_are_detached_on_reopen() -> anyhow::Resul
         root: dir.path().join("nodes"),
     };
     let devices = Devices::open(&cfg)?;
-    let attached = devices.attach("node-a", "vol", "scsi", "serial-1", &file)?;
+    let attached = devices.attach("node-a", "vol", "scsi", "serial-1", &file, false)?;
     ensure!(backing_of(&attached.loop_device).as_deref() == Some(file.as_path()));
     ensure!(std::fs::read_link(&attached.link)? == attached.loop_device);
     // A crash: the registry never runs its cleanup.
