@@ -2,6 +2,18 @@
 
 step() { printf '\n==> %s\n' "$*"; }
 
+# Installs the Debian packages "$@" (as root, with apt), or says how to.
+apt_install() {
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "installing $*"
+        DEBIAN_FRONTEND=noninteractive apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+    else
+        echo "error: missing packages $*; install them (as root: apt-get install $*)" >&2
+        return 1
+    fi
+}
+
 # Debian packages the suite uses at run time: mkfs/resize tools, losetup, blkid.
 ensure_packages() {
     local need=()
@@ -11,13 +23,8 @@ ensure_packages() {
     command -v blkid >/dev/null 2>&1 || need+=(util-linux)
     if [ ${#need[@]} -eq 0 ]; then
         echo "system packages present"
-    elif [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-        echo "installing ${need[*]}"
-        DEBIAN_FRONTEND=noninteractive apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
     else
-        echo "error: missing packages ${need[*]}; install them (as root: apt-get install ${need[*]})" >&2
-        return 1
+        apt_install "${need[@]}" || return 1
     fi
     command -v cargo >/dev/null 2>&1 || { echo "error: cargo is required (https://rustup.rs)" >&2; return 1; }
 }
@@ -29,14 +36,7 @@ ensure_packages() {
 ensure_grpcio() {
     local venv="${CARGO_TARGET_DIR:-target}/python-grpcio"
     if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
-        if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-            echo "installing python3 and python3-venv"
-            DEBIAN_FRONTEND=noninteractive apt-get update -qq
-            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-venv >/dev/null
-        else
-            echo "error: python3 with venv is required (as root: apt-get install python3 python3-venv)" >&2
-            return 1
-        fi
+        apt_install python3 python3-venv || return 1
     fi
     if ! "$venv/bin/python" -c 'import grpc' >/dev/null 2>&1; then
         echo "installing grpcio from PyPI into $venv"
@@ -93,13 +93,8 @@ ensure_podman() {
     command -v mmdebstrap >/dev/null 2>&1 || need+=(mmdebstrap)
     if [ ${#need[@]} -eq 0 ]; then
         echo "podman $(podman --version | awk '{ print $3 }'), runc, mmdebstrap present"
-    elif [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-        echo "installing ${need[*]}"
-        DEBIAN_FRONTEND=noninteractive apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
     else
-        echo "error: missing packages ${need[*]}; install them (as root: apt-get install ${need[*]})" >&2
-        return 1
+        apt_install "${need[@]}" || return 1
     fi
     local dir="${CARGO_TARGET_DIR:-target}/images"
     mkdir -p "$dir"
