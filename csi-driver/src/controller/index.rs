@@ -636,20 +636,23 @@ mod tests {
         .expect("a re-check was requested");
     }
 
+    /// A call waiting (up to a minute) for the snapshot cache.
+    fn wait_for_snapshots(idx: &Arc<Index>) -> tokio::task::JoinHandle<Result<()>> {
+        let idx = idx.clone();
+        tokio::spawn(async move {
+            idx.wait_synced(
+                &[Kind::VolumeSnapshot],
+                Instant::now() + Duration::from_secs(60),
+            )
+            .await
+        })
+    }
+
     #[tokio::test]
     async fn an_answer_from_before_the_request_does_not_count() {
         let idx = Arc::new(Index::new());
         idx.write(|s| s.mark_not_served(Kind::VolumeSnapshot, SNAP_API.into(), 0));
-        let call = {
-            let idx = idx.clone();
-            tokio::spawn(async move {
-                idx.wait_synced(
-                    &[Kind::VolumeSnapshot],
-                    Instant::now() + Duration::from_secs(60),
-                )
-                .await
-            })
-        };
+        let call = wait_for_snapshots(&idx);
         idx.recheck_requested(Kind::VolumeSnapshot).await;
         // An attempt begun before the call asked ends: not its answer.
         idx.write(|s| s.mark_not_served(Kind::VolumeSnapshot, SNAP_API.into(), 0));
@@ -697,16 +700,7 @@ mod tests {
     #[tokio::test]
     async fn a_first_list_answered_not_served_ends_the_wait() {
         let idx = Arc::new(Index::new());
-        let waiter = {
-            let idx = idx.clone();
-            tokio::spawn(async move {
-                idx.wait_synced(
-                    &[Kind::VolumeSnapshot],
-                    Instant::now() + Duration::from_secs(60),
-                )
-                .await
-            })
-        };
+        let waiter = wait_for_snapshots(&idx);
         tokio::task::yield_now().await;
         idx.write(|s| s.mark_not_served(Kind::VolumeSnapshot, SNAP_API.into(), 0));
         let r = tokio::time::timeout(Duration::from_secs(1), waiter)
