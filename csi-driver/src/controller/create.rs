@@ -217,8 +217,8 @@ fn existing_volume(
 /// The size of a source snapshot (its restore size), or NotFound.
 async fn snapshot_size(svc: &ControllerService, snap: &str) -> Result<i64> {
     let entry = match svc.lookup_snapshot(snap).await? {
-        Lookup::Ours(e) => e,
-        Lookup::Foreign(_) | Lookup::Absent => {
+        Lookup::Ours(e) if !e.deleting => e,
+        Lookup::Ours(_) | Lookup::Foreign(_) | Lookup::Absent => {
             return Err(Error::NotFound(format!("source snapshot {snap} not found")));
         }
     };

@@ -96,6 +96,8 @@ pub struct SnapshotEntry {
     pub ready: bool,
     pub restore_size: Option<i64>,
     pub error: Option<String>,
+    /// Marked for deletion (finalizers still running): gone, for CSI.
+    pub deleting: bool,
 }
 
 impl VmEntry {
@@ -290,6 +292,7 @@ pub fn snapshot_entry(vs: &VolumeSnapshot) -> SnapshotEntry {
         error: status
             .and_then(|s| s.error.as_ref())
             .and_then(|e| e.message.clone()),
+        deleting: vs.metadata.deletion_timestamp.is_some(),
     }
 }
 

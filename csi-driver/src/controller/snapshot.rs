@@ -98,6 +98,11 @@ pub(super) async fn create_snapshot(
     let volume = svc.lookup_volume(source).await?;
     match svc.lookup_snapshot(name).await? {
         Lookup::Ours(existing) => {
+            if existing.deleting {
+                return Err(Error::Aborted(format!(
+                    "snapshot {name} is being deleted; retry"
+                )));
+            }
             let existing_name = existing.csi_name(name);
             if existing_name != csi_name {
                 return Err(Error::AlreadyExists(format!(
@@ -191,6 +196,13 @@ pub(super) async fn delete_snapshot(
         Lookup::Ours(e) => {
             svc.infra.delete_snapshot(id, &e.uid).await?;
             tracing::info!("deleted VolumeSnapshot");
+            // Let the next ListSnapshots or GetSnapshot see it gone (it may
+            // linger with finalizers: then it is marked deleting).
+            svc.index
+                .settle(deadline, super::create::SETTLE, |s| {
+                    s.snapshot(id).is_none_or(|v| v.uid != e.uid || v.deleting)
+                })
+                .await;
         }
         Lookup::Foreign(why) => {
             tracing::warn!(reason = %why, "not the tenant's snapshot; nothing deleted");
@@ -221,7 +233,7 @@ pub(super) async fn list_snapshots(
                 {
                     return None;
                 }
-                if !e.is_cut() {
+                if !e.is_cut() || e.deleting {
                     return None;
                 }
                 let fallback = e
@@ -249,8 +261,8 @@ pub(super) async fn get_snapshot(
     let id = required(&req.snapshot_id, "snapshot_id")?;
     svc.snapshots_synced(deadline).await?;
     let entry = match svc.lookup_snapshot(id).await? {
-        Lookup::Ours(e) => e,
-        Lookup::Foreign(_) | Lookup::Absent => {
+        Lookup::Ours(e) if !e.deleting => e,
+        Lookup::Ours(_) | Lookup::Foreign(_) | Lookup::Absent => {
             return Err(Error::NotFound(format!("snapshot {id} not found")));
         }
     };
