@@ -39,8 +39,10 @@ cargo test --workspace --locked --no-fail-fast -- --test-threads="${TEST_THREADS
 
 step "running the official CSI conformance suite (csi-sanity) against the driver in the lab"
 # ../shared/tools/csi-sanity, or CSI_SANITY=/path; without either the test
-# says so in one line and passes.
-cargo test -p kubevirt-lab --test e2e --locked csi_sanity:: -- --nocapture --test-threads=1
+# says so in one line and passes. (--workspace keeps the features, and so
+# the build, of the step above.)
+cargo test --workspace --test e2e --locked csi_sanity:: \
+    -- --nocapture --test-threads=1
 
 step "fuzzing each parser briefly (cargo fuzz, ${FUZZ_SECONDS:-15}s per target)"
 ensure_cargo_fuzz
