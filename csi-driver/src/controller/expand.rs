@@ -3,11 +3,10 @@
 //! capacity reached the size, or only the infra-side filesystem resize
 //! remains). Filesystem volumes then need the guest's NodeExpandVolume.
 //!
-//! The claim is accepted as the tenant's when it carries the tenant labels or
-//! is owned by the tenant's DataVolume (CDI's ownership), so the resize needs
+//! The claim is accepted as the tenant's as `ControllerService::tenant_claim` says:
+//! owned by the tenant's DataVolume or labelled, so the resize needs
 //! no cluster-scoped access to PersistentVolumes.
 
-use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use kubevirt_csi_proto::v1::{ControllerExpandVolumeRequest, ControllerExpandVolumeResponse};
 use tokio::time::Instant;
 
@@ -16,50 +15,6 @@ use super::capability::{check_capability, required};
 use super::infra::claim_sizes;
 use super::volume::{capacity_bounds, check_supported_size};
 use crate::error::{Error, Result};
-
-/// The claim belongs to the DataVolume with `uid` or carries the tenant labels.
-fn claim_is_tenants(svc: &ControllerService, pvc: &PersistentVolumeClaim, uid: &str) -> bool {
-    let owned = pvc
-        .metadata
-        .owner_references
-        .iter()
-        .flatten()
-        .any(|o| o.kind == "DataVolume" && o.uid == uid);
-    owned
-        || svc
-            .scope()
-            .check_volume("PersistentVolumeClaim", &pvc.metadata)
-            .is_ok()
-}
-
-/// The infra claim behind the tenant's volume `name` (DataVolume `uid`),
-/// waiting on a watch for CDI to make it when the volume is new.
-pub(super) async fn tenant_claim(
-    svc: &ControllerService,
-    name: &str,
-    uid: &str,
-    deadline: Instant,
-) -> Result<PersistentVolumeClaim> {
-    let pvc = match svc.infra.get_claim(name).await? {
-        Some(pvc) => pvc,
-        // Just created: CDI makes the claim right after the DataVolume.
-        None => svc
-            .infra
-            .wait_claim_exists(name, deadline)
-            .await?
-            .ok_or_else(|| {
-                Error::DeadlineExceeded(format!(
-                    "the infra claim of volume {name} did not appear before the deadline"
-                ))
-            })?,
-    };
-    if !claim_is_tenants(svc, &pvc, uid) {
-        return Err(Error::NotFound(format!(
-            "the infra claim of volume {name} was not found"
-        )));
-    }
-    Ok(pvc)
-}
 
 #[tracing::instrument(name = "ControllerExpandVolume", skip_all, fields(volume = %req.volume_id))]
 pub(super) async fn expand_volume(
@@ -93,7 +48,7 @@ pub(super) async fn expand_volume(
     svc.synced(deadline).await?;
 
     let volume = svc.volume(id).await?;
-    let pvc = tenant_claim(svc, id, &volume.uid, deadline).await?;
+    let pvc = svc.tenant_claim(id, &volume.uid, deadline).await?;
     let (requested, capacity) = claim_sizes(&pvc);
     let current = requested.unwrap_or(0).max(capacity.unwrap_or(0));
     if limit > 0 && current > limit {

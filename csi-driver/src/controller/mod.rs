@@ -33,6 +33,7 @@ mod validate;
 
 use std::sync::Arc;
 
+use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use kubevirt_csi_proto::v1::controller_server::Controller;
 use kubevirt_csi_proto::v1::*;
 use kubevirt_infra::TenantScope;
@@ -145,6 +146,48 @@ impl ControllerService {
         self.lookup_volume(id)
             .await?
             .ok_or_else(|| Error::NotFound(format!("volume {id} not found")))
+    }
+
+    /// The infra claim behind the tenant's volume `name` (DataVolume
+    /// `uid`), waiting on a watch for CDI to make it when the volume is new.
+    /// The claim is the tenant's when the DataVolume owns it (CDI's
+    /// ownership) or it carries the tenant labels, so no cluster-scoped
+    /// access to PersistentVolumes is needed.
+    async fn tenant_claim(
+        &self,
+        name: &str,
+        uid: &str,
+        deadline: tokio::time::Instant,
+    ) -> Result<PersistentVolumeClaim> {
+        let pvc = match self.infra.get_claim(name).await? {
+            Some(pvc) => pvc,
+            // Just created: CDI makes the claim right after the DataVolume.
+            None => self
+                .infra
+                .wait_claim_exists(name, deadline)
+                .await?
+                .ok_or_else(|| {
+                    Error::DeadlineExceeded(format!(
+                        "the infra claim of volume {name} did not appear before the deadline"
+                    ))
+                })?,
+        };
+        let owned = pvc
+            .metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .any(|o| o.kind == "DataVolume" && o.uid == uid);
+        let labelled = self
+            .scope()
+            .check_volume("PersistentVolumeClaim", &pvc.metadata)
+            .is_ok();
+        if !owned && !labelled {
+            return Err(Error::NotFound(format!(
+                "the infra claim of volume {name} was not found"
+            )));
+        }
+        Ok(pvc)
     }
 
     /// The tenant's VM `name` (cache, then API), or `None`.
