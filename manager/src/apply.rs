@@ -80,10 +80,13 @@ impl Applier<'_> {
         let api = self.api(&obj.resource, obj.namespace());
         let name = obj.name();
         let kind = &obj.resource.kind;
-        let live = api
-            .get_opt(name)
-            .await
-            .map_err(Error::kube(self.target, format!("get {kind} {name}")))?;
+        // `get_opt` answers None for a missing object of a served kind; a
+        // 404 error means the kind itself is not served (no CRD).
+        let live = match api.get_opt(name).await {
+            Ok(live) => live,
+            Err(e) if obj.optional && is_not_found(&e) => return Ok(Applied::NotServed),
+            Err(e) => return Err(Error::kube(self.target, format!("get {kind} {name}"))(e)),
+        };
         if let Some(live) = &live {
             let live = serde_json::to_value(live).unwrap_or(Value::Null);
             if contains(&live, &obj.body) {

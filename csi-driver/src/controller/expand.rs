@@ -48,7 +48,7 @@ pub(super) async fn expand_volume(
     svc.synced(deadline).await?;
 
     let volume = svc.volume(id).await?;
-    let pvc = svc.tenant_claim(id, &volume.uid, deadline).await?;
+    let pvc = svc.bound_claim(id, &volume.uid, deadline).await?;
     let (requested, capacity) = claim_sizes(&pvc);
     let current = requested.unwrap_or(0).max(capacity.unwrap_or(0));
     if limit > 0 && current > limit {

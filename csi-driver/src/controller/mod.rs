@@ -190,6 +190,34 @@ impl ControllerService {
         Ok(pvc)
     }
 
+    /// The tenant's claim of volume `name` once it is Bound: kube-apiserver
+    /// lets only a bound claim's size and VolumeAttributesClass change, and
+    /// a volume just created may still wait for its storage.
+    async fn bound_claim(
+        &self,
+        name: &str,
+        uid: &str,
+        deadline: tokio::time::Instant,
+    ) -> Result<PersistentVolumeClaim> {
+        let pvc = self.tenant_claim(name, uid, deadline).await?;
+        if claim_is_bound(Some(&pvc)) {
+            return Ok(pvc);
+        }
+        match self
+            .infra
+            .wait_claim(name, deadline, claim_is_bound)
+            .await?
+        {
+            Some(Some(pvc)) => Ok(pvc),
+            Some(None) => Err(Error::NotFound(format!(
+                "the infra claim of volume {name} is gone"
+            ))),
+            None => Err(Error::DeadlineExceeded(format!(
+                "the infra claim of volume {name} was not bound before the deadline"
+            ))),
+        }
+    }
+
     /// The tenant's VM `name` (cache, then API), or `None`.
     async fn lookup_vm(&self, name: &str) -> Result<Option<VmEntry>> {
         if let Some(e) = self.index.read(|s| s.vm(name).cloned()) {
@@ -424,4 +452,11 @@ impl Controller for ControllerService {
             modify::modify_volume(self, request.into_inner(), deadline).await,
         )
     }
+}
+
+/// Whether the claim exists and is Bound (a wait condition).
+fn claim_is_bound(pvc: Option<&PersistentVolumeClaim>) -> bool {
+    pvc.and_then(|p| p.status.as_ref())
+        .and_then(|s| s.phase.as_deref())
+        == Some("Bound")
 }

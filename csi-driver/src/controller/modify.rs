@@ -84,7 +84,7 @@ pub(super) async fn set_class(
     class: &str,
     deadline: Instant,
 ) -> Result<()> {
-    let pvc = svc.tenant_claim(name, uid, deadline).await?;
+    let pvc = svc.bound_claim(name, uid, deadline).await?;
     let current = pvc
         .spec
         .as_ref()
