@@ -8,6 +8,8 @@ cd "$(dirname "$0")/.."
 
 step "installing system dependencies"
 ensure_packages
+ensure_kube_binaries
+ensure_inotify_instances
 
 step "building the suite (first build takes several minutes)"
 cargo build --workspace --bins --locked

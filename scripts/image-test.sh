@@ -28,7 +28,7 @@ manager="$REGISTRY/kubevirt-hcp-manager:$TAG"
 die() { echo "error: $*" >&2; exit 1; }
 [ "$(id -u)" = 0 ] || die "the image test needs root (loop devices, mounts, podman)"
 ensure_podman >/dev/null
-ensure_grpcio >/dev/null
+ensure_python_clients >/dev/null
 for image in "$csi" "$ccm" "$manager"; do
     podman image exists "$image" || die "$image is not built; run scripts/images.sh"
 done

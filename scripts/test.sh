@@ -11,10 +11,12 @@ cd "$(dirname "$0")/.."
 
 step "installing system dependencies"
 ensure_packages
+ensure_kube_binaries
+ensure_inotify_instances
 check_disk
 
-step "installing grpcio from PyPI (the Python gRPC client of one test)"
-ensure_grpcio
+step "installing the Python clients of the tests from PyPI (grpcio, kubernetes)"
+ensure_python_clients
 
 step "checking formatting (cargo fmt)"
 cargo fmt --all -- --check

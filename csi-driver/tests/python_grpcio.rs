@@ -57,8 +57,8 @@ fn python() -> String {
         Ok(out) if out.status.success() => python,
         _ => panic!(
             "grpcio is not available to {python}: run scripts/test.sh, which installs it from \
-             PyPI into target/python-grpcio, or set CSI_TEST_PYTHON to a Python that has it \
-             (python3 -m venv target/python-grpcio && target/python-grpcio/bin/pip install grpcio)"
+             PyPI into target/python-clients, or set CSI_TEST_PYTHON to a Python that has it \
+             (python3 -m venv target/python-clients && target/python-clients/bin/pip install grpcio)"
         ),
     }
 }

@@ -381,7 +381,10 @@ async fn reconcile_volume(pv: Arc<PersistentVolume>, ctx: Arc<Ctx>) -> Result<Ac
     }
     let pvs: Api<PersistentVolume> = Api::all(ctx.client.clone());
     let pv_name = pv.name_any();
-    if spec.persistent_volume_reclaim_policy.as_deref() != Some("Delete") {
+    // The PV controller's part: a volume whose claim is gone is Released
+    // (which also lets kube-controller-manager's PV protection drop its
+    // finalizer once the volume is deleted).
+    if pv.status.as_ref().and_then(|s| s.phase.as_deref()) != Some("Released") {
         pvs.patch_status(
             &pv_name,
             &PatchParams::default(),
@@ -389,6 +392,8 @@ async fn reconcile_volume(pv: Arc<PersistentVolume>, ctx: Arc<Ctx>) -> Result<Ac
         )
         .await
         .map_err(GuestError::kube(format!("releasing {pv_name}")))?;
+    }
+    if spec.persistent_volume_reclaim_policy.as_deref() != Some("Delete") {
         return Ok(Action::await_change());
     }
     let request = DeleteVolumeRequest {

@@ -33,11 +33,26 @@ pub async fn register(
     let api: Api<CSINode> = Api::all(client.clone());
     match not_found_ok(api.get(node).await, format!("reading CSINode {node}"))? {
         Some(mut existing) => {
-            existing.spec.drivers.retain(|d| d.name != driver);
-            existing.spec.drivers.push(entry);
-            api.replace(node, &PostParams::default(), &existing)
-                .await
-                .map_err(GuestError::kube(format!("updating CSINode {node}")))?;
+            // A driver's entry is immutable: one registered with another
+            // node id is removed first, then added anew, as kubelet does.
+            if existing
+                .spec
+                .drivers
+                .iter()
+                .any(|d| d.name == driver && *d != entry)
+            {
+                existing.spec.drivers.retain(|d| d.name != driver);
+                existing = api
+                    .replace(node, &PostParams::default(), &existing)
+                    .await
+                    .map_err(GuestError::kube(format!("updating CSINode {node}")))?;
+            }
+            if !existing.spec.drivers.contains(&entry) {
+                existing.spec.drivers.push(entry);
+                api.replace(node, &PostParams::default(), &existing)
+                    .await
+                    .map_err(GuestError::kube(format!("updating CSINode {node}")))?;
+            }
         }
         None => {
             let csinode = CSINode {

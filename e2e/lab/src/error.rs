@@ -1,4 +1,4 @@
-//! The lab's error type: failures of the API servers, the simulators, the
+//! The lab's error type: failures of the control planes, the simulators, the
 //! Kubernetes client, the filesystem and child processes, and waits that ran
 //! out of time.
 
@@ -7,8 +7,8 @@ use std::path::PathBuf;
 /// Why a lab operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum LabError {
-    #[error("API server: {0}")]
-    ApiServer(#[from] lab_apiserver::Error),
+    #[error("control plane: {0}")]
+    Cluster(#[from] lab_cluster::Error),
     #[error("simulator: {0}")]
     Sim(#[from] lab_sim::Error),
     #[error("guest stand-in: {0}")]

@@ -132,9 +132,10 @@ pub fn guest_node(vmi: &VirtualMachineInstance, infra_namespace: &str) -> Node {
             node_info: Some(NodeSystemInfo {
                 architecture: "amd64".to_string(),
                 operating_system: "linux".to_string(),
-                kubelet_version: "v1.33.0".to_string(),
-                kube_proxy_version: "v1.33.0".to_string(),
-                container_runtime_version: "cri-o://1.33.0".to_string(),
+                // The guest's kubelet is the control plane's version.
+                kubelet_version: format!("v{}", lab_cluster::KUBERNETES_VERSION),
+                kube_proxy_version: format!("v{}", lab_cluster::KUBERNETES_VERSION),
+                container_runtime_version: "cri-o://1.32.0".to_string(),
                 os_image: "Fedora CoreOS".to_string(),
                 kernel_version: "6.12.0".to_string(),
                 machine_id: String::new(),

@@ -1,8 +1,11 @@
 //! The hosted-control-plane manager in the lab, for its tests and the
 //! benchmark: its CRDs (from `manifests/manager/crds` of the source tree),
-//! the `kubevirt-hcp-manager` binary started as a real process with its own
-//! identity (user `hcp-manager`, so its writes can be counted), and
-//! HostedClusters with their guest kubeconfig Secrets.
+//! the `kubevirt-hcp-manager` binary started as a real process as the
+//! ServiceAccount and with the RBAC of `manifests/manager` (so a missing rule
+//! fails, and its writes can be counted), and HostedClusters with their guest
+//! kubeconfig Secrets, which carry an admin identity of the guest cluster
+//! (ServiceAccount `kube-system/kubevirt-hcp-manager`, `cluster-admin`), as a
+//! hosted cluster's admin kubeconfig does.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -17,23 +20,55 @@ use kube::api::{
 };
 use kube::runtime::watcher::{self, Event};
 use kube::{Client, ResourceExt};
-use lab_apiserver::ApiServer;
+use lab_cluster::Cluster;
 use serde_json::{Value, json};
 
 use crate::daemon::{self, Daemon};
+use crate::identity::{self, Manifest, Overlay};
 pub use crate::lab::ensure_namespace;
 use crate::{Lab, LabError};
 
 pub const BINARY: &str = "kubevirt-hcp-manager";
-/// The user the manager authenticates as on every API server.
-pub const USER: &str = "hcp-manager";
+/// The user the manager authenticates as on the management cluster.
+pub const USER: &str = "system:serviceaccount:kubevirt-hcp-manager:kubevirt-hcp-manager";
+/// The user the manager authenticates as on guest clusters.
+pub const GUEST_USER: &str = "system:serviceaccount:kube-system:kubevirt-hcp-manager";
 /// Namespace of the manager and of its supported-versions ConfigMap.
-pub const MANAGER_NAMESPACE: &str = "kubevirt-hcp-manager";
+pub const MANAGER_NAMESPACE: &str = identity::MANAGER_NAMESPACE;
 /// Namespace of the HostedClusters and NodePools.
 pub const NS: &str = "clusters";
 
-fn token() -> String {
-    format!("{USER}-token")
+/// A guest cluster's administrator for the manager.
+const GUEST_ADMIN: Manifest = Manifest {
+    path: "(lab) guest admin",
+    yaml: "apiVersion: v1
+kind: ServiceAccount
+metadata:
+  name: kubevirt-hcp-manager
+  namespace: kube-system
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata:
+  name: kubevirt-hcp-manager-admin
+roleRef:
+  apiGroup: rbac.authorization.k8s.io
+  kind: ClusterRole
+  name: cluster-admin
+subjects:
+  - kind: ServiceAccount
+    name: kubevirt-hcp-manager
+    namespace: kube-system
+",
+};
+
+/// Writes by the manager on the management cluster and `guests`.
+pub fn writes<'a>(management: &Cluster, guests: impl IntoIterator<Item = &'a Cluster>) -> u64 {
+    management.counters().writes_by(USER)
+        + guests
+            .into_iter()
+            .map(|g| g.counters().writes_by(GUEST_USER))
+            .sum::<u64>()
 }
 
 pub fn hc_resource() -> ApiResource {
@@ -81,17 +116,22 @@ pub async fn install_crds(client: &Client) -> Result<(), LabError> {
 /// Starts the manager against the lab's infra cluster (the management
 /// cluster here) without leader election or HTTP endpoints, with `extra`
 /// flags, `RUST_LOG=rust_log` and its output in `log`.
-pub fn start_manager(
+pub async fn start_manager(
     lab: &Lab,
     extra: &[&str],
     rust_log: &str,
     log: &Path,
 ) -> Result<Daemon, LabError> {
-    lab.infra.add_token(&token(), USER, &[]);
-    lab.guest.add_token(&token(), USER, &[]);
+    let me = identity::service_account(
+        &lab.infra,
+        &identity::MANAGER,
+        &Overlay::namespace(MANAGER_NAMESPACE),
+        identity::MANAGER_ACCOUNT,
+    )
+    .await?;
     let kubeconfig = lab.dir.join("hcp-manager.kubeconfig");
     lab.infra
-        .write_kubeconfig(&kubeconfig, &token(), Some(MANAGER_NAMESPACE))
+        .write_kubeconfig(&kubeconfig, &me.token, Some(MANAGER_NAMESPACE))
         .map_err(LabError::io("write", &kubeconfig))?;
     let mut args = vec![
         format!("--kubeconfig={}", kubeconfig.display()),
@@ -110,13 +150,19 @@ pub fn start_manager(
 }
 
 /// The Secret `name` in [`NS`] on `management` holding a kubeconfig of
-/// `guest` for the manager's user.
+/// `guest` for the manager (its admin ServiceAccount there).
 pub async fn guest_kubeconfig_secret(
     management: &Client,
-    guest: &ApiServer,
+    guest: &Cluster,
     name: &str,
 ) -> Result<(), LabError> {
-    guest.add_token(&token(), USER, &[]);
+    let admin = identity::service_account(
+        guest,
+        &[GUEST_ADMIN],
+        &Overlay::default(),
+        identity::MANAGER_ACCOUNT,
+    )
+    .await?;
     let secret = Secret {
         metadata: ObjectMeta {
             name: Some(name.into()),
@@ -127,7 +173,7 @@ pub async fn guest_kubeconfig_secret(
             "kubeconfig".to_string(),
             ByteString(
                 guest
-                    .kubeconfig_yaml(&token(), Some("default"))
+                    .kubeconfig_yaml(&admin.token, Some("default"))
                     .into_bytes(),
             ),
         )])),
@@ -166,7 +212,7 @@ pub fn hosted_cluster(
 /// Creates the guest kubeconfig Secret and the HostedCluster.
 pub async fn create_hosted_cluster(
     management: &Client,
-    guest: &ApiServer,
+    guest: &Cluster,
     name: &str,
     version: &str,
     platform: Value,

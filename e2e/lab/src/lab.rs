@@ -1,27 +1,45 @@
-//! [`Lab`]: the infra and guest API servers, the infra simulators and the
-//! worker VMs of one (or more) guest clusters, plus the files daemons under
-//! test read: `DIR/infra.kubeconfig`, `DIR/guest.kubeconfig`, `DIR/lab.env`,
-//! and each guest node's device tree under `DIR/nodes/<node>/dev`.
+//! [`Lab`]: the infra and guest clusters (real control planes on one etcd,
+//! [`lab_cluster`]), the infra simulators and the worker VMs of one (or
+//! more) guest clusters, plus the files daemons under test read:
+//! `DIR/infra.kubeconfig`, `DIR/guest.kubeconfig`, `DIR/lab.env`, and each
+//! guest node's device tree under `DIR/nodes/<node>/dev`.
+//!
+//! Who plays which cluster component (no two actors play one role):
+//!
+//! | role | infra cluster | guest cluster |
+//! |---|---|---|
+//! | API server, etcd | kube-apiserver, etcd | kube-apiserver, etcd |
+//! | garbage collector, namespaces, ServiceAccounts, tokens, CSRs, EndpointSlices, Deployments, ReplicaSets, StatefulSets, DaemonSets, quotas, PVC/PV protection | kube-controller-manager | kube-controller-manager |
+//! | PV binding, volume expansion | CDI simulator (`lab:cdi`) | provisioner and resizer stand-ins (`lab:csi-sidecars`) |
+//! | attach/detach | (no CSI volumes) | kubelet stand-in (`lab:kubelet`) |
+//! | node lifecycle | (none: simulated Nodes have no kubelet) | the cloud controller manager under test |
+//! | KubeVirt, hotplug, virt-api | simulators (`lab:kubevirt`, `lab:hotplug`, `lab:virt-api`) | |
+//! | snapshots | snapshot simulator (`lab:snapshot-controller`) | snapshotter stand-in (`lab:csi-sidecars`) |
+//! | load balancer | LB simulator (`lab:load-balancer`) | |
+//!
+//! The simulators and stand-ins authenticate with static tokens of their
+//! `lab:` users (groups `lab:simulators`, `lab:stand-ins`, bound to
+//! `cluster-admin`: they play components that hold such rights); every
+//! daemon under test runs as its own ServiceAccount ([`crate::identity`]).
 //!
 //! [`Lab::shutdown`] stops everything and detaches every loop device and
 //! mount the lab made; dropping a `Lab` does the same without waiting.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Namespace, Node};
+use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Client;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kubevirt_infra::kubevirt::{VirtualMachineInstance, phase};
 use kubevirt_infra::snapshot::VolumeSnapshotClass;
-use lab_apiserver::{ApiServer, ApiServerConfig};
+use lab_cluster::{Cluster, ClusterConfig, Etcd};
 use lab_sim::cdi::{CdiConfig, DEFAULT_CLASS_ANNOTATION, PROVISIONER};
 use lab_sim::devices::{DeviceConfig, Devices};
-use lab_sim::endpoints::EndpointsConfig;
 use lab_sim::hotplug::HotplugConfig;
 use lab_sim::kubevirt::{InfraNode, KubevirtConfig};
 use lab_sim::lb::LbConfig;
@@ -38,6 +56,46 @@ pub const INFRA_STORAGE_CLASS: &str = "local";
 pub const INFRA_SNAPSHOT_CLASS: &str = "local-snapshot";
 /// How long [`Lab::start`] waits for the worker VMIs to run.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// The group of the infra simulators' users.
+const SIMULATORS: &str = "lab:simulators";
+/// The group of the guest stand-ins' users.
+const STAND_INS: &str = "lab:stand-ins";
+/// The infra simulators, each with a user of its own.
+const SIMULATOR_USERS: [&str; 6] = [
+    "lab:kubevirt",
+    "lab:cdi",
+    "lab:snapshot-controller",
+    "lab:hotplug",
+    "lab:load-balancer",
+    "lab:virt-api",
+];
+/// The guest stand-ins: CSI sidecars, kubelets.
+pub const SIDECARS_USER: &str = "lab:csi-sidecars";
+pub const KUBELET_USER: &str = "lab:kubelet";
+/// kube-controller-manager controllers the infra cluster runs without: the
+/// CDI simulator binds and grows claims; no CSI volume attaches to an infra
+/// Node; simulated Nodes have no kubelet to heartbeat; and OpenShift's
+/// service-CA publisher, which the binaries (built from OpenShift's tree of
+/// Kubernetes) carry and upstream does not.
+const INFRA_WITHOUT: [&str; 5] = [
+    "persistentvolume-binder-controller",
+    "persistentvolume-expander-controller",
+    "persistentvolume-attach-detach-controller",
+    "node-lifecycle-controller",
+    "service-ca-certificate-publisher-controller",
+];
+/// ... and a guest cluster without: the provisioner stand-in binds, the
+/// resizer stand-in grows, the kubelet stand-in attaches (as the
+/// attach-detach controller would), and guest Nodes have no kubelet to
+/// heartbeat (the cloud controller manager under test watches them); and
+/// OpenShift's service-CA publisher.
+const GUEST_WITHOUT: [&str; 5] = [
+    "persistentvolume-binder-controller",
+    "persistentvolume-expander-controller",
+    "persistentvolume-attach-detach-controller",
+    "node-lifecycle-controller",
+    "service-ca-certificate-publisher-controller",
+];
 
 /// What [`Lab::start`] builds.
 #[derive(Clone, Debug)]
@@ -79,7 +137,7 @@ impl Default for LabConfig {
 #[derive(Clone)]
 pub struct GuestCluster {
     pub name: String,
-    pub api: ApiServer,
+    pub api: Cluster,
     pub infra_namespace: String,
     pub infra_labels: BTreeMap<String, String>,
     pub nodes: Vec<String>,
@@ -88,8 +146,8 @@ pub struct GuestCluster {
 
 /// A running lab.
 pub struct Lab {
-    pub infra: ApiServer,
-    pub guest: ApiServer,
+    pub infra: Cluster,
+    pub guest: Cluster,
     pub dir: PathBuf,
     pub cluster_name: String,
     pub infra_namespace: String,
@@ -103,6 +161,8 @@ pub struct Lab {
     /// Guest clusters added with [`Lab::add_guest_cluster`].
     pub tenants: Vec<GuestCluster>,
     virt_api: Option<VirtApi>,
+    /// The etcd of every cluster of the lab.
+    etcd: Arc<Etcd>,
     tasks: JoinSet<()>,
     _tempdir: Option<tempfile::TempDir>,
 }
@@ -129,17 +189,15 @@ impl Lab {
                 .map_err(LabError::io("resolve", &cfg.dir))?;
             (dir, None)
         };
-        let infra = ApiServer::start(ApiServerConfig {
-            name: "infra".to_string(),
-            ..ApiServerConfig::default()
-        })
-        .await?;
-        let guest = ApiServer::start(ApiServerConfig {
-            name: cfg.cluster_name.clone(),
-            ..ApiServerConfig::default()
-        })
-        .await?;
-        let client = infra.client().await;
+        let binaries = lab_cluster::Binaries::find()?;
+        let etcd = Arc::new(Etcd::start(&binaries.etcd, &dir.join("logs")).await?);
+        let (infra, guest) = tokio::try_join!(
+            Cluster::start(infra_config(&dir), etcd.clone()),
+            Cluster::start(guest_config(&dir, &cfg.cluster_name), etcd.clone()),
+        )?;
+        infra.bind_cluster_admin(SIMULATORS).await?;
+        guest.bind_cluster_admin(STAND_INS).await?;
+        let client = infra.client();
 
         lab_sim::crds::apply(&client).await?;
         ensure_namespace(&client, &cfg.infra_namespace).await?;
@@ -152,6 +210,8 @@ impl Lab {
         } else {
             None
         };
+        let infra_ref = &infra;
+        let sim = move |user: &'static str| actor_client(infra_ref, user);
         let mut tasks = JoinSet::new();
         let infra_nodes = InfraNode::standard(3);
         lab_sim::kubevirt::ensure_nodes(&client, &infra_nodes).await?;
@@ -159,7 +219,7 @@ impl Lab {
             &mut tasks,
             "kubevirt",
             lab_sim::kubevirt::run(
-                client.clone(),
+                sim("lab:kubevirt").await?,
                 KubevirtConfig {
                     infra_nodes,
                     ..KubevirtConfig::default()
@@ -170,7 +230,7 @@ impl Lab {
             &mut tasks,
             "cdi",
             lab_sim::cdi::run(
-                client.clone(),
+                sim("lab:cdi").await?,
                 CdiConfig {
                     volume_dir: dir.join("volumes"),
                 },
@@ -180,7 +240,7 @@ impl Lab {
             &mut tasks,
             "snapshot",
             lab_sim::snapshot::run(
-                client.clone(),
+                sim("lab:snapshot-controller").await?,
                 SnapshotConfig {
                     data_dir: dir.join("snapshots"),
                     default_driver: PROVISIONER.to_string(),
@@ -191,7 +251,7 @@ impl Lab {
             &mut tasks,
             "hotplug",
             lab_sim::hotplug::run(
-                client.clone(),
+                sim("lab:hotplug").await?,
                 HotplugConfig {
                     step_latency: cfg.hotplug_step_latency,
                     devices: devices.clone(),
@@ -201,20 +261,21 @@ impl Lab {
         spawn_sim(
             &mut tasks,
             "lb",
-            lab_sim::lb::run(client.clone(), LbConfig::default()),
+            lab_sim::lb::run(sim("lab:load-balancer").await?, LbConfig::default()),
         );
-        spawn_sim(
-            &mut tasks,
-            "endpoints",
-            lab_sim::endpoints::run(client.clone(), EndpointsConfig::default()),
-        );
-        let virt_api = VirtApi::start(client.clone()).await?;
-        infra.register_aggregated_api(
-            kubevirt_infra::hotplug::GROUP,
-            kubevirt_infra::hotplug::VERSION,
-            &virt_api.url(),
-            virt_api::api_resources(),
-        );
+        let front_proxy_ca = std::fs::read_to_string(&infra.pki().front_proxy_ca_cert)
+            .map_err(LabError::io("read", &infra.pki().front_proxy_ca_cert))?;
+        let virt_api = VirtApi::start(sim("lab:virt-api").await?, &front_proxy_ca).await?;
+        infra
+            .register_api_service(
+                kubevirt_infra::hotplug::GROUP,
+                kubevirt_infra::hotplug::VERSION,
+                virt_api::NAMESPACE,
+                virt_api::SERVICE,
+                virt_api.port(),
+                virt_api.ca_pem(),
+            )
+            .await?;
 
         let infra_kubeconfig = dir.join("infra.kubeconfig");
         let guest_kubeconfig = dir.join("guest.kubeconfig");
@@ -242,10 +303,11 @@ impl Lab {
             devices,
             tenants: Vec::new(),
             virt_api: Some(virt_api),
+            etcd,
             tasks,
             _tempdir: tempdir,
         };
-        let guest_client = lab.guest.client().await;
+        let guest_client = lab.guest.client();
         lab.nodes = lab
             .start_workers(
                 &guest_client,
@@ -261,13 +323,19 @@ impl Lab {
     }
 
     /// An admin client of the infra cluster.
-    pub async fn infra_client(&self) -> Client {
-        self.infra.client().await
+    pub fn infra_client(&self) -> Client {
+        self.infra.client()
     }
 
     /// An admin client of the guest cluster.
-    pub async fn guest_client(&self) -> Client {
-        self.guest.client().await
+    pub fn guest_client(&self) -> Client {
+        self.guest.client()
+    }
+
+    /// A client of the guest cluster for one of the lab's stand-ins
+    /// ([`SIDECARS_USER`], [`KUBELET_USER`]), through the front proxy.
+    pub async fn stand_in_client(&self, user: &str) -> Result<Client, LabError> {
+        actor_client(&self.guest, user).await
     }
 
     /// `DIR/nodes/<node>/dev`: the device tree of a guest node.
@@ -300,15 +368,12 @@ impl Lab {
         infra_labels: BTreeMap<String, String>,
         vms: usize,
     ) -> Result<&GuestCluster, LabError> {
-        let api = ApiServer::start(ApiServerConfig {
-            name: name.to_string(),
-            ..ApiServerConfig::default()
-        })
-        .await?;
+        let api = Cluster::start(guest_config(&self.dir, name), self.etcd.clone()).await?;
+        api.bind_cluster_admin(STAND_INS).await?;
         let kubeconfig = self.dir.join(format!("{name}.kubeconfig"));
         api.write_kubeconfig(&kubeconfig, &api.admin_token(), Some("default"))
             .map_err(LabError::io("write", &kubeconfig))?;
-        let client = api.client().await;
+        let client = api.client();
         let namespace = self.infra_namespace.clone();
         let nodes = self
             .start_workers(&client, name, &namespace, &infra_labels, vms)
@@ -326,6 +391,25 @@ impl Lab {
             .ok_or_else(|| LabError::Invalid("guest cluster vanished".into()))
     }
 
+    /// Starts a further cluster `name` on the lab's etcd, configured like a
+    /// guest cluster, without workers (a hosted cluster's API for the
+    /// manager's tests, say). The caller shuts it down.
+    pub async fn add_cluster(&self, name: &str) -> Result<Cluster, LabError> {
+        let cluster = Cluster::start(guest_config(&self.dir, name), self.etcd.clone()).await?;
+        cluster.bind_cluster_admin(STAND_INS).await?;
+        Ok(cluster)
+    }
+
+    /// Starts `count` such clusters named `<prefix><i>`, a few at a time.
+    pub async fn add_clusters(&self, prefix: &str, count: usize) -> Result<Vec<Cluster>, LabError> {
+        use futures::{StreamExt, TryStreamExt};
+        futures::stream::iter(0..count)
+            .map(|i| async move { self.add_cluster(&format!("{prefix}{i}")).await })
+            .buffered(4)
+            .try_collect()
+            .await
+    }
+
     /// Creates `count` worker VMs of `cluster`, waits for their VMIs and
     /// creates their Nodes in the guest cluster behind `guest`.
     async fn start_workers(
@@ -336,7 +420,7 @@ impl Lab {
         infra_labels: &BTreeMap<String, String>,
         count: usize,
     ) -> Result<Vec<String>, LabError> {
-        let infra = self.infra_client().await;
+        let infra = self.infra_client();
         let vms: Api<kubevirt_infra::kubevirt::VirtualMachine> =
             Api::namespaced(infra.clone(), namespace);
         let vmis: Api<VirtualMachineInstance> = Api::namespaced(infra, namespace);
@@ -416,8 +500,7 @@ impl Lab {
         for tenant in std::mem::take(&mut self.tenants) {
             tenant.api.shutdown().await;
         }
-        self.infra.clone().shutdown().await;
-        self.guest.clone().shutdown().await;
+        tokio::join!(self.infra.clone().shutdown(), self.guest.clone().shutdown());
         detached.map_err(LabError::from)
     }
 }
@@ -448,18 +531,47 @@ fn spawn_sim(
 
 /// Creates namespace `name` unless it exists.
 pub async fn ensure_namespace(client: &Client, name: &str) -> Result<(), LabError> {
-    let api: Api<Namespace> = Api::all(client.clone());
-    if api.get_opt(name).await?.is_none() {
-        let ns = Namespace {
-            metadata: ObjectMeta {
-                name: Some(name.to_string()),
-                ..ObjectMeta::default()
-            },
-            ..Namespace::default()
-        };
-        api.create(&PostParams::default(), &ns).await?;
-    }
-    Ok(())
+    Ok(lab_cluster::ensure_namespace(client, name).await?)
+}
+
+/// What both clusters enable beyond Kubernetes 1.32's defaults:
+/// VolumeAttributesClasses (beta, off by default), which the CSI driver's
+/// ControllerModifyVolume and the infra claims it modifies use.
+fn common_config(name: &str, dir: &Path) -> ClusterConfig {
+    let mut cfg = ClusterConfig::new(name, dir);
+    cfg.feature_gates = vec!["VolumeAttributesClass=true".to_string()];
+    cfg.runtime_config = vec!["storage.k8s.io/v1beta1=true".to_string()];
+    cfg
+}
+
+/// The infra cluster: the `lab:` users of the simulators.
+fn infra_config(dir: &Path) -> ClusterConfig {
+    let mut cfg = common_config("infra", &dir.join("clusters/infra"));
+    cfg.without_controllers = INFRA_WITHOUT.iter().map(|c| c.to_string()).collect();
+    cfg.users = SIMULATOR_USERS
+        .iter()
+        .map(|u| (u.to_string(), vec![SIMULATORS.to_string()]))
+        .collect();
+    cfg
+}
+
+/// A guest cluster: the `lab:` users of the stand-ins.
+fn guest_config(dir: &Path, name: &str) -> ClusterConfig {
+    let mut cfg = common_config(name, &dir.join("clusters").join(name));
+    cfg.without_controllers = GUEST_WITHOUT.iter().map(|c| c.to_string()).collect();
+    cfg.users = [SIDECARS_USER, KUBELET_USER]
+        .iter()
+        .map(|u| (u.to_string(), vec![STAND_INS.to_string()]))
+        .collect();
+    cfg
+}
+
+/// A client of `cluster` for the lab's actor `user`, through the front proxy.
+async fn actor_client(cluster: &Cluster, user: &str) -> Result<Client, LabError> {
+    let token = cluster.token(user).ok_or_else(|| {
+        LabError::Invalid(format!("cluster {} has no user {user}", cluster.name()))
+    })?;
+    Ok(cluster.client_for(&token).await?)
 }
 
 /// The infra cluster's default StorageClass (expandable, provisioned by the

@@ -29,7 +29,7 @@ use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{ConfigMap, Container, EnvVar, KeyToPath, Secret, Volume};
 use kube::api::{Api, PostParams};
 use kube::{Client, ResourceExt};
-use lab_apiserver::ApiServer;
+use lab_cluster::Cluster;
 
 use crate::LabError;
 use crate::daemon::{self, Daemon};
@@ -44,7 +44,7 @@ pub struct PodRun<'a> {
     /// The lab directory; the pod's files go under `pods/`.
     pub dir: &'a Path,
     /// The API server of the cluster the Deployment lives in.
-    pub server: &'a ApiServer,
+    pub server: &'a Cluster,
     pub deployment: &'a Deployment,
     /// The container's name in the pod template.
     pub container: &'a str,
@@ -93,7 +93,7 @@ impl PodRun<'_> {
                     self.container
                 ))
             })?;
-        let client = self.server.client().await;
+        let client = self.server.client();
         let root = self.dir.join("pods").join(format!("{ns}-{pod_name}"));
         let mut volumes = BTreeMap::new();
         for v in spec.volumes.iter().flatten() {

@@ -3,9 +3,11 @@
 //! (`kubevirt-csi-driver` processes), the CSI sidecar and kubelet stand-ins
 //! of `lab-guest` in process, and `kubevirt-cloud-controller-manager`.
 //!
-//! Each daemon authenticates with its own token, so the API servers'
-//! counters tell who did what, and is configured only through its flags,
-//! kubeconfigs and config file, exactly as in its manifests. [`Suite`] is
+//! Each daemon runs as the ServiceAccounts its manifests give it, with
+//! their RBAC and nothing more ([`crate::identity`]), so the API servers'
+//! audit logs tell who did what, and is configured only through its flags,
+//! kubeconfigs and config file, exactly as in its manifests. The stand-ins
+//! use the lab's `lab:csi-sidecars` and `lab:kubelet` users. [`Suite`] is
 //! what `lab up --suite` and `lab demo` run; the daemons must be built
 //! (`cargo build --bins`).
 
@@ -24,6 +26,8 @@ use serde_json::json;
 use tokio::task::JoinSet;
 
 use crate::daemon::{self, Daemon};
+use crate::identity::{self, Identity, Overlay};
+use crate::lab::{KUBELET_USER, SIDECARS_USER};
 use crate::{Lab, LabError, wait};
 
 pub const CSI_DRIVER_BINARY: &str = "kubevirt-csi-driver";
@@ -92,18 +96,33 @@ impl Suite {
             suite.start_storage(lab, cfg).await?;
         }
         if cfg.ccm {
-            suite.ccm = Some(start_ccm(lab, cfg)?);
+            suite.ccm = Some(start_ccm(lab, cfg).await?);
         }
         Ok(suite)
     }
 
     async fn start_storage(&mut self, lab: &Lab, cfg: &SuiteConfig) -> Result<(), LabError> {
         built(CSI_DRIVER_BINARY)?;
-        let guest = lab.guest_client().await;
+        let guest = lab.guest_client();
         lab_guest::crds::install(&guest, STARTUP).await?;
         create_guest_classes(&guest).await?;
 
-        let (infra_kubeconfig, guest_kubeconfig) = credentials(lab, "csi-controller")?;
+        let infra_identity = identity::service_account(
+            &lab.infra,
+            &identity::CSI_INFRA,
+            &Overlay::namespace(&lab.infra_namespace),
+            identity::CSI_INFRA_ACCOUNT,
+        )
+        .await?;
+        let guest_identity = identity::service_account(
+            &lab.guest,
+            &identity::CSI_TENANT_CONTROLLER,
+            &Overlay::default(),
+            identity::CSI_TENANT_CONTROLLER_ACCOUNT,
+        )
+        .await?;
+        let (infra_kubeconfig, guest_kubeconfig) =
+            kubeconfigs(lab, "csi-controller", &infra_identity, &guest_identity)?;
         let socket = lab.dir.join("csi-controller").join("csi.sock");
         let labels: Vec<String> = lab
             .infra_labels
@@ -131,9 +150,17 @@ impl Suite {
         wait::file_exists(&socket, true, STARTUP).await?;
         self.tasks.spawn(lab_guest::run_all(
             lab_guest::connect_lazy(&socket),
-            guest.clone(),
+            lab.stand_in_client(SIDECARS_USER).await?,
             SidecarConfig::default(),
         ));
+        let node_identity = identity::service_account(
+            &lab.guest,
+            &identity::CSI_TENANT_NODE,
+            &Overlay::default(),
+            identity::CSI_TENANT_NODE_ACCOUNT,
+        )
+        .await?;
+        let kubelet_client = lab.stand_in_client(KUBELET_USER).await?;
 
         for name in &lab.nodes {
             let node = GuestNode::new(name, &lab.dir.join("nodes").join(name));
@@ -141,7 +168,14 @@ impl Suite {
                 "prepare the kubelet directory of",
                 &node.kubelet_dir,
             ))?;
-            let (_, node_kubeconfig) = credentials(lab, &format!("csi-node-{name}"))?;
+            let node_kubeconfig = kubeconfig(
+                lab,
+                &lab.guest,
+                &format!("csi-node-{name}"),
+                "guest.kubeconfig",
+                &node_identity,
+                "default",
+            )?;
             let plugin = daemon::spawn(
                 CSI_DRIVER_BINARY,
                 node.plugin_args(&node_kubeconfig)
@@ -150,7 +184,7 @@ impl Suite {
                 [("RUST_BACKTRACE", "1")],
                 &log_path(lab, &format!("csi-node-{name}")),
             )?;
-            let (client, kubelet_cfg) = (guest.clone(), node.kubelet_config());
+            let (client, kubelet_cfg) = (kubelet_client.clone(), node.kubelet_config());
             let node_name = name.clone();
             self.tasks.spawn(async move {
                 if let Err(e) = kubelet::run(client, kubelet_cfg).await {
@@ -231,23 +265,50 @@ fn log_path(lab: &Lab, daemon: &str) -> PathBuf {
     lab.dir.join("logs").join(format!("{daemon}.log"))
 }
 
-/// A token for `user` on both API servers and the kubeconfigs carrying it
-/// (`DIR/<user>/{infra,guest}.kubeconfig`).
-fn credentials(lab: &Lab, user: &str) -> Result<(PathBuf, PathBuf), LabError> {
-    let token = format!("{user}-{}", uuid::Uuid::new_v4().simple());
-    lab.infra.add_token(&token, user, &[]);
-    lab.guest.add_token(&token, user, &[]);
-    let dir = lab.dir.join(user);
+/// The kubeconfigs of `daemon` (`DIR/<daemon>/{infra,guest}.kubeconfig`)
+/// for its identities on the infra and guest clusters.
+fn kubeconfigs(
+    lab: &Lab,
+    daemon: &str,
+    infra: &Identity,
+    guest: &Identity,
+) -> Result<(PathBuf, PathBuf), LabError> {
+    Ok((
+        kubeconfig(
+            lab,
+            &lab.infra,
+            daemon,
+            "infra.kubeconfig",
+            infra,
+            &lab.infra_namespace,
+        )?,
+        kubeconfig(
+            lab,
+            &lab.guest,
+            daemon,
+            "guest.kubeconfig",
+            guest,
+            "default",
+        )?,
+    ))
+}
+
+/// `DIR/<daemon>/<file>`: a kubeconfig of `cluster` for `identity`.
+fn kubeconfig(
+    lab: &Lab,
+    cluster: &lab_cluster::Cluster,
+    daemon: &str,
+    file: &str,
+    identity: &Identity,
+    namespace: &str,
+) -> Result<PathBuf, LabError> {
+    let dir = lab.dir.join(daemon);
     std::fs::create_dir_all(&dir).map_err(LabError::io("create", &dir))?;
-    let infra = dir.join("infra.kubeconfig");
-    let guest = dir.join("guest.kubeconfig");
-    lab.infra
-        .write_kubeconfig(&infra, &token, Some(&lab.infra_namespace))
-        .map_err(LabError::io("write", &infra))?;
-    lab.guest
-        .write_kubeconfig(&guest, &token, Some("default"))
-        .map_err(LabError::io("write", &guest))?;
-    Ok((infra, guest))
+    let path = dir.join(file);
+    cluster
+        .write_kubeconfig(&path, &identity.token, Some(namespace))
+        .map_err(LabError::io("write", &path))?;
+    Ok(path)
 }
 
 /// The cloud config the CCM reads, as the hosted-control-plane operator
@@ -270,9 +331,24 @@ pub fn cloud_config(
     )
 }
 
-fn start_ccm(lab: &Lab, cfg: &SuiteConfig) -> Result<Daemon, LabError> {
+async fn start_ccm(lab: &Lab, cfg: &SuiteConfig) -> Result<Daemon, LabError> {
     built(CCM_BINARY)?;
-    let (infra_kubeconfig, guest_kubeconfig) = credentials(lab, "ccm")?;
+    let infra_identity = identity::service_account(
+        &lab.infra,
+        &identity::CCM_INFRA,
+        &Overlay::namespace(&lab.infra_namespace),
+        identity::CCM_ACCOUNT,
+    )
+    .await?;
+    let guest_identity = identity::service_account(
+        &lab.guest,
+        &identity::CCM_GUEST,
+        &Overlay::default(),
+        identity::CCM_ACCOUNT,
+    )
+    .await?;
+    let (infra_kubeconfig, guest_kubeconfig) =
+        kubeconfigs(lab, "ccm", &infra_identity, &guest_identity)?;
     let config_path = lab.dir.join("ccm").join("cloud-config");
     std::fs::write(
         &config_path,

@@ -727,8 +727,8 @@ async fn reconcile_pv(pv: Arc<PersistentVolume>, ctx: Arc<Ctx>) -> Result<Action
     .map_err(Error::from)
 }
 
-/// Marks a PV Bound while its claim exists; deletes it (policy Delete) or
-/// marks it Released (Retain) once the claim is gone.
+/// Marks a PV Bound while its claim exists; once the claim is gone marks it
+/// Released and deletes it (unless its policy is Retain).
 async fn reclaim_if_released(pv: &PersistentVolume, ctx: &Ctx) -> Result<Action, Error> {
     let pvs: Api<PersistentVolume> = Api::all(ctx.client.clone());
     let spec = pv.spec.clone().unwrap_or_default();
@@ -756,21 +756,21 @@ async fn reclaim_if_released(pv: &PersistentVolume, ctx: &Ctx) -> Result<Action,
         }
         return Ok(Action::await_change());
     }
-    match spec.persistent_volume_reclaim_policy.as_deref() {
-        Some("Retain") => {
-            if current.as_deref() != Some("Released") {
-                pvs.patch_status(
-                    &pv.name_any(),
-                    &PatchParams::default(),
-                    &Patch::Merge(&json!({"status": {"phase": "Released"}})),
-                )
-                .await?;
-            }
-        }
-        _ => {
-            tracing::info!(pv = %pv.name_any(), claim = %format!("{ns}/{name}"), "claim gone, deleting volume");
-            ignore_not_found(pvs.delete(&pv.name_any(), &DeleteParams::default()).await)?;
-        }
+    // Released first, whatever the policy: kube-controller-manager's PV
+    // protection keeps a Bound volume's finalizer.
+    if current.as_deref() != Some("Released") {
+        ignore_not_found(
+            pvs.patch_status(
+                &pv.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&json!({"status": {"phase": "Released"}})),
+            )
+            .await,
+        )?;
+    }
+    if spec.persistent_volume_reclaim_policy.as_deref() != Some("Retain") {
+        tracing::info!(pv = %pv.name_any(), claim = %format!("{ns}/{name}"), "claim gone, deleting volume");
+        ignore_not_found(pvs.delete(&pv.name_any(), &DeleteParams::default()).await)?;
     }
     Ok(Action::await_change())
 }

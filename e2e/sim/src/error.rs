@@ -40,6 +40,8 @@ pub enum Error {
     },
     #[error("{0}")]
     NotReady(String),
+    #[error("TLS: {0}")]
+    Tls(String),
     #[error("{0} exhausted")]
     Exhausted(String),
     #[error("background task: {0}")]

@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use k8s_openapi::api::core::v1::{
     Container, ContainerState, ContainerStateRunning, ContainerStatus, Node, NodeAddress,
     NodeCondition, NodeSpec, NodeStatus, Pod, PodCondition, PodIP, PodSpec, PodStatus,
+    ResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -162,11 +163,14 @@ pub async fn run(client: Client, cfg: KubevirtConfig) -> Result<(), Error> {
     if let Ok(mut slot) = ctx.vmis.lock() {
         *slot = Some(vmi_controller.store());
     }
+    let launchers = || wc().labels(&format!("{VIRT_LAUNCHER_LABEL}={VIRT_LAUNCHER_VALUE}"));
+    let kubelet = Controller::new(pods.clone(), launchers()).run(
+        reconcile_launcher,
+        error_policy,
+        Arc::new(client.clone()),
+    );
     let vmi_controller = vmi_controller
-        .owns(
-            pods,
-            wc().labels(&format!("{VIRT_LAUNCHER_LABEL}={VIRT_LAUNCHER_VALUE}")),
-        )
+        .owns(pods, launchers())
         .watches(vms, wc(), |vm| {
             vm.namespace()
                 .map(|ns| ObjectRef::new(&vm.name_any()).within(&ns))
@@ -176,8 +180,34 @@ pub async fn run(client: Client, cfg: KubevirtConfig) -> Result<(), Error> {
     tokio::join!(
         drain("kubevirt-vm", vm_controller),
         drain("kubevirt-vmi", vmi_controller),
+        drain("kubevirt-launcher-kubelet", kubelet),
     );
     Ok(())
+}
+
+/// The infra kubelet's part for virt-launcher pods: a pod being deleted
+/// (by virt-controller, the garbage collector or anyone) has its container
+/// stopped at once, and the deletion is finished with grace period 0 for
+/// that very pod, as kubelet confirms a graceful deletion.
+async fn reconcile_launcher(pod: Arc<Pod>, client: Arc<Client>) -> Result<Action, Error> {
+    if !is_deleting(&*pod) {
+        return Ok(Action::await_change());
+    }
+    let pods: Api<Pod> = Api::namespaced((*client).clone(), &pod.namespace().unwrap_or_default());
+    let params = DeleteParams {
+        grace_period_seconds: Some(0),
+        preconditions: Some(kube::api::Preconditions {
+            uid: pod.uid(),
+            resource_version: None,
+        }),
+        ..DeleteParams::default()
+    };
+    match pods.delete(&pod.name_any(), &params).await {
+        Ok(_) => Ok(Action::await_change()),
+        // Gone, or a new pod of that name.
+        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(Action::await_change()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Creates each infra Node that does not exist yet, Ready, with zone/region labels.
@@ -714,18 +744,34 @@ pub fn desired_launcher_pod(
         },
         spec: Some(PodSpec {
             node_name: Some(node.to_string()),
-            hostname: Some(vmi.name_any()),
+            hostname: Some(launcher_hostname(&vmi.name_any())),
             restart_policy: Some("Never".to_string()),
             containers: vec![Container {
                 name: "compute".to_string(),
                 image: Some(image.to_string()),
                 command: Some(vec!["/usr/bin/virt-launcher-monitor".to_string()]),
+                // virt-controller requests CPU and memory for the launcher
+                // and sets no limits: kube-apiserver makes it Burstable.
+                resources: Some(ResourceRequirements {
+                    requests: Some(BTreeMap::from([
+                        ("cpu".to_string(), Quantity("100m".to_string())),
+                        ("memory".to_string(), Quantity("256Mi".to_string())),
+                    ])),
+                    ..ResourceRequirements::default()
+                }),
                 ..Container::default()
             }],
             ..PodSpec::default()
         }),
         status: None,
     })
+}
+
+/// The launcher pod's hostname, as KubeVirt sanitizes it: the VMI name up
+/// to its first dot (a pod hostname is one DNS label), at most 63 bytes.
+pub fn launcher_hostname(vmi_name: &str) -> String {
+    let label = vmi_name.split('.').next().unwrap_or(vmi_name);
+    label.chars().take(63).collect()
 }
 
 /// A Running, Ready virt-launcher pod status with the VMI's addresses.
@@ -779,7 +825,6 @@ pub fn desired_launcher_status(
             }),
             ..ContainerStatus::default()
         }]),
-        qos_class: Some("Burstable".to_string()),
         start_time: Some(now()),
         ..PodStatus::default()
     }
@@ -917,6 +962,8 @@ mod tests {
         };
         let st = desired_launcher_status(&a, Some("192.168.100.10"), "img");
         assert_eq!(st.pod_ip.as_deref(), Some("10.128.0.7"));
+        assert_eq!(launcher_hostname("pool-a.worker-9"), "pool-a");
+        assert_eq!(launcher_hostname(&"w".repeat(70)).len(), 63);
         assert_eq!(st.pod_ips.as_ref().map(Vec::len), Some(2));
         let vs = desired_vmi_status("infra-node-1", &a, Some("pod-uid"), "img");
         let iface = &vs.interfaces[0];

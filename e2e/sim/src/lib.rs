@@ -1,7 +1,8 @@
 //! Infra-cluster simulators for the lab: the parts of KubeVirt, CDI, the CSI
-//! snapshot controller, a load-balancer allocator and the EndpointSlice
-//! controller that the suite's daemons talk to, written as ordinary controllers
-//! over the Kubernetes API so they run against the lab's API server or a real one.
+//! snapshot controller and a load-balancer allocator that the suite's daemons
+//! talk to, written as ordinary controllers over the Kubernetes API, run
+//! against the lab's real kube-apiserver (kube-controller-manager plays the
+//! rest of the cluster, EndpointSlices included).
 //!
 //! Each simulator module exposes `run(client, config)`, which reconciles until
 //! its future is dropped, and keeps its "object in, desired object out" logic
@@ -12,7 +13,6 @@
 pub mod cdi;
 pub mod crds;
 pub mod devices;
-pub mod endpoints;
 pub mod error;
 pub mod files;
 pub mod hotplug;

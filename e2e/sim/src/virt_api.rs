@@ -1,9 +1,12 @@
 //! KubeVirt's virt-api for the hotplug subresources of
-//! `subresources.kubevirt.io/v1`: an HTTP server answering
+//! `subresources.kubevirt.io/v1`: an HTTPS server answering
 //! `PUT .../namespaces/{ns}/virtualmachines/{name}/addvolume|removevolume` and
 //! the same under `virtualmachineinstances`. The lab registers it on the infra
-//! API server as an aggregated API, so clients reach it through the API
-//! server's URL as they would on a real cluster.
+//! API server as an aggregated API (the APIService
+//! `v1.subresources.kubevirt.io`, as KubeVirt does), so clients reach it
+//! through the API server, which authenticates and authorizes them and
+//! passes the request on with its front-proxy client certificate, the only
+//! client this server answers.
 //!
 //! Requests are validated like KubeVirt validates them (400 for a bad body,
 //! 404 for an unknown VM/VMI or volume, 409 for a volume name already in use
@@ -40,46 +43,87 @@ use crate::Error;
 /// How often a read-modify-write is retried on a resourceVersion conflict.
 const CONFLICT_RETRIES: usize = 20;
 
+/// The Service name and namespace KubeVirt gives virt-api; its serving
+/// certificate names `virt-api.kubevirt.svc`, which kube-apiserver checks.
+pub const SERVICE: &str = "virt-api";
+pub const NAMESPACE: &str = "kubevirt";
+
 /// A running virt-api server.
 #[derive(Debug)]
 pub struct VirtApi {
     addr: SocketAddr,
+    ca_pem: String,
     stop: CancellationToken,
     task: Option<JoinHandle<()>>,
 }
 
 impl VirtApi {
-    /// Serves the hotplug API on `127.0.0.1:<free port>`, acting on the
-    /// cluster behind `client`.
-    pub async fn start(client: Client) -> Result<VirtApi, Error> {
+    /// Serves the hotplug API over TLS on `127.0.0.1:<free port>`, acting
+    /// on the cluster behind `client`. Like virt-api behind the aggregator,
+    /// it answers only clients with a certificate of `front_proxy_ca_pem`
+    /// (kube-apiserver's front-proxy client), which authenticated and
+    /// authorized the request before passing it on.
+    pub async fn start(client: Client, front_proxy_ca_pem: &str) -> Result<VirtApi, Error> {
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
             .await
             .map_err(Error::io("bind", "127.0.0.1:0"))?;
         let addr = listener
             .local_addr()
             .map_err(Error::io("local address of", "127.0.0.1:0"))?;
+        let (acceptor, ca_pem) = tls::acceptor(front_proxy_ca_pem)?;
         let stop = CancellationToken::new();
-        let shutdown = stop.clone().cancelled_owned();
         let app = router(client);
+        let s = stop.clone();
         let task = tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown)
-                .await
-            {
-                tracing::warn!("virt-api server: {e}");
+            loop {
+                let tcp = tokio::select! {
+                    _ = s.cancelled() => return,
+                    accepted = listener.accept() => match accepted {
+                        Ok((tcp, _)) => tcp,
+                        Err(e) => {
+                            tracing::warn!("virt-api accept: {e}");
+                            continue;
+                        }
+                    },
+                };
+                let (acceptor, app, s) = (acceptor.clone(), app.clone(), s.clone());
+                tokio::spawn(async move {
+                    let tls = match acceptor.accept(tcp).await {
+                        Ok(tls) => tls,
+                        Err(e) => {
+                            tracing::debug!("virt-api TLS handshake: {e}");
+                            return;
+                        }
+                    };
+                    let service = hyper_util::service::TowerToHyperService::new(app);
+                    let builder = hyper_util::server::conn::auto::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    );
+                    let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(tls), service);
+                    tokio::select! {
+                        _ = conn => {}
+                        _ = s.cancelled() => {}
+                    }
+                });
             }
         });
         tracing::info!(%addr, "virt-api serving");
         Ok(VirtApi {
             addr,
+            ca_pem,
             stop,
             task: Some(task),
         })
     }
 
-    /// `http://127.0.0.1:<port>`: the base URL to register as the aggregated API.
-    pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+    /// The port to register in the APIService.
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// The CA of the serving certificate (the APIService's `caBundle`).
+    pub fn ca_pem(&self) -> &str {
+        &self.ca_pem
     }
 
     /// Stops serving and waits for the server task to end.
@@ -94,6 +138,72 @@ impl VirtApi {
 impl Drop for VirtApi {
     fn drop(&mut self) {
         self.stop.cancel();
+    }
+}
+
+mod tls {
+    //! virt-api's serving certificate (its own CA, minted at start) and the
+    //! client-certificate check against the front-proxy CA.
+
+    use std::sync::Arc;
+
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+    use tokio_rustls::TlsAcceptor;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+    use tokio_rustls::rustls::server::WebPkiClientVerifier;
+    use tokio_rustls::rustls::{RootCertStore, ServerConfig, crypto};
+
+    use super::{NAMESPACE, SERVICE};
+    use crate::Error;
+
+    fn tls_error(what: &str) -> impl FnOnce(String) -> Error + '_ {
+        move |e| Error::Tls(format!("virt-api {what}: {e}"))
+    }
+
+    /// The acceptor and the PEM of the CA that signed the serving certificate.
+    pub fn acceptor(front_proxy_ca_pem: &str) -> Result<(TlsAcceptor, String), Error> {
+        let cert_error = |e: rcgen::Error| Error::Tls(format!("virt-api certificate: {e}"));
+        let mut ca = CertificateParams::new(Vec::<String>::new()).map_err(cert_error)?;
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name
+            .push(DnType::CommonName, "kubevirt.io");
+        let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().map_err(cert_error)?)
+            .map_err(cert_error)?;
+        let mut params = CertificateParams::new(vec![
+            format!("{SERVICE}.{NAMESPACE}.svc"),
+            "localhost".to_string(),
+        ])
+        .map_err(cert_error)?;
+        params
+            .distinguished_name
+            .push(DnType::CommonName, format!("{SERVICE}.{NAMESPACE}.svc"));
+        let key = KeyPair::generate().map_err(cert_error)?;
+        let cert = params.signed_by(&key, &ca).map_err(cert_error)?;
+
+        let mut roots = RootCertStore::empty();
+        for der in CertificateDer::pem_slice_iter(front_proxy_ca_pem.as_bytes()) {
+            let der = der.map_err(|e| tls_error("front-proxy CA")(e.to_string()))?;
+            roots
+                .add(der)
+                .map_err(|e| tls_error("front-proxy CA")(e.to_string()))?;
+        }
+        let provider = Arc::new(crypto::ring::default_provider());
+        let verifier =
+            WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                .build()
+                .map_err(|e| tls_error("client verifier")(e.to_string()))?;
+        let mut config = ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| tls_error("protocols")(e.to_string()))?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(
+                vec![cert.der().clone()],
+                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+            )
+            .map_err(|e| tls_error("serving certificate")(e.to_string()))?;
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok((TlsAcceptor::from(Arc::new(config)), ca.pem()))
     }
 }
 

@@ -160,8 +160,11 @@ async fn reconcile_pod(pod: &Pod, ctx: &Context) -> Result<Action, Error> {
             release(&api, pod).await?;
             Ok(Action::await_change())
         }
-        // Deleted and nothing of ours to wait for.
-        (true, false) => Ok(Action::await_change()),
+        // Deleted and nothing of ours to wait for: confirm the deletion.
+        (true, false) => {
+            release(&api, pod).await?;
+            Ok(Action::await_change())
+        }
         (false, false) if !claims.is_empty() => {
             // The finalizer first, so that a deletion waits for the volumes
             // to come down; its update triggers the next reconcile.

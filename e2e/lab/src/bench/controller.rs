@@ -127,7 +127,7 @@ pub async fn memory_holding(
     p: &Params,
     report: &mut Report,
 ) -> Result<(), LabError> {
-    let infra = lab.infra_client().await;
+    let infra = lab.infra_client();
     let dvs: Api<DataVolume> = Api::namespaced(infra, &lab.infra_namespace);
     futures::stream::iter(0..p.held_volumes)
         .map(|i| {

@@ -53,8 +53,8 @@ pub fn infra_name(uid: &str) -> String {
 
 /// One Service after another.
 pub async fn propagation(lab: &Lab, p: &Params, report: &mut Report) -> Result<(), LabError> {
-    let guest = lab.guest_client().await;
-    let infra = lab.infra_client().await;
+    let guest = lab.guest_client();
+    let infra = lab.infra_client();
     let services: Api<Service> = Api::namespaced(guest, NS);
     let infra_services: Api<Service> = Api::namespaced(infra, &lab.infra_namespace);
     let (mut propagated, mut end_to_end) = (Samples::default(), Samples::default());
@@ -125,8 +125,8 @@ pub async fn propagation(lab: &Lab, p: &Params, report: &mut Report) -> Result<(
 
 /// `c` Services created at once, until every guest Service has ingress.
 pub async fn throughput(lab: &Lab, c: usize, report: &mut Report) -> Result<(), LabError> {
-    let guest = lab.guest_client().await;
-    let infra = lab.infra_client().await;
+    let guest = lab.guest_client();
+    let infra = lab.infra_client();
     let services: Api<Service> = Api::namespaced(guest, NS);
     let infra_services: Api<Service> = Api::namespaced(infra, &lab.infra_namespace);
     let names: Vec<String> = (0..c).map(|i| format!("burst-lb-{c}-{i}")).collect();
@@ -177,7 +177,7 @@ pub async fn hold(
     report: &mut Report,
 ) -> Result<(), LabError> {
     use futures::{StreamExt, TryStreamExt};
-    let guest = lab.guest_client().await;
+    let guest = lab.guest_client();
     let services: Api<Service> = Api::namespaced(guest, NS);
     let t0 = Instant::now();
     futures::stream::iter(0..n)

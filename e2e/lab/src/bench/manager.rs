@@ -9,11 +9,10 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, Patch, PatchParams};
-use lab_apiserver::{ApiServer, ApiServerConfig};
 use serde_json::json;
 
 use super::{Report, rss_mib};
-use crate::hcp::{self, MANAGER_NAMESPACE, NS, USER, hosted_clusters};
+use crate::hcp::{self, MANAGER_NAMESPACE, NS, hosted_clusters};
 use crate::{Lab, LabConfig, LabError, wait};
 
 const SECTION: &str = "manager";
@@ -22,11 +21,6 @@ const WAIT: Duration = Duration::from_secs(300);
 /// How long the manager is watched for writes after every cluster was
 /// poked: writing nothing has no event to wait for.
 pub const QUIET_WINDOW: Duration = Duration::from_secs(5);
-
-/// Writes of the manager on `servers`.
-fn writes<'a>(servers: impl Iterator<Item = &'a ApiServer>) -> u64 {
-    servers.map(|s| s.counters().writes_by(USER)).sum()
-}
 
 /// `n` HostedClusters at once: time to Available, quiet reconciles, memory.
 pub async fn clusters(n: usize, report: &mut Report) -> Result<(), LabError> {
@@ -39,25 +33,22 @@ pub async fn clusters(n: usize, report: &mut Report) -> Result<(), LabError> {
     let mut guests = Vec::with_capacity(n);
     let mut manager = None;
     let result = async {
-        let management = lab.infra_client().await;
+        let management = lab.infra_client();
         hcp::install_crds(&management).await?;
         hcp::ensure_namespace(&management, MANAGER_NAMESPACE).await?;
         hcp::ensure_namespace(&management, NS).await?;
         for i in 0..n {
-            guests.push(
-                ApiServer::start(ApiServerConfig {
-                    name: format!("hc{i}"),
-                    ..ApiServerConfig::default()
-                })
-                .await?,
-            );
+            guests.push(lab.add_cluster(&format!("hc{i}")).await?);
         }
-        let m = manager.insert(hcp::start_manager(
-            &lab,
-            &["--supported-versions=0.1"],
-            "warn",
-            &lab.dir.join("logs").join("hcp-manager.log"),
-        )?);
+        let m = manager.insert(
+            hcp::start_manager(
+                &lab,
+                &["--supported-versions=0.1"],
+                "warn",
+                &lab.dir.join("logs").join("hcp-manager.log"),
+            )
+            .await?,
+        );
         let cms: Api<ConfigMap> = Api::namespaced(management.clone(), MANAGER_NAMESPACE);
         wait::until(&cms, "supported-versions", WAIT, |cm| cm.map(|_| ())).await?;
         if let Some(rss) = m.pid().and_then(rss_mib) {
@@ -107,8 +98,7 @@ pub async fn clusters(n: usize, report: &mut Report) -> Result<(), LabError> {
         }
 
         // Every cluster reconciled once more, nothing changed.
-        let servers = || guests.iter().chain(std::iter::once(&lab.infra));
-        let before = writes(servers());
+        let before = hcp::writes(&lab.infra, &guests);
         for i in 0..n {
             hcs.patch(
                 &format!("hc{i}"),
@@ -118,7 +108,7 @@ pub async fn clusters(n: usize, report: &mut Report) -> Result<(), LabError> {
             .await?;
         }
         tokio::time::sleep(QUIET_WINDOW).await;
-        let after = writes(servers());
+        let after = hcp::writes(&lab.infra, &guests);
         report.add_target(
             SECTION,
             format!(

@@ -21,7 +21,7 @@ pub mod storage;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use lab_apiserver::RequestCounters;
+use lab_cluster::RequestCounters;
 
 pub use report::{Report, Row};
 

@@ -68,8 +68,8 @@ fn per_op(by_verb: &std::collections::BTreeMap<String, u64>, ops: usize) -> (f64
 
 /// One volume after another through its whole life.
 pub async fn lifecycle(lab: &Lab, p: &Params, report: &mut Report) -> Result<(), LabError> {
-    let guest = lab.guest_client().await;
-    let infra = lab.infra_client().await;
+    let guest = lab.guest_client();
+    let infra = lab.infra_client();
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(guest.clone(), NS);
     let pods: Api<Pod> = Api::namespaced(guest.clone(), NS);
     let pvs: Api<PersistentVolume> = Api::all(guest.clone());
@@ -208,7 +208,7 @@ pub async fn lifecycle(lab: &Lab, p: &Params, report: &mut Report) -> Result<(),
 
 /// `c` claims created at once, until all are Bound; then all deleted.
 pub async fn throughput(lab: &Lab, c: usize, report: &mut Report) -> Result<(), LabError> {
-    let guest = lab.guest_client().await;
+    let guest = lab.guest_client();
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(guest.clone(), NS);
     let pvs: Api<PersistentVolume> = Api::all(guest);
     let names: Vec<String> = (0..c).map(|i| format!("burst-{c}-{i}")).collect();

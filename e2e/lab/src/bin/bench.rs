@@ -40,8 +40,9 @@ struct Cli {
     /// Worker VMs (guest nodes).
     #[arg(long, default_value_t = 2)]
     vms: usize,
-    /// HostedClusters given to the manager at once (0 skips the manager).
-    #[arg(long, default_value_t = 100)]
+    /// HostedClusters given to the manager at once (0 skips the manager);
+    /// each has a guest control plane of its own (~300 MB).
+    #[arg(long, default_value_t = 12)]
     hosted_clusters: usize,
     /// Print JSON instead of the table.
     #[arg(long)]

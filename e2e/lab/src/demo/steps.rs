@@ -39,8 +39,8 @@ pub async fn volume(demo: &Demo, t: &Timeline) -> Result<(), LabError> {
         [only] => (only.clone(), only.clone()),
         [first, second, ..] => (first.clone(), second.clone()),
     };
-    let guest = lab.guest_client().await;
-    let infra = lab.infra_client().await;
+    let guest = lab.guest_client();
+    let infra = lab.infra_client();
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(guest.clone(), NS);
 
     let claim: PersistentVolumeClaim = from_json(json!({
@@ -172,7 +172,7 @@ async fn run_pod(
     let pod = pods.create(&PostParams::default(), &pod).await?;
     t.event(format!("guest: created pod {NS}/{name} on {node}"));
     let lab = &demo.lab;
-    let infra = lab.infra_client().await;
+    let infra = lab.infra_client();
     let vmis: Api<VirtualMachineInstance> = Api::namespaced(infra, &lab.infra_namespace);
     follow_volume(&vmis, node, handle, t, |phase| phase == Some("Ready")).await?;
     let link = hotplugged_link(&lab.by_id_dir(node))?;
@@ -277,8 +277,8 @@ fn node_of<'a>(demo: &'a Demo, node: &str) -> Result<&'a kubelet::GuestNode, Lab
 /// and copies the address the infra load balancer assigns back.
 pub async fn load_balancer(demo: &Demo, t: &Timeline) -> Result<(), LabError> {
     let lab = &demo.lab;
-    let guest = lab.guest_client().await;
-    let infra = lab.infra_client().await;
+    let guest = lab.guest_client();
+    let infra = lab.infra_client();
     let name = "demo-web";
     let services: Api<Service> = Api::namespaced(guest, NS);
     let svc: Service = from_json(json!({

@@ -67,7 +67,7 @@ fn guest_slice(nodes: &[(&str, bool)]) -> serde_json::Value {
 async fn slices_follow_endpoints_and_vmi_addresses() -> anyhow::Result<()> {
     let lab = lab(3, "eps").await?;
     let tenant = Tenant::main(&lab);
-    let mut ccm = start_ccm(&lab, &tenant, &CcmOptions::default())?;
+    let mut ccm = start_ccm(&lab, &tenant, &CcmOptions::default()).await?;
     let result = scenario(&lab).await;
     let log = log_of(&ccm);
     ccm.terminate(Duration::from_secs(10)).await?;
@@ -76,8 +76,8 @@ async fn slices_follow_endpoints_and_vmi_addresses() -> anyhow::Result<()> {
 }
 
 async fn scenario(lab: &kubevirt_lab::Lab) -> anyhow::Result<()> {
-    let guest = lab.guest_client().await;
-    let infra = lab.infra_client().await;
+    let guest = lab.guest_client();
+    let infra = lab.infra_client();
     let guest_svcs: Api<Service> = Api::namespaced(guest.clone(), "default");
     let guest_slices: Api<EndpointSlice> = Api::namespaced(guest.clone(), "default");
     let infra_svcs: Api<Service> = Api::namespaced(infra.clone(), &lab.infra_namespace);

@@ -42,14 +42,14 @@ fn replica(log: &str) -> CcmOptions {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn standby_takes_over_within_the_lease_duration() -> anyhow::Result<()> {
     let lab = lab(1, "leader").await?;
-    let guest = lab.guest_client().await;
+    let guest = lab.guest_client();
     let namespaces: Api<Namespace> = Api::all(guest.clone());
     if namespaces.get_opt("kube-system").await?.is_none() {
         let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": "kube-system"}}))?;
         namespaces.create(&PostParams::default(), &ns).await?;
     }
     let tenant = Tenant::main(&lab);
-    let mut a = start_ccm(&lab, &tenant, &replica("ccm-a.log"))?;
+    let mut a = start_ccm(&lab, &tenant, &replica("ccm-a.log")).await?;
     let mut b: Option<Daemon> = None;
     let result = scenario(&lab, &tenant, &mut a, &mut b).await;
     let logs = format!(
@@ -71,14 +71,14 @@ async fn scenario(
     a: &mut Daemon,
     b_slot: &mut Option<Daemon>,
 ) -> anyhow::Result<()> {
-    let guest = lab.guest_client().await;
-    let infra = lab.infra_client().await;
+    let guest = lab.guest_client();
+    let infra = lab.infra_client();
     let leases: Api<Lease> = Api::namespaced(guest.clone(), "kube-system");
     let guest_svcs: Api<Service> = Api::namespaced(guest.clone(), "default");
     let infra_svcs: Api<Service> = Api::namespaced(infra.clone(), &lab.infra_namespace);
 
     let first = until(&leases, LEASE, "a leader", holder).await?;
-    let b = b_slot.insert(start_ccm(lab, tenant, &replica("ccm-b.log"))?);
+    let b = b_slot.insert(start_ccm(lab, tenant, &replica("ccm-b.log")).await?);
 
     let lb = |name: &str| -> anyhow::Result<Service> {
         Ok(serde_json::from_value(json!({

@@ -53,14 +53,17 @@ async fn a_thousand_services_are_mirrored_with_their_ingress() -> anyhow::Result
         load_balancer: String::new(),
         ..Default::default()
     };
-    let mut ccm = start_ccm(&lab, &tenant, &opts)?;
+    let mut ccm = start_ccm(&lab, &tenant, &opts).await?;
     let result = scenario(&lab, ccm.pid().context("ccm pid")?).await;
-    for (which, server) in [("guest", &lab.guest), ("infra", &lab.infra)] {
+    for (which, server, me) in [
+        ("guest", &lab.guest, tenant.guest_user()),
+        ("infra", &lab.infra, tenant.infra_user()),
+    ] {
         let counts: Vec<String> = server
             .counters()
             .counts
             .iter()
-            .filter(|((_, _, user), _)| *user == tenant.user())
+            .filter(|((_, _, user), _)| *user == me)
             .map(|((verb, resource, _), n)| format!("{verb} {resource}: {n}"))
             .collect();
         println!("CCM requests to the {which} cluster: {}", counts.join(", "));
@@ -82,9 +85,9 @@ async fn a_thousand_services_are_mirrored_with_their_ingress() -> anyhow::Result
 }
 
 async fn scenario(lab: &kubevirt_lab::Lab, pid: u32) -> anyhow::Result<()> {
-    let guest = lab.guest_client().await;
+    let guest = lab.guest_client();
     let svcs: Api<Service> = Api::namespaced(guest.clone(), "default");
-    let infra = lab.infra_client().await;
+    let infra = lab.infra_client();
     let infra_svcs: Api<Service> = Api::namespaced(infra, &lab.infra_namespace);
     let selector = format!("{CLUSTER_NAME}={}", lab.cluster_name);
     let service = |i: usize| -> anyhow::Result<Service> {

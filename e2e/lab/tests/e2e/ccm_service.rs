@@ -77,7 +77,7 @@ fn expected_ports(guest: &Service) -> Vec<(String, String, i32, Option<IntOrStri
 }
 
 /// Writes made by `user` to Services (any verb but reads), per server.
-fn service_writes(server: &lab_apiserver::ApiServer, user: &str, resource: &str) -> u64 {
+fn service_writes(server: &lab_cluster::Cluster, user: &str, resource: &str) -> u64 {
     ["create", "update", "patch", "delete"]
         .iter()
         .map(|v| server.counters().count_by(v, resource, user))
@@ -91,7 +91,7 @@ async fn load_balancer_follows_the_guest_service() -> anyhow::Result<()> {
     let mut opts = CcmOptions::default();
     opts.load_balancer
         .push_str("  infraServiceAnnotations: [\"metallb.universe.tf/*\"]\n  bogusKey: 1\n");
-    let mut ccm = start_ccm(&lab, &tenant, &opts)?;
+    let mut ccm = start_ccm(&lab, &tenant, &opts).await?;
     let result = scenario(&lab, &tenant, &mut ccm).await;
     let log = log_of(&ccm);
     ccm.terminate(Duration::from_secs(10)).await?;
@@ -109,11 +109,11 @@ async fn scenario(
     tenant: &Tenant<'_>,
     ccm: &mut kubevirt_lab::daemon::Daemon,
 ) -> anyhow::Result<()> {
-    let guest: Client = lab.guest_client().await;
-    let infra: Client = lab.infra_client().await;
+    let guest: Client = lab.guest_client();
+    let infra: Client = lab.infra_client();
     let guest_svcs: Api<Service> = Api::namespaced(guest.clone(), "default");
     let infra_svcs: Api<Service> = Api::namespaced(infra.clone(), &lab.infra_namespace);
-    let user = tenant.user();
+    let (guest_user, infra_user) = (tenant.guest_user(), tenant.infra_user());
 
     // A Service of another load-balancer implementation is left alone.
     let classy = guest_svcs
@@ -195,9 +195,9 @@ async fn scenario(
     );
 
     // Writes for one new Service: finalizer + create, plus one status patch.
-    let guest_writes = service_writes(&lab.guest, &user, "services");
-    let infra_writes = service_writes(&lab.infra, &user, "services");
-    let status_writes = service_writes(&lab.guest, &user, "services/status");
+    let guest_writes = service_writes(&lab.guest, &guest_user, "services");
+    let infra_writes = service_writes(&lab.infra, &infra_user, "services");
+    let status_writes = service_writes(&lab.guest, &guest_user, "services/status");
     println!(
         "writes: guest services {guest_writes}, infra services {infra_writes}, status {status_writes}"
     );
@@ -243,7 +243,7 @@ async fn scenario(
     })
     .await?;
     ensure!(
-        service_writes(&lab.infra, &user, "services") == infra_writes + 1,
+        service_writes(&lab.infra, &infra_user, "services") == infra_writes + 1,
         "more than one infra write for a port change"
     );
 

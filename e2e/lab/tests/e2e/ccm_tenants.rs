@@ -85,7 +85,8 @@ async fn tenants_sharing_a_namespace_never_cross() -> anyhow::Result<()> {
             log: "ccm-alpha.log".into(),
             ..Default::default()
         },
-    )?;
+    )
+    .await?;
     let mut ccm_b = start_ccm(
         &lab,
         &beta_tenant,
@@ -93,7 +94,8 @@ async fn tenants_sharing_a_namespace_never_cross() -> anyhow::Result<()> {
             log: "ccm-beta.log".into(),
             ..Default::default()
         },
-    )?;
+    )
+    .await?;
     let result = scenario(&lab, &beta).await;
     let logs = format!("alpha:\n{}\nbeta:\n{}", log_of(&ccm_a), log_of(&ccm_b));
     ccm_a.terminate(Duration::from_secs(10)).await?;
@@ -106,12 +108,12 @@ async fn scenario(
     lab: &kubevirt_lab::Lab,
     beta: &kubevirt_lab::GuestCluster,
 ) -> anyhow::Result<()> {
-    let infra = lab.infra_client().await;
+    let infra = lab.infra_client();
     let ns = &lab.infra_namespace;
     let infra_svcs: Api<Service> = Api::namespaced(infra.clone(), ns);
     let infra_slices: Api<EndpointSlice> = Api::namespaced(infra.clone(), ns);
     let vmis: Api<VirtualMachineInstance> = Api::namespaced(infra.clone(), ns);
-    let (alpha_guest, beta_guest) = (lab.guest_client().await, beta.api.client().await);
+    let (alpha_guest, beta_guest) = (lab.guest_client(), beta.api.client());
 
     // A third party's look-alikes in the same namespace.
     let foreign_svc: Service = serde_json::from_value(json!({

@@ -418,7 +418,7 @@ async fn run(lab: &kubevirt_lab::Lab, d: &mut Driver, seed: u64) -> anyhow::Resu
 
     // Only successful CreateVolume calls left DataVolumes behind; deleting
     // them leaves nothing of ours in the infra namespace.
-    let dvs: Api<DataVolume> = Api::namespaced(lab.infra_client().await, &lab.infra_namespace);
+    let dvs: Api<DataVolume> = Api::namespaced(lab.infra_client(), &lab.infra_namespace);
     let present: BTreeSet<String> = dvs
         .list(&ListParams::default())
         .await?

@@ -224,7 +224,7 @@ async fn create_and_delete_volume() -> anyhow::Result<()> {
     let d = start_driver(&lab, DriverOptions::default()).await?;
     synced(&d).await?;
     let mut c = d.controller.clone();
-    let infra = lab.infra_client().await;
+    let infra = lab.infra_client();
     let dvs: Api<DataVolume> = Api::namespaced(infra.clone(), &lab.infra_namespace);
 
     // Validation before any side effect.
@@ -454,7 +454,7 @@ async fn any_csi_name_maps_to_a_volume() -> anyhow::Result<()> {
     let mut d = start_driver(&lab, DriverOptions::default()).await?;
     synced(&d).await?;
     let mut c = d.controller.clone();
-    let infra = lab.infra_client().await;
+    let infra = lab.infra_client();
     let dvs: Api<DataVolume> = Api::namespaced(infra.clone(), &lab.infra_namespace);
     let snaps: Api<VolumeSnapshot> = Api::namespaced(infra.clone(), &lab.infra_namespace);
 
@@ -578,7 +578,7 @@ async fn publish_and_unpublish() -> anyhow::Result<()> {
     let d = start_driver(&lab, DriverOptions::default()).await?;
     synced(&d).await?;
     let mut c = d.controller.clone();
-    let infra = lab.infra_client().await;
+    let infra = lab.infra_client();
     let vmis: Api<VirtualMachineInstance> = Api::namespaced(infra.clone(), &lab.infra_namespace);
     let vms: Api<VirtualMachine> = Api::namespaced(infra.clone(), &lab.infra_namespace);
     let name = volume_name();
@@ -797,7 +797,7 @@ async fn concurrent_calls_on_one_volume_are_aborted() -> anyhow::Result<()> {
     let slow = tokio::spawn(async move { first.controller_publish_volume(req).await.map(|_| ()) });
     // Once the hotplug is requested the first call holds the volume while
     // it waits (slowly) for the VMI to report it ready.
-    let infra = lab.infra_client().await;
+    let infra = lab.infra_client();
     let vms: Api<VirtualMachine> = Api::namespaced(infra, &lab.infra_namespace);
     let vm = n0.rsplit('/').next().unwrap_or_default().to_string();
     wait::until(&vms, &vm, WAIT, |v| {
@@ -896,7 +896,7 @@ async fn snapshots_and_restore() -> anyhow::Result<()> {
     .await?;
     synced(&d).await?;
     let mut c = d.controller.clone();
-    let infra = lab.infra_client().await;
+    let infra = lab.infra_client();
     let snaps: Api<VolumeSnapshot> = Api::namespaced(infra.clone(), &lab.infra_namespace);
     let dvs: Api<DataVolume> = Api::namespaced(infra.clone(), &lab.infra_namespace);
     let src = volume_name();
@@ -1145,7 +1145,7 @@ async fn expand_and_validate() -> anyhow::Result<()> {
     let d = start_driver(&lab, DriverOptions::default()).await?;
     synced(&d).await?;
     let mut c = d.controller.clone();
-    let infra = lab.infra_client().await;
+    let infra = lab.infra_client();
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(infra.clone(), &lab.infra_namespace);
     let name = volume_name();
     create(&d, &name, GIB).await?;
@@ -1276,7 +1276,7 @@ async fn other_tenants_objects_are_never_touched() -> anyhow::Result<()> {
     let d = start_driver(&lab, DriverOptions::default()).await?;
     synced(&d).await?;
     let mut c = d.controller.clone();
-    let infra = lab.infra_client().await;
+    let infra = lab.infra_client();
     let dvs: Api<DataVolume> = Api::namespaced(infra.clone(), &lab.infra_namespace);
 
     // Another tenant's volume and an unlabelled one, with our prefix.
@@ -1436,7 +1436,7 @@ fn rss_kib(pid: u32) -> anyhow::Result<u64> {
 #[ignore = "measurement; needs a release build of the driver"]
 async fn rss_with_1000_volumes() -> anyhow::Result<()> {
     let lab = lab(2, "rss", Duration::ZERO).await?;
-    let infra = lab.infra_client().await;
+    let infra = lab.infra_client();
     let dvs: Api<DataVolume> = Api::namespaced(infra.clone(), &lab.infra_namespace);
     let mut d = start_driver(&lab, DriverOptions::default()).await?;
     synced(&d).await?;

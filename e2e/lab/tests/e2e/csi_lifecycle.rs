@@ -44,7 +44,7 @@ fn from_json<T: serde::de::DeserializeOwned>(v: Value) -> anyhow::Result<T> {
 }
 
 async fn guest(lab: &Lab, d: &Driver) -> anyhow::Result<Guest> {
-    let client = lab.guest_client().await;
+    let client = lab.guest_client();
     lab_guest::crds::install(&client, WAIT).await?;
     let sc: StorageClass = from_json(json!({
         "apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
@@ -128,7 +128,7 @@ async fn guest_volumes_end_to_end() -> anyhow::Result<()> {
     let d = start_driver(&lab, DriverOptions::default()).await?;
     synced(&d).await?;
     let g = guest(&lab, &d).await?;
-    let infra = lab.infra_client().await;
+    let infra = lab.infra_client();
     let dvs: Api<DataVolume> = Api::namespaced(infra.clone(), &lab.infra_namespace);
     let infra_pvcs: Api<PersistentVolumeClaim> =
         Api::namespaced(infra.clone(), &lab.infra_namespace);
@@ -331,7 +331,7 @@ async fn guest_objects_cannot_reach_other_tenants() -> anyhow::Result<()> {
     let d = start_driver(&lab, DriverOptions::default()).await?;
     synced(&d).await?;
     let g = guest(&lab, &d).await?;
-    let infra = lab.infra_client().await;
+    let infra = lab.infra_client();
     let dvs: Api<DataVolume> = Api::namespaced(infra.clone(), &lab.infra_namespace);
     let vms: Api<VirtualMachine> = Api::namespaced(infra.clone(), &lab.infra_namespace);
     let pvs: Api<PersistentVolume> = Api::all(g.client.clone());

@@ -20,6 +20,7 @@ use k8s_openapi::api::storage::v1beta1::VolumeAttributesClass;
 use kube::api::{Api, PostParams};
 use kubevirt_infra::labels::selector_string;
 use kubevirt_lab::daemon::{self, Daemon};
+use kubevirt_lab::identity::{self, Overlay};
 use kubevirt_lab::{Lab, LabConfig, wait};
 
 use crate::csi_support::{BINARY, INFRA_ID};
@@ -92,19 +93,29 @@ fn failures(output: &str) -> String {
 }
 
 /// The driver with both services, as csi-sanity wants it, on the lab's
-/// only node, with its own identity on both clusters.
+/// only node, as the ServiceAccounts of its manifests on both clusters.
 async fn start_driver(lab: &Lab, dir: &Path) -> anyhow::Result<(Daemon, PathBuf)> {
-    let user = "csi-sanity";
-    let token = format!("{user}-token");
-    lab.infra.add_token(&token, user, &[]);
-    lab.guest.add_token(&token, user, &[]);
+    let infra_identity = identity::service_account(
+        &lab.infra,
+        &identity::CSI_INFRA,
+        &Overlay::namespace(&lab.infra_namespace),
+        identity::CSI_INFRA_ACCOUNT,
+    )
+    .await?;
+    let guest_identity = identity::service_account(
+        &lab.guest,
+        &identity::CSI_TENANT_CONTROLLER,
+        &Overlay::default(),
+        identity::CSI_TENANT_CONTROLLER_ACCOUNT,
+    )
+    .await?;
     let infra = dir.join("infra.kubeconfig");
     let guest = dir.join("guest.kubeconfig");
     lab.infra
-        .write_kubeconfig(&infra, &token, Some(&lab.infra_namespace))
+        .write_kubeconfig(&infra, &infra_identity.token, Some(&lab.infra_namespace))
         .context("write the infra kubeconfig")?;
     lab.guest
-        .write_kubeconfig(&guest, &token, Some("default"))
+        .write_kubeconfig(&guest, &guest_identity.token, Some("default"))
         .context("write the guest kubeconfig")?;
     let node = lab.nodes.first().context("the lab has no node")?;
     let socket = dir.join("csi/csi.sock");
@@ -224,7 +235,7 @@ async fn official_suite_passes() -> anyhow::Result<()> {
 
     // The second run also gives its volumes an infra VolumeAttributesClass
     // (the mutable parameter ControllerModifyVolume sets).
-    let classes: Api<VolumeAttributesClass> = Api::all(lab.infra_client().await);
+    let classes: Api<VolumeAttributesClass> = Api::all(lab.infra_client());
     classes
         .create(
             &PostParams::default(),

@@ -105,7 +105,7 @@ fn assert_names_the_api<T: std::fmt::Debug>(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshots_wait_for_their_crd() -> anyhow::Result<()> {
     let lab = lab(1, "nosnap", Duration::ZERO).await?;
-    let infra = lab.infra_client().await;
+    let infra = lab.infra_client();
     let crds: Api<CustomResourceDefinition> = Api::all(infra.clone());
     crds.delete(CRD, &DeleteParams::default()).await?;
     crate::common::until_within(&crds, CRD, "the CRD to go", WAIT, |c| {

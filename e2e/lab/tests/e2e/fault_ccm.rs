@@ -53,7 +53,7 @@ fn has_ingress(s: &Service) -> bool {
 async fn services_converge_after_the_ccm_is_killed_at_random() -> anyhow::Result<()> {
     let lab = lab(2, "ccmcrash").await?;
     let tenant = Tenant::main(&lab);
-    let mut ccm = start_ccm(&lab, &tenant, &CcmOptions::default())?;
+    let mut ccm = start_ccm(&lab, &tenant, &CcmOptions::default()).await?;
     let mut rng = Rng::from_env("fault_ccm");
     let outcome = tokio::time::timeout(TEST_TIMEOUT, scenario(&lab, &mut ccm, &mut rng))
         .await
@@ -72,8 +72,8 @@ async fn scenario(
     ccm: &mut kubevirt_lab::daemon::Daemon,
     rng: &mut Rng,
 ) -> anyhow::Result<()> {
-    let guest: Api<Service> = Api::namespaced(lab.guest_client().await, "default");
-    let infra_client = lab.infra_client().await;
+    let guest: Api<Service> = Api::namespaced(lab.guest_client(), "default");
+    let infra_client = lab.infra_client();
     let infra: Api<Service> = Api::namespaced(infra_client.clone(), &lab.infra_namespace);
     let slices: Api<EndpointSlice> = Api::namespaced(infra_client, &lab.infra_namespace);
     let (done_tx, done_rx) = watch::channel(false);

@@ -1,7 +1,8 @@
 //! The hosted-control-plane manager killed with SIGKILL at random moments
-//! while 120 operations run against it (40 HostedClusters created, 60 spec
-//! changes: storage driver and cloud-provider options, 20 of the clusters
-//! deleted again), and restarted each time: afterwards every remaining cluster is
+//! while 30 operations run against it (10 HostedClusters, each with a guest
+//! control plane of its own, created; 15 spec changes: storage driver and
+//! cloud-provider options; 5 of the clusters deleted again), and restarted
+//! each time: afterwards every remaining cluster is
 //! Available with its latest generation observed and the objects of that
 //! spec, and every deleted one is gone with its control-plane namespace
 //! and its guest objects. The seed of the kill schedule is printed;
@@ -20,11 +21,11 @@ use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::api::storage::v1::CSIDriver;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
-use lab_apiserver::{ApiServer, ApiServerConfig};
+use lab_cluster::Cluster;
 use serde_json::json;
 use tokio::sync::watch;
 
-const CLUSTERS: usize = 40;
+const CLUSTERS: usize = 10;
 /// Long enough for a restarted manager to finish a reconcile or two.
 const KILL_EVERY: (Duration, Duration) = (Duration::from_millis(300), Duration::from_millis(1200));
 const TEST_TIMEOUT: Duration = Duration::from_secs(120);
@@ -41,17 +42,8 @@ fn deleted(i: usize) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clusters_converge_after_the_manager_is_killed_at_random() -> anyhow::Result<()> {
     let lab = lab().await?;
-    let mut guests = Vec::new();
-    for i in 0..CLUSTERS {
-        guests.push(
-            ApiServer::start(ApiServerConfig {
-                name: name(i),
-                ..ApiServerConfig::default()
-            })
-            .await?,
-        );
-    }
-    let mut manager = start_manager(&lab, &[])?;
+    let guests = lab.add_clusters("hc", CLUSTERS).await?;
+    let mut manager = start_manager(&lab, &[]).await?;
     let mut rng = Rng::from_env("fault_manager");
     let outcome = tokio::time::timeout(
         TEST_TIMEOUT,
@@ -73,11 +65,11 @@ async fn clusters_converge_after_the_manager_is_killed_at_random() -> anyhow::Re
 
 async fn scenario(
     lab: &kubevirt_lab::Lab,
-    guests: &[ApiServer],
+    guests: &[Cluster],
     manager: &mut kubevirt_lab::daemon::Daemon,
     rng: &mut Rng,
 ) -> anyhow::Result<()> {
-    let infra = lab.infra_client().await;
+    let infra = lab.infra_client();
     let hcs = hosted_clusters(&infra);
     let (done_tx, done_rx) = watch::channel(false);
 
@@ -133,7 +125,7 @@ async fn scenario(
     let namespaces: Api<Namespace> = Api::all(infra.clone());
     for (i, guest) in guests.iter().enumerate() {
         let cp = format!("clusters-{}", name(i));
-        let drivers: Api<CSIDriver> = Api::all(guest.client().await);
+        let drivers: Api<CSIDriver> = Api::all(guest.client());
         if deleted(i) {
             until_dynamic(&hcs, &name(i), "a deleted HostedCluster gone", |hc| {
                 hc.is_none().then_some(())

@@ -66,8 +66,8 @@ async fn files_guest_nodes_and_infra_defaults() -> anyhow::Result<()> {
         );
     }
 
-    let infra = lab.infra_client().await;
-    let guest = lab.guest_client().await;
+    let infra = lab.infra_client();
+    let guest = lab.guest_client();
     let vmis: Api<VirtualMachineInstance> = Api::namespaced(infra.clone(), &lab.infra_namespace);
     let guest_nodes: Api<Node> = Api::all(guest);
     for name in &lab.nodes {
@@ -156,7 +156,7 @@ async fn a_second_guest_cluster_shares_the_infra_namespace() -> anyhow::Result<(
     ensure!(tenant.nodes == ["other-worker-0"]);
     ensure!(tenant.kubeconfig.exists());
 
-    let infra = lab.infra_client().await;
+    let infra = lab.infra_client();
     let vms: Api<VirtualMachine> = Api::namespaced(infra.clone(), &lab.infra_namespace);
     let mine = vms
         .list(&ListParams::default().labels("hypershift.openshift.io/infra-id=demo"))
@@ -176,12 +176,12 @@ async fn a_second_guest_cluster_shares_the_infra_namespace() -> anyhow::Result<(
             == Some("other")
     );
 
-    let their_nodes = Api::<Node>::all(tenant.api.client().await)
+    let their_nodes = Api::<Node>::all(tenant.api.client())
         .list(&ListParams::default())
         .await?
         .items;
     ensure!(their_nodes.iter().map(|n| n.name_any()).collect::<Vec<_>>() == ["other-worker-0"]);
-    let my_nodes = Api::<Node>::all(lab.guest_client().await)
+    let my_nodes = Api::<Node>::all(lab.guest_client())
         .list(&ListParams::default())
         .await?
         .items;

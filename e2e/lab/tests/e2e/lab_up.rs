@@ -226,11 +226,31 @@ async fn lab_up_with_the_suite_serves_guest_claims_and_load_balancers() -> anyho
     let manifest = dir.path().join("guest.yaml");
     std::fs::write(
         &manifest,
-        "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata:\n  name: data\n  namespace: default\n\
-         spec:\n  accessModes: [ReadWriteOnce]\n  storageClassName: kubevirt\n\
-         resources:\n    requests:\n      storage: 64Mi\n---\n\
-         apiVersion: v1\nkind: Service\nmetadata:\n  name: web\n  namespace: default\n\
-         spec:\n  type: LoadBalancer\n  selector:\n    app: web\n  ports:\n  - port: 80\n    targetPort: 8080\n",
+        r#"apiVersion: v1
+kind: PersistentVolumeClaim
+metadata:
+  name: data
+  namespace: default
+spec:
+  accessModes: [ReadWriteOnce]
+  storageClassName: kubevirt
+  resources:
+    requests:
+      storage: 64Mi
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: web
+  namespace: default
+spec:
+  type: LoadBalancer
+  selector:
+    app: web
+  ports:
+  - port: 80
+    targetPort: 8080
+"#,
     )?;
     let out = tokio::time::timeout(
         WAIT,

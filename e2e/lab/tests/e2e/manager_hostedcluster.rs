@@ -24,9 +24,9 @@ const CP: &str = "clusters-guest1";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hosted_cluster_deploys_every_component_and_cleans_up() -> anyhow::Result<()> {
     let lab = lab().await?;
-    let mut manager = start_manager(&lab, &[])?;
-    let infra = lab.infra_client().await;
-    let guest = lab.guest_client().await;
+    let mut manager = start_manager(&lab, &[]).await?;
+    let infra = lab.infra_client();
+    let guest = lab.guest_client();
 
     let result = async {
         create_hosted_cluster(&lab, &lab.guest, "guest1", "0.1.0", json!({})).await?;
@@ -179,9 +179,9 @@ async fn hosted_cluster_deploys_every_component_and_cleans_up() -> anyhow::Resul
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unsupported_versions_and_manual_storage() -> anyhow::Result<()> {
     let lab = lab().await?;
-    let mut manager = start_manager(&lab, &[])?;
-    let infra = lab.infra_client().await;
-    let guest = lab.guest_client().await;
+    let mut manager = start_manager(&lab, &[]).await?;
+    let infra = lab.infra_client();
+    let guest = lab.guest_client();
 
     let result = async {
         // A version outside supported-versions is refused.

@@ -23,15 +23,16 @@ fn holder(lease: Option<&Lease>) -> Option<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn standby_takes_over_when_the_leader_stops() -> anyhow::Result<()> {
     let lab = lab().await?;
-    let mut a = start_manager(&lab, &["--leader-elect=true", "--identity=manager-a"])?;
-    let infra = lab.infra_client().await;
+    let mut a = start_manager(&lab, &["--leader-elect=true", "--identity=manager-a"]).await?;
+    let infra = lab.infra_client();
     let leases: Api<Lease> = Api::namespaced(infra.clone(), MANAGER_NAMESPACE);
     let first = until(&leases, "kubevirt-hcp-manager", "a leader", holder).await;
     let mut b = start_manager_as(
         &lab,
         &["--leader-elect=true", "--identity=manager-b"],
         "hcp-manager-b.log",
-    )?;
+    )
+    .await?;
 
     let result = async {
         ensure!(first? == "manager-a", "manager-a started first and should lead");

@@ -47,12 +47,12 @@ fn schedulable(node: &Node) -> bool {
 /// A lab with the manager, cluster `guest1` at `version` Available, and the node agent.
 async fn setup(version: &str) -> anyhow::Result<(Lab, kubevirt_lab::daemon::Daemon, NodeAgent)> {
     let lab = lab().await?;
-    let manager = start_manager(&lab, &[])?;
+    let manager = start_manager(&lab, &[]).await?;
     create_hosted_cluster(&lab, &lab.guest, "guest1", version, json!({})).await?;
     until_available(&lab, "guest1").await?;
     let agent = NodeAgent::start(
-        lab.infra_client().await,
-        lab.guest_client().await,
+        lab.infra_client(),
+        lab.guest_client(),
         CP,
         "guest1-id",
         Duration::from_millis(200),
@@ -199,8 +199,8 @@ async fn finish(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_pool_scales_up_and_down_draining_nodes() -> anyhow::Result<()> {
     let (lab, manager, agent) = setup("0.1.0").await?;
-    let infra = lab.infra_client().await;
-    let guest = lab.guest_client().await;
+    let infra = lab.infra_client();
+    let guest = lab.guest_client();
     let result = async {
         let pools = node_pools(&infra);
         pools
@@ -322,8 +322,8 @@ async fn node_pool_scales_up_and_down_draining_nodes() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replace_upgrade_never_drops_below_replicas() -> anyhow::Result<()> {
     let (lab, manager, agent) = setup("0.2.0").await?;
-    let infra = lab.infra_client().await;
-    let guest = lab.guest_client().await;
+    let infra = lab.infra_client();
+    let guest = lab.guest_client();
     let result = async {
         let management = json!({"upgradeType": "Replace",
             "replace": {"strategy": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}});
@@ -372,8 +372,8 @@ async fn replace_upgrade_never_drops_below_replicas() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_place_upgrade_updates_nodes_one_at_a_time() -> anyhow::Result<()> {
     let (lab, manager, agent) = setup("0.2.0").await?;
-    let infra = lab.infra_client().await;
-    let guest = lab.guest_client().await;
+    let infra = lab.infra_client();
+    let guest = lab.guest_client();
     let result = async {
         let management = json!({"upgradeType": "InPlace", "inPlace": {"maxUnavailable": 1}});
         node_pools(&infra)
@@ -443,7 +443,7 @@ async fn in_place_upgrade_updates_nodes_one_at_a_time() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn version_skew_is_refused() -> anyhow::Result<()> {
     let (lab, manager, agent) = setup("0.1.0").await?;
-    let infra = lab.infra_client().await;
+    let infra = lab.infra_client();
     let result = async {
         let pools = node_pools(&infra);
         pools

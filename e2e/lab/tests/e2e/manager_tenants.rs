@@ -33,7 +33,7 @@ use kubevirt_infra::cdi::DataVolume;
 use kubevirt_infra::kubevirt::VirtualMachine;
 use kubevirt_lab::pod::{PodRun, RunningPod};
 use kubevirt_lab::{Lab, LabConfig, wait};
-use lab_apiserver::{ApiServer, ApiServerConfig};
+use lab_cluster::Cluster;
 use serde_json::json;
 
 const DRIVER: &str = "csi.kubevirt.io";
@@ -43,7 +43,7 @@ const EXTERNAL_NAMESPACE: &str = "tenant-c";
 /// One hosted cluster and what runs for it.
 struct Tenant {
     name: String,
-    guest: ApiServer,
+    guest: Cluster,
     /// Client of the cluster its VMs and volumes live in.
     infra: Client,
     infra_namespace: String,
@@ -61,8 +61,8 @@ impl Tenant {
         format!("{}/{}", self.infra_namespace, self.node)
     }
 
-    async fn guest_client(&self) -> Client {
-        self.guest.client().await
+    fn guest_client(&self) -> Client {
+        self.guest.client()
     }
 
     async fn stop(&mut self) {
@@ -132,7 +132,7 @@ async fn three_hosted_clusters_run_from_the_managers_config_without_crosstalk() 
         ..LabConfig::default()
     })
     .await?;
-    let mut manager = start_manager(&lab, &[])?;
+    let mut manager = start_manager(&lab, &[]).await?;
     let mut tenants = Vec::new();
     let result = scenario(&lab, &external, &mut tenants).await;
     let logs: Vec<String> = tenants.iter().map(Tenant::logs).collect();
@@ -152,8 +152,8 @@ async fn three_hosted_clusters_run_from_the_managers_config_without_crosstalk() 
 }
 
 async fn scenario(lab: &Lab, external: &Lab, tenants: &mut Vec<Tenant>) -> anyhow::Result<()> {
-    let management = lab.infra_client().await;
-    let ext = external.infra_client().await;
+    let management = lab.infra_client();
+    let ext = external.infra_client();
     ensure_namespace(&ext, EXTERNAL_NAMESPACE).await?;
     let credentials = Secret {
         metadata: ObjectMeta {
@@ -179,11 +179,7 @@ async fn scenario(lab: &Lab, external: &Lab, tenants: &mut Vec<Tenant>) -> anyho
     // The hosted clusters, their pools and the agents that register nodes.
     let mut agents = Vec::new();
     for name in ["a", "b", "c"] {
-        let guest = ApiServer::start(ApiServerConfig {
-            name: format!("guest-{name}"),
-            ..ApiServerConfig::default()
-        })
-        .await?;
+        let guest = lab.add_cluster(&format!("guest-{name}")).await?;
         let (platform, infra, infra_namespace) = if name == "c" {
             (
                 json!({"credentials": {
@@ -204,7 +200,7 @@ async fn scenario(lab: &Lab, external: &Lab, tenants: &mut Vec<Tenant>) -> anyho
             .await?;
         agents.push(NodeAgent::start(
             infra.clone(),
-            guest.client().await,
+            guest.client(),
             &infra_namespace,
             &format!("{name}-id"),
             Duration::ZERO,
@@ -223,7 +219,7 @@ async fn scenario(lab: &Lab, external: &Lab, tenants: &mut Vec<Tenant>) -> anyho
 
     for t in tenants.iter_mut() {
         until_available(lab, &t.name).await?;
-        let nodes: Api<Node> = Api::all(t.guest_client().await);
+        let nodes: Api<Node> = Api::all(t.guest_client());
         t.node = until_list(
             &nodes,
             "",
@@ -250,7 +246,7 @@ async fn scenario(lab: &Lab, external: &Lab, tenants: &mut Vec<Tenant>) -> anyho
 /// Deployments, and the CSI sidecar stand-ins in front of the controller.
 async fn start_daemons(lab: &Lab, t: &mut Tenant) -> anyhow::Result<()> {
     let cp = format!("clusters-{}", t.name);
-    let deployments: Api<Deployment> = Api::namespaced(lab.infra_client().await, &cp);
+    let deployments: Api<Deployment> = Api::namespaced(lab.infra_client(), &cp);
     let csi = deployments.get("kubevirt-csi-controller").await?;
     let ccm = deployments.get("kubevirt-cloud-controller-manager").await?;
     let controller = PodRun {
@@ -281,11 +277,11 @@ async fn start_daemons(lab: &Lab, t: &mut Tenant) -> anyhow::Result<()> {
     wait::file_exists(&socket, true, WAIT).await?;
     t.sidecars = Some(tokio::spawn(lab_guest::run_all(
         lab_guest::connect_lazy(&socket),
-        t.guest_client().await,
+        t.guest_client(),
         lab_guest::SidecarConfig::default(),
     )));
     // What the node plugin registers on the node (not run here).
-    csi_node(&t.guest_client().await, &t.node, &t.node_id()).await
+    csi_node(&t.guest_client(), &t.node, &t.node_id()).await
 }
 
 async fn csi_node(guest: &Client, node: &str, node_id: &str) -> anyhow::Result<()> {
@@ -301,7 +297,7 @@ async fn csi_node(guest: &Client, node: &str, node_id: &str) -> anyhow::Result<(
 }
 
 async fn volume_is_bound_and_attached(t: &Tenant) -> anyhow::Result<()> {
-    let guest = t.guest_client().await;
+    let guest = t.guest_client();
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(guest.clone(), "default");
     let claim: PersistentVolumeClaim = serde_json::from_value(json!({
         "apiVersion": "v1", "kind": "PersistentVolumeClaim",
@@ -375,7 +371,7 @@ fn attachment(name: &str, pv: &str, node: &str) -> anyhow::Result<VolumeAttachme
 }
 
 async fn load_balancer_gets_an_address(t: &Tenant) -> anyhow::Result<()> {
-    let services: Api<Service> = Api::namespaced(t.guest_client().await, "default");
+    let services: Api<Service> = Api::namespaced(t.guest_client(), "default");
     let svc: Service = serde_json::from_value(json!({
         "apiVersion": "v1", "kind": "Service",
         "metadata": {"name": "web"},
@@ -425,7 +421,7 @@ async fn load_balancer_gets_an_address(t: &Tenant) -> anyhow::Result<()> {
 /// A VolumeAttachment in a's guest naming b's VM (as a forged CSINode
 /// would) is refused by a's controller, and b's VM carries nothing of a.
 async fn a_controller_refuses_another_clusters_vm(a: &Tenant, b: &Tenant) -> anyhow::Result<()> {
-    let guest = a.guest_client().await;
+    let guest = a.guest_client();
     csi_node(&guest, "intruder", &b.node_id()).await?;
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(guest.clone(), "default");
     let pv = claims
@@ -477,7 +473,7 @@ async fn deleting_the_external_cluster_leaves_nothing(
         .find(|t| t.name == "c")
         .context("no tenant c")?;
     c.stop().await;
-    let hcs = hosted_clusters(&lab.infra_client().await);
+    let hcs = hosted_clusters(&lab.infra_client());
     hcs.delete("c", &Default::default()).await?;
     until_dynamic(&hcs, "c", "HostedCluster c deleted", |hc| {
         hc.is_none().then_some(())

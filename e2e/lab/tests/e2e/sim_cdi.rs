@@ -91,7 +91,7 @@ fn write_at(path: &PathBuf, offset: u64, data: &[u8]) -> anyhow::Result<()> {
 #[tokio::test]
 async fn blank_data_volume_binds_a_sparse_file_and_deletion_cleans_up() -> anyhow::Result<()> {
     let lab = lab().await?;
-    let client = lab.infra_client().await;
+    let client = lab.infra_client();
     let ns = lab.infra_namespace.clone();
     let dv = create_succeeded(
         &client,
@@ -183,7 +183,7 @@ async fn blank_data_volume_binds_a_sparse_file_and_deletion_cleans_up() -> anyho
 #[tokio::test]
 async fn clone_and_snapshot_sources_copy_the_data() -> anyhow::Result<()> {
     let lab = lab().await?;
-    let client = lab.infra_client().await;
+    let client = lab.infra_client();
     let ns = lab.infra_namespace.clone();
     let size = json!({"resources": {"requests": {"storage": "32Mi"}}});
     create_succeeded(
@@ -249,7 +249,7 @@ async fn clone_and_snapshot_sources_copy_the_data() -> anyhow::Result<()> {
 #[tokio::test]
 async fn claims_grow_through_the_claim_and_the_data_volume() -> anyhow::Result<()> {
     let lab = lab().await?;
-    let client = lab.infra_client().await;
+    let client = lab.infra_client();
     let ns = lab.infra_namespace.clone();
     create_succeeded(
         &client,
@@ -306,7 +306,7 @@ async fn claims_grow_through_the_claim_and_the_data_volume() -> anyhow::Result<(
 #[tokio::test]
 async fn a_missing_storage_class_keeps_the_data_volume_pending() -> anyhow::Result<()> {
     let lab = lab().await?;
-    let client = lab.infra_client().await;
+    let client = lab.infra_client();
     let ns = lab.infra_namespace.clone();
     let dvs: Api<DataVolume> = Api::namespaced(client.clone(), &ns);
     let spec = json!({"source": {"blank": {}},

@@ -116,7 +116,7 @@ async fn hotplug_ready(
 #[tokio::test]
 async fn ready_volumes_are_loop_devices_behind_by_id_links() -> anyhow::Result<()> {
     let lab = lab().await?;
-    let client = lab.infra_client().await;
+    let client = lab.infra_client();
     let ns = lab.infra_namespace.clone();
     let vm = lab.nodes[0].clone();
     let by_id = lab.by_id_dir(&vm);
@@ -230,7 +230,7 @@ async fn ready_volumes_are_loop_devices_behind_by_id_links() -> anyhow::Result<(
 #[tokio::test]
 async fn stopping_the_vm_detaches_its_disks() -> anyhow::Result<()> {
     let lab = lab().await?;
-    let client = lab.infra_client().await;
+    let client = lab.infra_client();
     let ns = lab.infra_namespace.clone();
     let vm = lab.nodes[0].clone();
     let dv = create_dv(&client, &ns, "pvc-stop", "8Mi").await?;

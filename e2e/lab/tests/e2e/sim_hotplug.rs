@@ -85,7 +85,7 @@ async fn put_raw(client: &Client, path: &str, body: &str) -> Result<(), kube::Er
 #[tokio::test]
 async fn addvolume_walks_to_ready_and_removevolume_walks_back_out() -> anyhow::Result<()> {
     let lab = lab(Duration::ZERO).await?;
-    let client = lab.infra_client().await;
+    let client = lab.infra_client();
     let ns = &lab.infra_namespace;
     let vm = lab.nodes[0].clone();
     let dv = create_dv(&client, ns, "pvc-hot").await?;
@@ -196,7 +196,7 @@ async fn addvolume_walks_to_ready_and_removevolume_walks_back_out() -> anyhow::R
 #[tokio::test]
 async fn a_volume_waits_pending_for_its_data_volume() -> anyhow::Result<()> {
     let lab = lab(Duration::ZERO).await?;
-    let client = lab.infra_client().await;
+    let client = lab.infra_client();
     let ns = &lab.infra_namespace;
     let vm = lab.nodes[0].clone();
     let vmis: Api<VirtualMachineInstance> = Api::namespaced(client.clone(), ns);
@@ -230,7 +230,7 @@ async fn a_volume_waits_pending_for_its_data_volume() -> anyhow::Result<()> {
 #[tokio::test]
 async fn requests_are_validated_like_kubevirt() -> anyhow::Result<()> {
     let lab = lab(Duration::ZERO).await?;
-    let client = lab.infra_client().await;
+    let client = lab.infra_client();
     let ns = &lab.infra_namespace;
     let vm = lab.nodes[0].clone();
     create_dv(&client, ns, "pvc-v").await?;
@@ -357,7 +357,7 @@ async fn requests_are_validated_like_kubevirt() -> anyhow::Result<()> {
 #[tokio::test]
 async fn a_volume_on_the_vmi_only_is_added_and_removed_there() -> anyhow::Result<()> {
     let lab = lab(Duration::ZERO).await?;
-    let client = lab.infra_client().await;
+    let client = lab.infra_client();
     let ns = &lab.infra_namespace;
     let vm = lab.nodes[0].clone();
     create_dv(&client, ns, "pvc-vmi").await?;
@@ -403,7 +403,7 @@ async fn a_volume_on_the_vmi_only_is_added_and_removed_there() -> anyhow::Result
 async fn step_latency_spaces_the_phases() -> anyhow::Result<()> {
     let latency = Duration::from_millis(150);
     let lab = lab(latency).await?;
-    let client = lab.infra_client().await;
+    let client = lab.infra_client();
     let ns = &lab.infra_namespace;
     let vm = lab.nodes[0].clone();
     create_dv(&client, ns, "pvc-slow").await?;

@@ -29,7 +29,7 @@ async fn lab(vms: usize) -> anyhow::Result<Lab> {
 #[tokio::test]
 async fn workers_run_with_addresses_nodes_and_launcher_pods() -> anyhow::Result<()> {
     let lab = lab(3).await?;
-    let client = lab.infra_client().await;
+    let client = lab.infra_client();
     let ns = &lab.infra_namespace;
     let vmis: Api<VirtualMachineInstance> = Api::namespaced(client.clone(), ns);
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
@@ -126,7 +126,7 @@ async fn workers_run_with_addresses_nodes_and_launcher_pods() -> anyhow::Result<
 #[tokio::test]
 async fn halting_restarting_and_deleting_a_vm() -> anyhow::Result<()> {
     let lab = lab(1).await?;
-    let client = lab.infra_client().await;
+    let client = lab.infra_client();
     let ns = &lab.infra_namespace;
     let name = lab.nodes[0].clone();
     let vms: Api<VirtualMachine> = Api::namespaced(client.clone(), ns);
@@ -197,7 +197,7 @@ async fn halting_restarting_and_deleting_a_vm() -> anyhow::Result<()> {
 #[tokio::test]
 async fn a_deleted_launcher_pod_fails_the_vmi_and_always_restarts_it() -> anyhow::Result<()> {
     let lab = lab(1).await?;
-    let client = lab.infra_client().await;
+    let client = lab.infra_client();
     let ns = &lab.infra_namespace;
     let name = lab.nodes[0].clone();
     let vmis: Api<VirtualMachineInstance> = Api::namespaced(client.clone(), ns);

@@ -1,13 +1,15 @@
-//! The load-balancer allocator and the EndpointSlice controller through the
-//! infra API server: LoadBalancer Services get one address per IP family
-//! (the requested one when free), keep a reassigned address, release
-//! addresses on type change and deletion, and leave other classes alone;
-//! Services with a selector get slices of the Running pods they select.
+//! The load-balancer allocator through the infra API server: LoadBalancer
+//! Services get one address per IP family (the requested one when free),
+//! keep a reassigned address, release addresses on type change and
+//! deletion, and leave other classes alone. And the virt-launcher pods as
+//! kube-controller-manager's EndpointSlice controller sees them: Services
+//! selecting workers get slices of their Running, Ready launcher pods.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::Duration;
 
+use crate::common::until_list_within;
 use anyhow::{Context, ensure};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -46,7 +48,7 @@ async fn ingress(api: &Api<Service>, name: &str) -> anyhow::Result<Vec<IpAddr>> 
 #[tokio::test]
 async fn load_balancers_get_keep_and_release_addresses() -> anyhow::Result<()> {
     let lab = lab(0).await?;
-    let client = lab.infra_client().await;
+    let client = lab.infra_client();
     let ns = lab.infra_namespace.clone();
     let services: Api<Service> = Api::namespaced(client.clone(), &ns);
     let pp = PostParams::default();
@@ -157,7 +159,7 @@ async fn load_balancers_get_keep_and_release_addresses() -> anyhow::Result<()> {
 #[tokio::test]
 async fn endpoint_slices_follow_the_selected_pods() -> anyhow::Result<()> {
     let lab = lab(2).await?;
-    let client = lab.infra_client().await;
+    let client = lab.infra_client();
     let ns = lab.infra_namespace.clone();
     let services: Api<Service> = Api::namespaced(client.clone(), &ns);
     let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), &ns);
@@ -180,9 +182,17 @@ async fn endpoint_slices_follow_the_selected_pods() -> anyhow::Result<()> {
         )
         .await?;
 
-    let count =
-        |n: usize| move |s: Option<&EndpointSlice>| s.filter(|s| s.endpoints.len() == n).cloned();
-    let v4 = wait::until(&slices, "workers-ipv4", WAIT, count(2)).await?;
+    // kube-controller-manager names slices `<service>-<random>`: they are
+    // found by their Service label and address type.
+    let of_workers = "kubernetes.io/service-name=workers";
+    let family = |family: &'static str, n: usize| {
+        move |all: &[EndpointSlice]| {
+            all.iter()
+                .find(|s| s.address_type == family && s.endpoints.len() == n)
+                .cloned()
+        }
+    };
+    let v4 = until_list_within(&slices, of_workers, "IPv4 slice", WAIT, family("IPv4", 2)).await?;
     let vmis: Api<VirtualMachineInstance> = Api::namespaced(client.clone(), &ns);
     let mut want = Vec::new();
     for node in &lab.nodes {
@@ -236,8 +246,7 @@ async fn endpoint_slices_follow_the_selected_pods() -> anyhow::Result<()> {
             .iter()
             .any(|o| o.kind == "Service" && o.name == "workers")
     );
-    let v6 = wait::until(&slices, "workers-ipv6", WAIT, count(2)).await?;
-    ensure!(v6.address_type == "IPv6");
+    until_list_within(&slices, of_workers, "IPv6 slice", WAIT, family("IPv6", 2)).await?;
 
     // A stopped worker leaves the slice.
     let vms: Api<VirtualMachine> = Api::namespaced(client.clone(), &ns);
@@ -247,7 +256,14 @@ async fn endpoint_slices_follow_the_selected_pods() -> anyhow::Result<()> {
         &Patch::Merge(&json!({"spec": {"runStrategy": "Halted"}})),
     )
     .await?;
-    wait::until(&slices, "workers-ipv4", WAIT, count(1)).await?;
+    until_list_within(
+        &slices,
+        of_workers,
+        "IPv4 slice of one",
+        WAIT,
+        family("IPv4", 1),
+    )
+    .await?;
 
     let manual = slices
         .list(&ListParams::default().labels("kubernetes.io/service-name=manual"))

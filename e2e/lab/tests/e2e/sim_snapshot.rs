@@ -63,7 +63,7 @@ async fn snapshot(
 #[tokio::test]
 async fn snapshots_become_ready_and_go_with_their_content() -> anyhow::Result<()> {
     let lab = lab().await?;
-    let client = lab.infra_client().await;
+    let client = lab.infra_client();
     let ns = lab.infra_namespace.clone();
     create_dv(&client, &ns, "pvc-a").await?;
     snapshot(&client, &ns, "snap-a", "pvc-a", None).await?;
@@ -135,7 +135,7 @@ async fn snapshots_become_ready_and_go_with_their_content() -> anyhow::Result<()
 #[tokio::test]
 async fn snapshots_of_missing_claims_or_classes_report_errors() -> anyhow::Result<()> {
     let lab = lab().await?;
-    let client = lab.infra_client().await;
+    let client = lab.infra_client();
     let ns = lab.infra_namespace.clone();
     let snapshots: Api<VolumeSnapshot> = Api::namespaced(client.clone(), &ns);
     let error = |s: Option<&VolumeSnapshot>| {

@@ -26,7 +26,7 @@ async fn infra_objects_go_with_the_claim() -> anyhow::Result<()> {
 
 async fn scenario(s: &Storage) -> anyhow::Result<()> {
     let node = s.lab.nodes[0].clone();
-    let infra = s.lab.infra_client().await;
+    let infra = s.lab.infra_client();
     let ns = &s.lab.infra_namespace;
     let dvs: Api<DataVolume> = Api::namespaced(infra.clone(), ns);
     let infra_pvcs: Api<PersistentVolumeClaim> = Api::namespaced(infra.clone(), ns);

@@ -84,7 +84,7 @@ async fn scenario(s: &Storage) -> anyhow::Result<()> {
     }
 
     try_join_all(pods.iter().map(|(_, claim, _)| s.delete_claim(claim))).await?;
-    let infra = s.lab.infra_client().await;
+    let infra = s.lab.infra_client();
     let dvs: kube::Api<DataVolume> = kube::Api::namespaced(infra, &s.lab.infra_namespace);
     let left = dvs
         .list(&ListParams::default())

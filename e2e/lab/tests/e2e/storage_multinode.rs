@@ -31,7 +31,7 @@ async fn block_volume_shared_by_two_nodes() -> anyhow::Result<()> {
             let on_b = s.run_pod("on-b", &b, &["shared"]).await?;
 
             let vmis: Api<VirtualMachineInstance> =
-                Api::namespaced(s.lab.infra_client().await, &s.lab.infra_namespace);
+                Api::namespaced(s.lab.infra_client(), &s.lab.infra_namespace);
             for node in [&a, &b] {
                 assert!(
                     vmis.get(node)
@@ -92,7 +92,7 @@ async fn multi_node_filesystem_is_refused() -> anyhow::Result<()> {
                 Some("Bound")
             );
 
-            let infra = s.lab.infra_client().await;
+            let infra = s.lab.infra_client();
             let dvs: Api<DataVolume> = Api::namespaced(infra.clone(), &s.lab.infra_namespace);
             let infra_pvcs: Api<PersistentVolumeClaim> =
                 Api::namespaced(infra, &s.lab.infra_namespace);

@@ -123,9 +123,13 @@ async fn vanished_pod_scenario(s: &mut Storage) -> anyhow::Result<()> {
     let pod = s.run_pod("lost", &node, &["data"]).await?;
     write_file(&pod.volume("data")?.join("f"), b"x")?;
 
-    // The pod goes while the node's kubelet is down, its finalizer removed by hand.
+    // The pod goes while the node's kubelet is down: its finalizer removed
+    // and the pod force-deleted by hand (`kubectl delete --force
+    // --grace-period=0`), since no kubelet confirms its deletion.
     s.stop_kubelet(&node).await?;
-    s.pods().delete("lost", &DeleteParams::default()).await?;
+    s.pods()
+        .delete("lost", &DeleteParams::default().grace_period(0))
+        .await?;
     s.pods()
         .patch(
             "lost",

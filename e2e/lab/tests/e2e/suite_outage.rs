@@ -57,8 +57,8 @@ fn object<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> anyhow::Resul
 }
 
 async fn scenario(lab: &Lab) -> anyhow::Result<()> {
-    let guest = lab.guest_client().await;
-    let infra = lab.infra_client().await;
+    let guest = lab.guest_client();
+    let infra = lab.infra_client();
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(guest.clone(), NS);
     let pods: Api<Pod> = Api::namespaced(guest.clone(), NS);
     let services: Api<Service> = Api::namespaced(guest.clone(), NS);
@@ -99,7 +99,7 @@ async fn scenario(lab: &Lab) -> anyhow::Result<()> {
             .await?;
         uids.push(svc.uid().unwrap_or_default());
     }
-    lab.infra.faults().outage(OUTAGE);
+    lab.infra.outage(OUTAGE);
     lab.guest.faults().drop_watches();
 
     // Everything completes once the infra API is back.

@@ -1,7 +1,9 @@
 //! Shared pieces of the cloud controller manager end-to-end tests: a lab
 //! without loop devices, the `kubevirt-cloud-controller-manager` binary
-//! started as a real process with its own identity (user `ccm-<tenant>` on
-//! both API servers, so its requests can be counted), and waits that watch
+//! started as a real process as the ServiceAccounts and with the RBAC of
+//! `manifests/cloud-provider` (infra side: one per tenant, with a name
+//! suffix; guest side: `kube-system/cloud-controller-manager`), so its
+//! requests can be counted and a missing rule fails, and waits that watch
 //! rather than poll.
 //!
 //! The binary must be built first:
@@ -17,8 +19,9 @@ use anyhow::Context as _;
 use kube::Resource;
 use kube::api::Api;
 use kubevirt_lab::daemon::{self, Daemon};
+use kubevirt_lab::identity::{self, Overlay};
 use kubevirt_lab::{Lab, LabConfig};
-use lab_apiserver::ApiServer;
+use lab_cluster::Cluster;
 use serde::de::DeserializeOwned;
 
 pub const BINARY: &str = "kubevirt-cloud-controller-manager";
@@ -53,7 +56,7 @@ pub async fn lab(vms: usize, cluster: &str) -> anyhow::Result<Lab> {
 /// The tenant one CCM serves.
 pub struct Tenant<'a> {
     pub cluster: String,
-    pub guest: &'a ApiServer,
+    pub guest: &'a Cluster,
     pub infra_namespace: String,
     pub infra_labels: BTreeMap<String, String>,
 }
@@ -69,9 +72,28 @@ impl<'a> Tenant<'a> {
         }
     }
 
-    /// The user name the CCM authenticates as on both API servers.
-    pub fn user(&self) -> String {
-        format!("ccm-{}", self.cluster)
+    /// The infra overlay of the CCM's manifests for this tenant.
+    fn infra_overlay(&self) -> Overlay {
+        Overlay::namespace(&self.infra_namespace).suffixed(&format!("-{}", self.cluster))
+    }
+
+    /// The user the CCM authenticates as on the infra cluster.
+    pub fn infra_user(&self) -> String {
+        format!(
+            "system:serviceaccount:{}:{}-{}",
+            self.infra_namespace,
+            identity::CCM_ACCOUNT,
+            self.cluster
+        )
+    }
+
+    /// The user the CCM authenticates as on its guest cluster.
+    pub fn guest_user(&self) -> String {
+        format!(
+            "system:serviceaccount:{}:{}",
+            identity::CCM_GUEST_NAMESPACE,
+            identity::CCM_ACCOUNT
+        )
     }
 }
 
@@ -99,21 +121,39 @@ impl Default for CcmOptions {
 }
 
 /// Writes the CCM's kubeconfigs and cloud config and starts it.
-pub fn start_ccm(lab: &Lab, tenant: &Tenant<'_>, opts: &CcmOptions) -> anyhow::Result<Daemon> {
-    let user = tenant.user();
-    let token = format!("{user}-token");
-    lab.infra.add_token(&token, &user, &[]);
-    tenant.guest.add_token(&token, &user, &[]);
-    let dir = lab.dir.join(&user);
+pub async fn start_ccm(
+    lab: &Lab,
+    tenant: &Tenant<'_>,
+    opts: &CcmOptions,
+) -> anyhow::Result<Daemon> {
+    let infra = identity::service_account(
+        &lab.infra,
+        &identity::CCM_INFRA,
+        &tenant.infra_overlay(),
+        identity::CCM_ACCOUNT,
+    )
+    .await?;
+    let guest = identity::service_account(
+        tenant.guest,
+        &identity::CCM_GUEST,
+        &Overlay::default(),
+        identity::CCM_ACCOUNT,
+    )
+    .await?;
+    let dir = lab.dir.join(format!("ccm-{}", tenant.cluster));
     std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
     let infra_kubeconfig = dir.join("infra.kubeconfig");
     let guest_kubeconfig = dir.join("guest.kubeconfig");
     lab.infra
-        .write_kubeconfig(&infra_kubeconfig, &token, Some(&tenant.infra_namespace))
+        .write_kubeconfig(
+            &infra_kubeconfig,
+            &infra.token,
+            Some(&tenant.infra_namespace),
+        )
         .context("write infra kubeconfig")?;
     tenant
         .guest
-        .write_kubeconfig(&guest_kubeconfig, &token, Some("default"))
+        .write_kubeconfig(&guest_kubeconfig, &guest.token, Some("default"))
         .context("write guest kubeconfig")?;
     let labels: String = tenant
         .infra_labels

@@ -1,7 +1,8 @@
 //! Shared pieces of the CSI driver end-to-end tests: a lab without loop
 //! devices, the `kubevirt-csi-driver` binary started as a real process (its
-//! controller service, with its own identity on the infra API server so its
-//! requests can be counted), a gRPC channel to its unix socket, and request
+//! controller service, as the ServiceAccount and with the Role of
+//! `manifests/csi-driver/infra`, so its requests can be counted and a
+//! missing rule fails), a gRPC channel to its unix socket, and request
 //! builders. Waits watch (objects, the socket file); none polls.
 //!
 //! The binary must be built first: `cargo build -p kubevirt-csi-driver`.
@@ -22,6 +23,7 @@ use kubevirt_csi_proto::v1::{
     CapacityRange, CreateVolumeRequest, ListVolumesRequest, VolumeCapability,
 };
 use kubevirt_lab::daemon::{self, Daemon};
+use kubevirt_lab::identity::{self, Overlay};
 use kubevirt_lab::{Lab, LabConfig, wait};
 use tonic::transport::Channel;
 
@@ -100,14 +102,21 @@ pub async fn start_driver_for(
     labels: &BTreeMap<String, String>,
     opts: DriverOptions,
 ) -> anyhow::Result<Driver> {
-    let user = format!("csi-{name}");
-    let token = format!("{user}-token");
-    lab.infra.add_token(&token, &user, &[]);
-    let dir = lab.dir.join(&user);
+    // The infra ServiceAccount and Role of manifests/csi-driver/infra, one
+    // per tenant (a name suffix) since tenants may share a namespace.
+    let me = identity::service_account(
+        &lab.infra,
+        &identity::CSI_INFRA,
+        &Overlay::namespace(namespace).suffixed(&format!("-{name}")),
+        identity::CSI_INFRA_ACCOUNT,
+    )
+    .await?;
+    let user = me.user.clone();
+    let dir = lab.dir.join(format!("csi-{name}"));
     std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
     let kubeconfig = dir.join("infra.kubeconfig");
     lab.infra
-        .write_kubeconfig(&kubeconfig, &token, Some(namespace))
+        .write_kubeconfig(&kubeconfig, &me.token, Some(namespace))
         .context("write infra kubeconfig")?;
     let socket = dir.join("csi/csi.sock");
     let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();

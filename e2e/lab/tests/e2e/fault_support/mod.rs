@@ -275,7 +275,7 @@ pub async fn assert_nothing_left(
     names: &[String],
     timeout: Duration,
 ) -> anyhow::Result<()> {
-    let infra = lab.infra_client().await;
+    let infra = lab.infra_client();
     let ns = &lab.infra_namespace;
     let dvs: Api<DataVolume> = Api::namespaced(infra.clone(), ns);
     for name in names {

@@ -10,15 +10,16 @@
 
 #![allow(dead_code)]
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Debug;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Node, NodeCondition, NodeSpec, NodeStatus};
+use k8s_openapi::api::core::v1::{Node, NodeCondition, NodeSpec, NodeStatus, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::core::DynamicObject;
 use kube::runtime::watcher::{self, Event};
 use kube::{Client, Resource, ResourceExt};
@@ -26,14 +27,14 @@ use kubevirt_infra::kubevirt::{VirtualMachine, VirtualMachineInstance};
 use kubevirt_lab::daemon::Daemon;
 use kubevirt_lab::hcp;
 use kubevirt_lab::{Lab, LabConfig};
-use lab_apiserver::ApiServer;
+use lab_cluster::Cluster;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 
 pub use kubevirt_lab::hcp::{
-    BINARY, MANAGER_NAMESPACE, NS, USER, ensure_namespace, hosted_cluster, hosted_clusters,
-    install_crds, is_true, node_pools,
+    BINARY, GUEST_USER, MANAGER_NAMESPACE, NS, USER, ensure_namespace, hosted_cluster,
+    hosted_clusters, install_crds, is_true, node_pools,
 };
 /// Upper bound of every wait in these tests.
 pub const WAIT: Duration = Duration::from_secs(60);
@@ -52,51 +53,39 @@ pub async fn lab() -> anyhow::Result<Lab> {
         ..LabConfig::default()
     };
     let lab = crate::common::start_lab_for(BINARY, "kubevirt-hcp-manager", cfg).await?;
-    install_crds(&lab.infra_client().await).await?;
-    ensure_namespace(&lab.infra_client().await, MANAGER_NAMESPACE).await?;
-    ensure_namespace(&lab.infra_client().await, NS).await?;
+    install_crds(&lab.infra_client()).await?;
+    ensure_namespace(&lab.infra_client(), MANAGER_NAMESPACE).await?;
+    ensure_namespace(&lab.infra_client(), NS).await?;
     Ok(lab)
 }
 
 /// Starts the manager against the lab's infra cluster (the management
 /// cluster here), with `extra` flags.
-pub fn start_manager(lab: &Lab, extra: &[&str]) -> anyhow::Result<Daemon> {
-    start_manager_as(lab, extra, "hcp-manager.log")
+pub async fn start_manager(lab: &Lab, extra: &[&str]) -> anyhow::Result<Daemon> {
+    start_manager_as(lab, extra, "hcp-manager.log").await
 }
 
 /// [`start_manager`] logging to `log` under the lab directory.
-pub fn start_manager_as(lab: &Lab, extra: &[&str], log: &str) -> anyhow::Result<Daemon> {
+pub async fn start_manager_as(lab: &Lab, extra: &[&str], log: &str) -> anyhow::Result<Daemon> {
     let mut args = vec!["--supported-versions=0.1,0.2"];
     args.extend_from_slice(extra);
-    Ok(hcp::start_manager(
-        lab,
-        &args,
-        "info,kube=warn",
-        &lab.dir.join(log),
-    )?)
+    Ok(hcp::start_manager(lab, &args, "info,kube=warn", &lab.dir.join(log)).await?)
 }
 
 /// The guest kubeconfig Secret `name` of a hosted cluster on `guest`.
-pub async fn guest_kubeconfig_secret(
-    lab: &Lab,
-    guest: &ApiServer,
-    name: &str,
-) -> anyhow::Result<()> {
-    Ok(hcp::guest_kubeconfig_secret(&lab.infra_client().await, guest, name).await?)
+pub async fn guest_kubeconfig_secret(lab: &Lab, guest: &Cluster, name: &str) -> anyhow::Result<()> {
+    Ok(hcp::guest_kubeconfig_secret(&lab.infra_client(), guest, name).await?)
 }
 
 /// Creates the guest kubeconfig Secret and the HostedCluster.
 pub async fn create_hosted_cluster(
     lab: &Lab,
-    guest: &ApiServer,
+    guest: &Cluster,
     name: &str,
     version: &str,
     platform: Value,
 ) -> anyhow::Result<()> {
-    Ok(
-        hcp::create_hosted_cluster(&lab.infra_client().await, guest, name, version, platform)
-            .await?,
-    )
+    Ok(hcp::create_hosted_cluster(&lab.infra_client(), guest, name, version, platform).await?)
 }
 
 /// A NodePool of cluster `cluster`.
@@ -139,9 +128,10 @@ pub fn condition(obj: &DynamicObject, type_: &str) -> Option<(String, String)> {
         })
 }
 
-/// Writes by the manager on `server` (create, update, patch, delete).
-pub fn writes(server: &ApiServer) -> u64 {
-    server.counters().writes_by(USER)
+/// Writes by the manager on guest cluster `server` (create, update,
+/// patch, delete).
+pub fn writes(server: &Cluster) -> u64 {
+    server.counters().writes_by(GUEST_USER)
 }
 
 /// Waits until `check` accepts the named object (or its absence).
@@ -215,7 +205,7 @@ where
 
 /// Waits until the HostedCluster is Available.
 pub async fn until_available(lab: &Lab, name: &str) -> anyhow::Result<DynamicObject> {
-    let api = hosted_clusters(&lab.infra_client().await);
+    let api = hosted_clusters(&lab.infra_client());
     until_dynamic(
         &api,
         name,
@@ -266,7 +256,9 @@ fn ready_node(name: &str, version: Option<&str>) -> Node {
 
 /// Plays kubelet and the in-place update agent of every VM of `infra_id`:
 /// a Running VMI registers its guest Node (Ready, `current-version` = the
-/// VM's version annotation, after `boot`); a Node asked for another version
+/// VM's version annotation, after `boot`); a pod on one of those Nodes that
+/// is being deleted (evicted by a drain, say) is stopped and its deletion
+/// confirmed (grace period 0); a Node asked for another version
 /// (`desired-version`) reports it after `update`. Stops when dropped.
 pub struct NodeAgent {
     tasks: Vec<JoinHandle<()>>,
@@ -299,8 +291,11 @@ impl NodeAgent {
     ) -> Self {
         let vmis: Api<VirtualMachineInstance> = Api::namespaced(infra.clone(), infra_namespace);
         let vms: Api<VirtualMachine> = Api::namespaced(infra, infra_namespace);
-        let nodes: Api<Node> = Api::all(guest);
+        let pods: Api<Pod> = Api::all(guest.clone());
+        let nodes: Api<Node> = Api::all(guest.clone());
         let selector = format!("{INFRA_ID_LABEL}={infra_id}");
+        let registered = Arc::new(Mutex::new(BTreeSet::<String>::new()));
+        let mine = registered.clone();
         let register_nodes = nodes.clone();
         let register = tokio::spawn(async move {
             let mut events = std::pin::pin!(watcher::watcher(
@@ -324,6 +319,9 @@ impl NodeAgent {
                         .and_then(|mut a| a.remove(VERSION_ANNOTATION))
                 });
                 let nodes = register_nodes.clone();
+                if let Ok(mut names) = mine.lock() {
+                    names.insert(name.clone());
+                }
                 tokio::spawn(async move {
                     tokio::time::sleep(boot).await;
                     let node = ready_node(&name, version.as_deref());
@@ -371,8 +369,35 @@ impl NodeAgent {
                 });
             }
         });
+        let kubelet = tokio::spawn(async move {
+            let mut events = std::pin::pin!(watcher::watcher(pods, watcher::Config::default()));
+            while let Some(event) = events.next().await {
+                let Ok(Event::Apply(pod) | Event::InitApply(pod)) = event else {
+                    continue;
+                };
+                let on_mine = pod
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.node_name.as_ref())
+                    .is_some_and(|n| registered.lock().is_ok_and(|names| names.contains(n)));
+                if !on_mine || pod.metadata.deletion_timestamp.is_none() {
+                    continue;
+                }
+                let api: Api<Pod> =
+                    Api::namespaced(guest.clone(), &pod.namespace().unwrap_or_default());
+                let params = DeleteParams {
+                    grace_period_seconds: Some(0),
+                    preconditions: Some(Preconditions {
+                        uid: pod.uid(),
+                        resource_version: None,
+                    }),
+                    ..DeleteParams::default()
+                };
+                let _ = api.delete(&pod.name_any(), &params).await;
+            }
+        });
         Self {
-            tasks: vec![register, agent],
+            tasks: vec![register, agent, kubelet],
         }
     }
 }

@@ -227,7 +227,7 @@ impl Storage {
             },
         )
         .await?;
-        let client = lab.guest_client().await;
+        let client = lab.guest_client();
         lab_guest::crds::install(&client, WAIT).await?;
         create_classes(&client).await?;
 
