@@ -346,20 +346,14 @@ impl Cluster {
         let client = self.client();
         ensure_namespace(&client, namespace).await?;
         let accounts: Api<ServiceAccount> = Api::namespaced(client, namespace);
-        if accounts.get_opt(name).await?.is_none() {
-            let sa = ServiceAccount {
-                metadata: ObjectMeta {
-                    name: Some(name.to_string()),
-                    ..ObjectMeta::default()
-                },
-                ..ServiceAccount::default()
-            };
-            match accounts.create(&PostParams::default(), &sa).await {
-                Ok(_) => {}
-                Err(kube::Error::Api(e)) if e.code == 409 => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
+        let account = ServiceAccount {
+            metadata: ObjectMeta {
+                name: Some(name.to_string()),
+                ..ObjectMeta::default()
+            },
+            ..ServiceAccount::default()
+        };
+        create_unless_present(&accounts, name, &account).await?;
         let request = TokenRequest {
             spec: TokenRequestSpec {
                 audiences: Vec::new(),
@@ -733,10 +727,6 @@ async fn client(kubeconfig_yaml: &str) -> Result<kube::Client, Error> {
 
 /// Creates namespace `name` unless it exists.
 pub async fn ensure_namespace(client: &kube::Client, name: &str) -> Result<(), Error> {
-    let api: Api<Namespace> = Api::all(client.clone());
-    if api.get_opt(name).await?.is_some() {
-        return Ok(());
-    }
     let ns = Namespace {
         metadata: ObjectMeta {
             name: Some(name.to_string()),
@@ -744,7 +734,19 @@ pub async fn ensure_namespace(client: &kube::Client, name: &str) -> Result<(), E
         },
         ..Namespace::default()
     };
-    match api.create(&PostParams::default(), &ns).await {
+    create_unless_present(&Api::all(client.clone()), name, &ns).await
+}
+
+/// Creates `object` (named `name`) through `api` unless it exists; someone
+/// creating it meanwhile is fine too.
+async fn create_unless_present<K>(api: &Api<K>, name: &str, object: &K) -> Result<(), Error>
+where
+    K: kube::Resource + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    if api.get_opt(name).await?.is_some() {
+        return Ok(());
+    }
+    match api.create(&PostParams::default(), object).await {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
         Err(e) => Err(e.into()),

@@ -133,6 +133,28 @@ pub async fn service_account(
     })
 }
 
+/// The CSI controller's identities in `lab`: ServiceAccount
+/// `kubevirt-csi` with its Role in the tenant's infra namespace
+/// (manifests/csi-driver/infra), and the guest ServiceAccount of its
+/// sidecars (manifests/csi-driver/tenant/controller-rbac.yaml).
+pub async fn csi_controller(lab: &crate::Lab) -> Result<(Identity, Identity), LabError> {
+    let infra = service_account(
+        &lab.infra,
+        &CSI_INFRA,
+        &Overlay::namespace(&lab.infra_namespace),
+        CSI_INFRA_ACCOUNT,
+    )
+    .await?;
+    let guest = service_account(
+        &lab.guest,
+        &CSI_TENANT_CONTROLLER,
+        &Overlay::default(),
+        CSI_TENANT_CONTROLLER_ACCOUNT,
+    )
+    .await?;
+    Ok((infra, guest))
+}
+
 /// Applies `manifests` with `overlay` (server-side apply, namespaces created
 /// when missing).
 pub async fn install(

@@ -107,20 +107,7 @@ impl Suite {
         lab_guest::crds::install(&guest, STARTUP).await?;
         create_guest_classes(&guest).await?;
 
-        let infra_identity = identity::service_account(
-            &lab.infra,
-            &identity::CSI_INFRA,
-            &Overlay::namespace(&lab.infra_namespace),
-            identity::CSI_INFRA_ACCOUNT,
-        )
-        .await?;
-        let guest_identity = identity::service_account(
-            &lab.guest,
-            &identity::CSI_TENANT_CONTROLLER,
-            &Overlay::default(),
-            identity::CSI_TENANT_CONTROLLER_ACCOUNT,
-        )
-        .await?;
+        let (infra_identity, guest_identity) = identity::csi_controller(lab).await?;
         let (infra_kubeconfig, guest_kubeconfig) =
             kubeconfigs(lab, "csi-controller", &infra_identity, &guest_identity)?;
         let socket = lab.dir.join("csi-controller").join("csi.sock");

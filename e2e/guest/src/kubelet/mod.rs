@@ -54,6 +54,7 @@ pub use finalizer::FINALIZER;
 pub use node::GuestNode;
 pub use paths::{attachment_name, staging_path, volume_path};
 pub use plugin::Plugin;
+pub use reconcile::confirm_deletion;
 
 use reconcile::Context;
 

@@ -415,8 +415,8 @@ async fn delete_attachment(ctx: &Context, name: &str) -> Result<(), Error> {
 }
 
 /// Lets the pod go: removes the finalizer, then finishes the graceful
-/// deletion as kubelet does (a delete with grace period 0, for this pod's
-/// uid only), in case the server still holds the pod for its grace period.
+/// deletion as kubelet does ([`confirm_deletion`]), in case the server
+/// still holds the pod for its grace period.
 async fn release(api: &Api<Pod>, pod: &Pod) -> Result<(), Error> {
     let name = pod.name_any();
     if let Some(patch) = finalizer::remove(pod.finalizers(), FINALIZER) {
@@ -427,6 +427,15 @@ async fn release(api: &Api<Pod>, pod: &Pod) -> Result<(), Error> {
         )
         .map_err(|e| Error::Finalizer(e.to_string()))?;
     }
+    confirm_deletion(api, pod)
+        .await
+        .map_err(|e| Error::Finalizer(format!("deleting pod {name}: {e}")))
+}
+
+/// Kubelet's end of a graceful deletion: the pod's containers are stopped,
+/// so it is deleted with grace period 0, for this pod's uid only (a new pod
+/// of the same name is left alone).
+pub async fn confirm_deletion(api: &Api<Pod>, pod: &Pod) -> Result<(), kube::Error> {
     let params = DeleteParams {
         grace_period_seconds: Some(0),
         preconditions: Some(Preconditions {
@@ -435,11 +444,10 @@ async fn release(api: &Api<Pod>, pod: &Pod) -> Result<(), Error> {
         }),
         ..DeleteParams::default()
     };
-    match api.delete(&name, &params).await {
-        Ok(_) => Ok(()),
+    match api.delete(&pod.name_any(), &params).await {
         // Gone already, or a new pod of the same name.
         Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(()),
-        Err(e) => Err(Error::Finalizer(format!("deleting pod {name}: {e}"))),
+        other => other.map(|_| ()),
     }
 }
 

@@ -20,7 +20,7 @@ use k8s_openapi::api::storage::v1beta1::VolumeAttributesClass;
 use kube::api::{Api, PostParams};
 use kubevirt_infra::labels::selector_string;
 use kubevirt_lab::daemon::{self, Daemon};
-use kubevirt_lab::identity::{self, Overlay};
+use kubevirt_lab::identity;
 use kubevirt_lab::{Lab, LabConfig, wait};
 
 use crate::csi_support::{BINARY, INFRA_ID};
@@ -95,20 +95,7 @@ fn failures(output: &str) -> String {
 /// The driver with both services, as csi-sanity wants it, on the lab's
 /// only node, as the ServiceAccounts of its manifests on both clusters.
 async fn start_driver(lab: &Lab, dir: &Path) -> anyhow::Result<(Daemon, PathBuf)> {
-    let infra_identity = identity::service_account(
-        &lab.infra,
-        &identity::CSI_INFRA,
-        &Overlay::namespace(&lab.infra_namespace),
-        identity::CSI_INFRA_ACCOUNT,
-    )
-    .await?;
-    let guest_identity = identity::service_account(
-        &lab.guest,
-        &identity::CSI_TENANT_CONTROLLER,
-        &Overlay::default(),
-        identity::CSI_TENANT_CONTROLLER_ACCOUNT,
-    )
-    .await?;
+    let (infra_identity, guest_identity) = identity::csi_controller(lab).await?;
     let infra = dir.join("infra.kubeconfig");
     let guest = dir.join("guest.kubeconfig");
     lab.infra

@@ -19,7 +19,7 @@ use anyhow::{Context as _, bail};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, NodeCondition, NodeSpec, NodeStatus, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::core::DynamicObject;
 use kube::runtime::watcher::{self, Event};
 use kube::{Client, Resource, ResourceExt};
@@ -385,15 +385,7 @@ impl NodeAgent {
                 }
                 let api: Api<Pod> =
                     Api::namespaced(guest.clone(), &pod.namespace().unwrap_or_default());
-                let params = DeleteParams {
-                    grace_period_seconds: Some(0),
-                    preconditions: Some(Preconditions {
-                        uid: pod.uid(),
-                        resource_version: None,
-                    }),
-                    ..DeleteParams::default()
-                };
-                let _ = api.delete(&pod.name_any(), &params).await;
+                let _ = lab_guest::kubelet::confirm_deletion(&api, &pod).await;
             }
         });
         Self {
