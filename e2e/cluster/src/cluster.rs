@@ -492,17 +492,13 @@ impl Cluster {
     pub async fn restart_apiserver(&self) -> Result<(), Error> {
         let mut apiserver = self.inner.apiserver.lock().await;
         apiserver.start()?;
-        let probe = ReadyProbe::new(
+        ReadyProbe::new(
             &self.inner.apiserver_url,
             &self.inner.ca_pem,
             &self.admin_token(),
-        )?;
-        apiserver
-            .ready(APISERVER_READY, || {
-                let probe = probe.clone();
-                async move { probe.ready().await }
-            })
-            .await
+        )?
+        .wait(&mut apiserver)
+        .await
     }
 
     /// An outage of `duration`, in the background: kube-apiserver is killed
@@ -556,12 +552,8 @@ async fn start_apiserver(
         let url = format!("https://127.0.0.1:{port}");
         let args = apiserver_args(cfg, etcd, pki, token_file, policy, audit_log, port);
         let mut process = Process::spawn("kube-apiserver", &binaries.kube_apiserver, args, &log)?;
-        let probe = ReadyProbe::new(&url, ca_pem, admin_token)?;
-        let ready = process
-            .ready(APISERVER_READY, || {
-                let probe = probe.clone();
-                async move { probe.ready().await }
-            })
+        let ready = ReadyProbe::new(&url, ca_pem, admin_token)?
+            .wait(&mut process)
             .await;
         match ready {
             Ok(()) => return Ok((process, url)),
@@ -696,6 +688,16 @@ impl ReadyProbe {
             url: format!("{url}/readyz"),
             token: token.to_string(),
         })
+    }
+
+    /// Waits until kube-apiserver `process` is ready (or exits).
+    async fn wait(&self, process: &mut Process) -> Result<(), Error> {
+        process
+            .ready(APISERVER_READY, || {
+                let probe = self.clone();
+                async move { probe.ready().await }
+            })
+            .await
     }
 
     /// Whether `/readyz` answers 200.
