@@ -485,6 +485,7 @@ impl Cluster {
     /// refused connections (the front proxy answers 503) until
     /// [`Cluster::restart_apiserver`].
     pub async fn kill_apiserver(&self) {
+        self.inner.proxy.set_ready(false);
         self.inner.apiserver.lock().await.kill();
     }
 
@@ -498,7 +499,9 @@ impl Cluster {
             &self.admin_token(),
         )?
         .wait(&mut apiserver)
-        .await
+        .await?;
+        self.inner.proxy.set_ready(true);
+        Ok(())
     }
 
     /// An outage of `duration`, in the background: kube-apiserver is killed

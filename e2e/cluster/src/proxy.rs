@@ -3,13 +3,18 @@
 //! tokens through to kube-apiserver unchanged, so that faults can be injected
 //! between clients and the real server, as a flaky network or load balancer
 //! would inject them ([`Faults`]): added latency, a share of requests on a
-//! resource answered with an HTTP error, and every open watch cut.
+//! resource answered with an HTTP error, and every open watch cut. Like a
+//! load balancer with a health check, it answers 503 while kube-apiserver is
+//! down or not ready yet ([`FrontProxy::set_ready`]): a kube-apiserver that
+//! just started serves before its RBAC caches are filled, and would answer
+//! 403 to everyone.
 //!
 //! Upgrade requests (exec, port-forward) are not proxied.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -123,6 +128,7 @@ impl Faults {
 pub struct FrontProxy {
     addr: SocketAddr,
     faults: Faults,
+    ready: Arc<AtomicBool>,
     stop: CancellationToken,
 }
 
@@ -144,9 +150,10 @@ impl FrontProxy {
         let acceptor = acceptor(serving)?;
         let client = upstream_client(ca_pem)?;
         let faults = Faults::new();
+        let ready = Arc::new(AtomicBool::new(true));
         let stop = CancellationToken::new();
         let upstream: Arc<str> = upstream.trim_end_matches('/').into();
-        let (f, s) = (faults.clone(), stop.clone());
+        let (f, s, r) = (faults.clone(), stop.clone(), ready.clone());
         tokio::spawn(async move {
             loop {
                 let (tcp, _) = tokio::select! {
@@ -159,19 +166,21 @@ impl FrontProxy {
                         }
                     },
                 };
-                let (acceptor, client, faults, upstream, stop) = (
+                let (acceptor, client, faults, upstream, stop, ready) = (
                     acceptor.clone(),
                     client.clone(),
                     f.clone(),
                     upstream.clone(),
                     s.clone(),
+                    r.clone(),
                 );
                 tokio::spawn(async move {
                     let Ok(tls) = acceptor.accept(tcp).await else {
                         return;
                     };
                     let service = hyper::service::service_fn(move |req| {
-                        forward(req, client.clone(), faults.clone(), upstream.clone())
+                        let up = ready.load(Ordering::Acquire);
+                        forward(req, client.clone(), faults.clone(), upstream.clone(), up)
                     });
                     let builder =
                         hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
@@ -183,7 +192,12 @@ impl FrontProxy {
                 });
             }
         });
-        Ok(FrontProxy { addr, faults, stop })
+        Ok(FrontProxy {
+            addr,
+            faults,
+            ready,
+            stop,
+        })
     }
 
     /// `https://127.0.0.1:<port>`
@@ -193,6 +207,12 @@ impl FrontProxy {
 
     pub fn faults(&self) -> Faults {
         self.faults.clone()
+    }
+
+    /// Whether kube-apiserver is up and ready: the proxy answers 503 while
+    /// it is not.
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Release);
     }
 }
 
@@ -268,7 +288,11 @@ async fn forward(
     client: Upstream,
     faults: Faults,
     upstream: Arc<str>,
+    upstream_ready: bool,
 ) -> Result<Response<Body>, Infallible> {
+    if !upstream_ready {
+        return Ok(status(503, "the API server is not ready"));
+    }
     let latency = faults.latency();
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
