@@ -142,6 +142,17 @@ where
     }
 }
 
+/// Removes a socket (or any file) a killed predecessor left at `path`, so
+/// that waiting for `path` to exist then waits for the successor's bind.
+pub fn remove_stale(path: &Path) -> Result<(), LabError> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(LabError::io("remove the stale", path)(e))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Waits until `path` exists (`exists = true`) or is gone (`false`), watching
 /// its parent directory (which must exist) with inotify, at most `timeout`.
 pub async fn file_exists(path: &Path, exists: bool, timeout: Duration) -> Result<(), LabError> {

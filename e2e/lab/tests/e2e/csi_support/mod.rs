@@ -133,6 +133,7 @@ pub async fn start_driver_for(
     if let Some(e) = &opts.enforcement {
         envs.push(("INFRA_STORAGE_CLASS_ENFORCEMENT".to_string(), e.clone()));
     }
+    wait::remove_stale(&socket)?;
     let daemon = daemon::spawn(BINARY, args, envs, &dir.join("driver.log"))?;
     std::fs::create_dir_all(dir.join("csi")).context("create the socket directory")?;
     if let Err(e) = wait::file_exists(&socket, true, WAIT).await {

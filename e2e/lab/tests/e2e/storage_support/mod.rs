@@ -610,6 +610,7 @@ async fn start_controller(lab: &Lab) -> anyhow::Result<Daemon> {
         "--run-controller-service=true".to_string(),
         "--v=5".to_string(),
     ];
+    wait::remove_stale(&socket)?;
     let daemon = daemon::spawn(
         BINARY,
         args,
