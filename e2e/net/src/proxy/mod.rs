@@ -1,0 +1,130 @@
+//! The service proxy of one cluster (kube-proxy's role in the lab): it
+//! watches the cluster's Services, EndpointSlices and Nodes, computes what
+//! to serve ([`desired`]) whenever one of them changes, and makes the
+//! listeners in the lab's network namespace match ([`dataplane`]).
+//!
+//! [`ServiceProxy::serving`] tells what is served at any moment, so tests
+//! and benchmarks wait for a route by watching it, never by polling.
+
+pub mod dataplane;
+pub mod desired;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use futures::{StreamExt, future};
+use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::Client;
+use kube::api::Api;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
+
+pub use desired::{Backend, Forward, Listen, Options, Route};
+
+use crate::Netns;
+use dataplane::Dataplane;
+
+/// What a proxy serves: each listener and its route.
+pub type Serving = BTreeMap<Listen, Route>;
+
+/// A running service proxy; dropping it closes every listener.
+pub struct ServiceProxy {
+    serving: watch::Receiver<Serving>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for ServiceProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl ServiceProxy {
+    /// Starts the proxy of the cluster behind `client`.
+    pub fn start(client: Client, netns: Arc<Netns>, opts: Options) -> ServiceProxy {
+        let (tx, serving) = watch::channel(Serving::new());
+        let task = tokio::spawn(run(client, netns, opts, tx));
+        ServiceProxy { serving, task }
+    }
+
+    /// What is served now, updated after every change.
+    pub fn serving(&self) -> watch::Receiver<Serving> {
+        self.serving.clone()
+    }
+
+    /// Waits until `accept` holds for what is served.
+    pub async fn wait_for(&self, accept: impl FnMut(&Serving) -> bool) {
+        let mut rx = self.serving.clone();
+        let _ = rx.wait_for(accept).await;
+    }
+}
+
+async fn run(client: Client, netns: Arc<Netns>, opts: Options, serving: watch::Sender<Serving>) {
+    let changed = Arc::new(Notify::new());
+    let (services, services_task) = mirror::<Service>(&client, changed.clone());
+    let (slices, slices_task) = mirror::<EndpointSlice>(&client, changed.clone());
+    let (nodes, nodes_task) = mirror::<Node>(&client, changed.clone());
+    let _tasks = (
+        AbortOnDrop(services_task),
+        AbortOnDrop(slices_task),
+        AbortOnDrop(nodes_task),
+    );
+    let ready = future::join3(
+        services.wait_until_ready(),
+        slices.wait_until_ready(),
+        nodes.wait_until_ready(),
+    )
+    .await;
+    if ready.0.is_err() || ready.1.is_err() || ready.2.is_err() {
+        return;
+    }
+    let mut dataplane = Dataplane::new(netns);
+    loop {
+        let notified = changed.notified();
+        let want = desired::desired(&services.state(), &slices.state(), &nodes.state(), opts);
+        let now = dataplane.apply(want).await;
+        serving.send_if_modified(|current| {
+            let differs = *current != now;
+            if differs {
+                *current = now;
+            }
+            differs
+        });
+        notified.await;
+    }
+}
+
+/// A watch-fed store of every `K` of the cluster; `changed` is notified on
+/// each event.
+fn mirror<K>(client: &Client, changed: Arc<Notify>) -> (Store<K>, JoinHandle<()>)
+where
+    K: kube::Resource
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+{
+    let (store, writer) = reflector::store();
+    let api: Api<K> = Api::all(client.clone());
+    let stream = reflector::reflector(writer, watcher(api, watcher::Config::default()))
+        .default_backoff()
+        .for_each(move |_| {
+            changed.notify_one();
+            future::ready(())
+        });
+    (store, tokio::spawn(stream))
+}
+
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
