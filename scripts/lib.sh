@@ -23,6 +23,8 @@ ensure_packages() {
     command -v blkid >/dev/null 2>&1 || need+=(util-linux)
     # The lab's clusters keep their objects in etcd (Debian's etcd-server).
     command -v etcd >/dev/null 2>&1 || [ -n "${ETCD_BIN:-}" ] || need+=(etcd-server)
+    # The lab's network namespace: its loopback device and local routes.
+    command -v ip >/dev/null 2>&1 || need+=(iproute2)
     if [ ${#need[@]} -eq 0 ]; then
         echo "system packages present"
     else

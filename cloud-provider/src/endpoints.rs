@@ -22,6 +22,9 @@ pub const MANAGED_BY_LABEL: &str = "endpointslice.kubernetes.io/managed-by";
 /// The Go controller's value, kept so slices survive a swap either way.
 pub const MANAGED_BY_VALUE: &str = "kubevirt-eps-controller";
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+/// What the infra cluster's own EndpointSlice controller (in
+/// kube-controller-manager) marks its slices with.
+pub const KCM_MANAGED_BY_VALUE: &str = "endpointslice-controller.k8s.io";
 pub const MAX_ENDPOINTS_PER_SLICE: usize = 100;
 
 /// Guest nodes that run at least one ready endpoint. Endpoints without a

@@ -13,7 +13,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Endpoints, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
@@ -22,9 +22,12 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 
-use crate::endpoints::{MANAGED_BY_LABEL, MANAGED_BY_VALUE, SERVICE_NAME_LABEL};
+use crate::endpoints::{
+    KCM_MANAGED_BY_VALUE, MANAGED_BY_LABEL, MANAGED_BY_VALUE, SERVICE_NAME_LABEL,
+};
 use crate::error::{Error, Result, status_code};
 use crate::fresh::Fresh;
+use crate::loadbalancer::is_selectorless;
 use crate::loadbalancer::{
     LOAD_BALANCER_FINALIZER, LbSettings, desired_infra_service, has_finalizer, infra_ingress,
     infra_patch, infra_service_name, is_managed, status_patch, tenant_service_of,
@@ -156,7 +159,37 @@ async fn update_infra(
         .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
         .await
         .map_err(Error::kube("update", format!("infra Service {name}")))?;
+    if !is_selectorless(&existing) && is_selectorless(&written) {
+        forget_selector_slices(&name, ctx).await?;
+    }
     Ok(ctx.fresh_infra.record(written))
+}
+
+/// Deletes what the infra cluster wrote for a Service that had a selector.
+/// Its controllers leave the Endpoints and EndpointSlices in place when the
+/// selector goes, and the EndpointSlice mirroring controller then mirrors
+/// the stale Endpoints: traffic would keep going to every VM next to ours
+/// (found in the lab after a switch to `externalTrafficPolicy: Local`).
+async fn forget_selector_slices(name: &str, ctx: &Context) -> Result<()> {
+    let endpoints: Api<Endpoints> = Api::namespaced(ctx.infra.clone(), &ctx.settings.namespace);
+    match endpoints.delete(name, &DeleteParams::default()).await {
+        Ok(_) => {}
+        Err(e) if status_code(&e) == Some(404) => {}
+        Err(e) => return Err(Error::kube("delete", format!("the Endpoints of {name}"))(e)),
+    }
+    let mut selector = ctx.settings.scope_labels();
+    selector.insert(SERVICE_NAME_LABEL.into(), name.to_string());
+    selector.insert(MANAGED_BY_LABEL.into(), KCM_MANAGED_BY_VALUE.into());
+    let slices: Api<EndpointSlice> = Api::namespaced(ctx.infra.clone(), &ctx.settings.namespace);
+    let lp = ListParams::default().labels(&kubevirt_infra::labels::selector_string(&selector));
+    slices
+        .delete_collection(&DeleteParams::default(), &lp)
+        .await
+        .map_err(Error::kube(
+            "delete",
+            format!("the selector's EndpointSlices of {name}"),
+        ))?;
+    Ok(())
 }
 
 async fn create_infra(desired: &Service, svc: &Service, ctx: &Context) -> Result<Arc<Service>> {

@@ -275,6 +275,17 @@ impl Cluster {
         &self.inner.apiserver_url
     }
 
+    /// The host-loopback port kube-apiserver listens on (and advertises).
+    pub fn apiserver_port(&self) -> Option<u16> {
+        let url = self.apiserver_url();
+        url.rsplit_once(':')?.1.trim_end_matches('/').parse().ok()
+    }
+
+    /// The address kube-apiserver advertises (the `kubernetes` Service's endpoint).
+    pub fn advertise_address(&self) -> &str {
+        &self.inner.cfg.advertise_address
+    }
+
     /// The cluster CA certificate (PEM).
     pub fn ca_pem(&self) -> &str {
         &self.inner.ca_pem

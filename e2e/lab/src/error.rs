@@ -1,5 +1,5 @@
 //! The lab's error type: failures of the control planes, the simulators, the
-//! Kubernetes client, the filesystem and child processes, and waits that ran
+//! Kubernetes client, the lab network, the filesystem and child processes, and waits that ran
 //! out of time.
 
 use std::path::PathBuf;
@@ -13,6 +13,8 @@ pub enum LabError {
     Sim(#[from] lab_sim::Error),
     #[error("guest stand-in: {0}")]
     Guest(#[from] lab_guest::GuestError),
+    #[error("lab network: {0}")]
+    Net(#[from] lab_net::Error),
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
     #[error("{action} {path}: {source}")]

@@ -70,8 +70,8 @@ pub fn worker_vm(
     serde_json::from_value(vm).map_err(|e| LabError::Invalid(format!("worker VM {name}: {e}")))
 }
 
-/// The guest Node of a running worker VMI.
-pub fn guest_node(vmi: &VirtualMachineInstance, infra_namespace: &str) -> Node {
+/// The guest Node of a running worker VMI, with pod range `pod_cidr`.
+pub fn guest_node(vmi: &VirtualMachineInstance, infra_namespace: &str, pod_cidr: &str) -> Node {
     let name = vmi.metadata.name.clone().unwrap_or_default();
     let mut addresses: Vec<NodeAddress> = vmi
         .status
@@ -115,6 +115,8 @@ pub fn guest_node(vmi: &VirtualMachineInstance, infra_namespace: &str) -> Node {
         },
         spec: Some(NodeSpec {
             provider_id: Some(format!("{PROVIDER_ID_PREFIX}{name}")),
+            pod_cidr: Some(pod_cidr.to_string()),
+            pod_cidrs: Some(vec![pod_cidr.to_string()]),
             ..NodeSpec::default()
         }),
         status: Some(NodeStatus {
@@ -190,7 +192,7 @@ mod tests {
             "status": {"interfaces": [{"name": "default", "ipAddresses": ["10.128.0.1", "fd10:128::1"]}]}
         }))
         .expect("valid VMI");
-        let node = guest_node(&vmi, "clusters-demo");
+        let node = guest_node(&vmi, "clusters-demo", "10.192.0.0/24");
         assert_eq!(
             node.spec.as_ref().and_then(|s| s.provider_id.as_deref()),
             Some("kubevirt://demo-worker-0")

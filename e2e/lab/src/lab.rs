@@ -26,8 +26,10 @@
 //! mount the lab made; dropping a `Lab` does the same without waiting.
 
 use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Node;
@@ -38,6 +40,9 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use kubevirt_infra::kubevirt::{VirtualMachineInstance, phase};
 use kubevirt_infra::snapshot::VolumeSnapshotClass;
 use lab_cluster::{Cluster, ClusterConfig, Etcd};
+use lab_net::bridge::Bridge;
+use lab_net::proxy::Options as ProxyOptions;
+use lab_net::{Netns, ServiceProxy};
 use lab_sim::cdi::{CdiConfig, DEFAULT_CLASS_ANNOTATION, PROVISIONER};
 use lab_sim::devices::{DeviceConfig, Devices};
 use lab_sim::hotplug::HotplugConfig;
@@ -61,17 +66,20 @@ const SIMULATORS: &str = "lab:simulators";
 /// The group of the guest stand-ins' users.
 const STAND_INS: &str = "lab:stand-ins";
 /// The infra simulators, each with a user of its own.
-const SIMULATOR_USERS: [&str; 6] = [
+const SIMULATOR_USERS: [&str; 7] = [
     "lab:kubevirt",
     "lab:cdi",
     "lab:snapshot-controller",
     "lab:hotplug",
     "lab:load-balancer",
     "lab:virt-api",
+    SERVICE_PROXY_USER,
 ];
 /// The guest stand-ins: CSI sidecars, kubelets.
 pub const SIDECARS_USER: &str = "lab:csi-sidecars";
 pub const KUBELET_USER: &str = "lab:kubelet";
+/// The service proxy of each cluster (kube-proxy's role).
+const SERVICE_PROXY_USER: &str = "lab:service-proxy";
 /// kube-controller-manager controllers the infra cluster runs without: the
 /// CDI simulator binds and grows claims; no CSI volume attaches to an infra
 /// Node; simulated Nodes have no kubelet to heartbeat; and OpenShift's
@@ -142,6 +150,9 @@ pub struct GuestCluster {
     pub infra_labels: BTreeMap<String, String>,
     pub nodes: Vec<String>,
     pub kubeconfig: PathBuf,
+    /// Its service proxy, and the bridge to its API server.
+    pub proxy: Arc<ServiceProxy>,
+    _bridge: Arc<Bridge>,
 }
 
 /// A running lab.
@@ -160,6 +171,17 @@ pub struct Lab {
     pub devices: Option<Arc<Devices>>,
     /// Guest clusters added with [`Lab::add_guest_cluster`].
     pub tenants: Vec<GuestCluster>,
+    /// The lab's network namespace (`DIR/netns`), where every address of
+    /// the clusters' objects is real ([`lab_net`]).
+    pub net: Arc<Netns>,
+    /// The service proxies of the infra cluster (which also serves the
+    /// load balancer's ingress addresses) and of the guest cluster.
+    pub infra_proxy: ServiceProxy,
+    pub guest_proxy: ServiceProxy,
+    /// Bridges from each API server's advertise address to the server.
+    _bridges: Vec<Bridge>,
+    /// The number of the next cluster, for its ClusterIP range.
+    next_cluster: AtomicU16,
     virt_api: Option<VirtApi>,
     /// The etcd of every cluster of the lab.
     etcd: Arc<Etcd>,
@@ -189,14 +211,18 @@ impl Lab {
                 .map_err(LabError::io("resolve", &cfg.dir))?;
             (dir, None)
         };
+        let net = Arc::new(Netns::create(&dir.join("netns"), &lab_net::local_ranges()).await?);
         let binaries = lab_cluster::Binaries::find()?;
         let etcd = Arc::new(Etcd::start(&binaries.etcd, &dir.join("logs")).await?);
         let (infra, guest) = tokio::try_join!(
-            Cluster::start(infra_config(&dir), etcd.clone()),
-            Cluster::start(guest_config(&dir, &cfg.cluster_name), etcd.clone()),
+            Cluster::start(infra_config(&dir)?, etcd.clone()),
+            Cluster::start(guest_config(&dir, &cfg.cluster_name, 1)?, etcd.clone()),
         )?;
         infra.bind_cluster_admin(SIMULATORS).await?;
         guest.bind_cluster_admin(STAND_INS).await?;
+        let bridges = vec![bridge(&net, &infra).await?, bridge(&net, &guest).await?];
+        let infra_proxy = start_proxy(&infra, &net, true).await?;
+        let guest_proxy = start_proxy(&guest, &net, false).await?;
         let client = infra.client();
 
         lab_sim::crds::apply(&client).await?;
@@ -302,6 +328,11 @@ impl Lab {
             guest_kubeconfig,
             devices,
             tenants: Vec::new(),
+            net,
+            infra_proxy,
+            guest_proxy,
+            _bridges: bridges,
+            next_cluster: AtomicU16::new(2),
             virt_api: Some(virt_api),
             etcd,
             tasks,
@@ -315,6 +346,7 @@ impl Lab {
                 &cfg.infra_namespace,
                 &cfg.infra_labels,
                 cfg.vms,
+                0,
             )
             .await?;
         lab.write_env()?;
@@ -368,15 +400,20 @@ impl Lab {
         infra_labels: BTreeMap<String, String>,
         vms: usize,
     ) -> Result<&GuestCluster, LabError> {
-        let api = Cluster::start(guest_config(&self.dir, name), self.etcd.clone()).await?;
+        let index = self.next_cluster.fetch_add(1, Ordering::Relaxed);
+        let api = Cluster::start(guest_config(&self.dir, name, index)?, self.etcd.clone()).await?;
         api.bind_cluster_admin(STAND_INS).await?;
+        let bridge = Arc::new(bridge(&self.net, &api).await?);
+        let proxy = Arc::new(start_proxy(&api, &self.net, false).await?);
+        let pod_net = u8::try_from(self.tenants.len() + 1)
+            .map_err(|_| LabError::Invalid("too many guest clusters".to_string()))?;
         let kubeconfig = self.dir.join(format!("{name}.kubeconfig"));
         api.write_kubeconfig(&kubeconfig, &api.admin_token(), Some("default"))
             .map_err(LabError::io("write", &kubeconfig))?;
         let client = api.client();
         let namespace = self.infra_namespace.clone();
         let nodes = self
-            .start_workers(&client, name, &namespace, &infra_labels, vms)
+            .start_workers(&client, name, &namespace, &infra_labels, vms, pod_net)
             .await?;
         self.tenants.push(GuestCluster {
             name: name.to_string(),
@@ -385,6 +422,8 @@ impl Lab {
             infra_labels,
             nodes,
             kubeconfig,
+            proxy,
+            _bridge: bridge,
         });
         self.tenants
             .last()
@@ -395,7 +434,9 @@ impl Lab {
     /// guest cluster, without workers (a hosted cluster's API for the
     /// manager's tests, say). The caller shuts it down.
     pub async fn add_cluster(&self, name: &str) -> Result<Cluster, LabError> {
-        let cluster = Cluster::start(guest_config(&self.dir, name), self.etcd.clone()).await?;
+        let index = self.next_cluster.fetch_add(1, Ordering::Relaxed);
+        let cluster =
+            Cluster::start(guest_config(&self.dir, name, index)?, self.etcd.clone()).await?;
         cluster.bind_cluster_admin(STAND_INS).await?;
         Ok(cluster)
     }
@@ -411,7 +452,8 @@ impl Lab {
     }
 
     /// Creates `count` worker VMs of `cluster`, waits for their VMIs and
-    /// creates their Nodes in the guest cluster behind `guest`.
+    /// creates their Nodes in the guest cluster behind `guest`, node `i`
+    /// with pod range `lab_net::guest_pod_cidr(pod_net, i)`.
     async fn start_workers(
         &self,
         guest: &Client,
@@ -419,6 +461,7 @@ impl Lab {
         namespace: &str,
         infra_labels: &BTreeMap<String, String>,
         count: usize,
+        pod_net: u8,
     ) -> Result<Vec<String>, LabError> {
         let infra = self.infra_client();
         let vms: Api<kubevirt_infra::kubevirt::VirtualMachine> =
@@ -436,7 +479,10 @@ impl Lab {
             std::fs::create_dir_all(&dev).map_err(LabError::io("create", &dev))?;
         }
         let nodes: Api<Node> = Api::all(guest.clone());
-        for name in &names {
+        for (i, name) in names.iter().enumerate() {
+            let node_index = u8::try_from(i)
+                .map_err(|_| LabError::Invalid(format!("{count} workers are too many")))?;
+            let pod_cidr = lab_net::guest_pod_cidr(pod_net, node_index)?;
             let vmi = wait::until(&vmis, name, START_TIMEOUT, |vmi| {
                 vmi.filter(|v| {
                     v.phase() == phase::RUNNING && !v.status.iter().all(|s| s.interfaces.is_empty())
@@ -444,7 +490,7 @@ impl Lab {
                 .cloned()
             })
             .await?;
-            let node = guest_node(&vmi, namespace);
+            let node = guest_node(&vmi, namespace, &pod_cidr.to_string());
             nodes.create(&PostParams::default(), &node).await?;
             // The guest API server may drop status on create, like a real one.
             nodes
@@ -467,8 +513,9 @@ impl Lab {
             .collect::<Vec<_>>()
             .join(",");
         let env = format!(
-            "LAB_DIR={dir}\nINFRA_NAMESPACE={ns}\nINFRA_CLUSTER_LABELS={labels}\nCLUSTER_NAME={cluster}\nNODES=\"{nodes}\"\nINFRA_KUBECONFIG={infra}\nGUEST_KUBECONFIG={guest}\nNODE_DEVICE_ROOT={root}\n",
+            "LAB_DIR={dir}\nNETNS={netns}\nINFRA_NAMESPACE={ns}\nINFRA_CLUSTER_LABELS={labels}\nCLUSTER_NAME={cluster}\nNODES=\"{nodes}\"\nINFRA_KUBECONFIG={infra}\nGUEST_KUBECONFIG={guest}\nNODE_DEVICE_ROOT={root}\n",
             dir = self.dir.display(),
+            netns = self.net.path().display(),
             ns = self.infra_namespace,
             cluster = self.cluster_name,
             nodes = self.nodes.join(" "),
@@ -544,26 +591,57 @@ fn common_config(name: &str, dir: &Path) -> ClusterConfig {
     cfg
 }
 
-/// The infra cluster: the `lab:` users of the simulators.
-fn infra_config(dir: &Path) -> ClusterConfig {
+/// The infra cluster: the `lab:` users of the simulators, the lab's first
+/// ClusterIP range.
+fn infra_config(dir: &Path) -> Result<ClusterConfig, LabError> {
     let mut cfg = common_config("infra", &dir.join("clusters/infra"));
+    cfg.service_cidr = lab_net::service_cidr(0)?;
     cfg.without_controllers = INFRA_WITHOUT.iter().map(|c| c.to_string()).collect();
     cfg.users = SIMULATOR_USERS
         .iter()
         .map(|u| (u.to_string(), vec![SIMULATORS.to_string()]))
         .collect();
-    cfg
+    Ok(cfg)
 }
 
-/// A guest cluster: the `lab:` users of the stand-ins.
-fn guest_config(dir: &Path, name: &str) -> ClusterConfig {
+/// A guest cluster, the lab's cluster number `index`: the `lab:` users of
+/// the stand-ins, its own ClusterIP range.
+fn guest_config(dir: &Path, name: &str, index: u16) -> Result<ClusterConfig, LabError> {
     let mut cfg = common_config(name, &dir.join("clusters").join(name));
+    cfg.service_cidr = lab_net::service_cidr(index)?;
     cfg.without_controllers = GUEST_WITHOUT.iter().map(|c| c.to_string()).collect();
-    cfg.users = [SIDECARS_USER, KUBELET_USER]
+    cfg.users = [SIDECARS_USER, KUBELET_USER, SERVICE_PROXY_USER]
         .iter()
         .map(|u| (u.to_string(), vec![STAND_INS.to_string()]))
         .collect();
-    cfg
+    Ok(cfg)
+}
+
+/// A bridge from `cluster`'s advertise address in the lab's namespace to
+/// its API server on host loopback.
+async fn bridge(net: &Netns, cluster: &Cluster) -> Result<Bridge, LabError> {
+    let port = cluster
+        .apiserver_port()
+        .ok_or_else(|| LabError::Invalid(format!("no port in {}", cluster.apiserver_url())))?;
+    let ip: IpAddr = cluster
+        .advertise_address()
+        .parse()
+        .map_err(|e| LabError::Invalid(format!("advertise address: {e}")))?;
+    let host = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port);
+    Ok(Bridge::to_host(net, SocketAddr::new(ip, port), host).await?)
+}
+
+/// The service proxy of `cluster`; the infra one serves load-balancer ingress.
+async fn start_proxy(
+    cluster: &Cluster,
+    net: &Arc<Netns>,
+    load_balancer_ingress: bool,
+) -> Result<ServiceProxy, LabError> {
+    let client = actor_client(cluster, SERVICE_PROXY_USER).await?;
+    let opts = ProxyOptions {
+        load_balancer_ingress,
+    };
+    Ok(ServiceProxy::start(client, net.clone(), opts))
 }
 
 /// A client of `cluster` for the lab's actor `user`, through the front proxy.

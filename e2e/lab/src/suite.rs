@@ -171,7 +171,10 @@ impl Suite {
                 [("RUST_BACKTRACE", "1")],
                 &log_path(lab, &format!("csi-node-{name}")),
             )?;
-            let (client, kubelet_cfg) = (kubelet_client.clone(), node.kubelet_config());
+            let (client, kubelet_cfg) = (
+                kubelet_client.clone(),
+                node.kubelet_config(Some(lab.net.clone())),
+            );
             let node_name = name.clone();
             self.tasks.spawn(async move {
                 if let Err(e) = kubelet::run(client, kubelet_cfg).await {

@@ -6,7 +6,7 @@
 //!
 //! | range | what |
 //! |---|---|
-//! | [`API_NET`] | each API server's advertise address (`kubernetes` Service endpoints), bridged to the API server on host loopback |
+//! | [`API_NET`] | each API server's advertise address (`kubernetes` Service endpoints), bridged to the API server on host loopback; [`OUTSIDE_CLIENT`] |
 //! | [`SERVICE_NET`], [`SERVICE_NET_V6`] | ClusterIPs: a /20 and a /112 per cluster ([`service_cidr`]) |
 //! | [`INFRA_NODE_NET`] | infra Nodes |
 //! | [`INFRA_POD_NET`], [`INFRA_POD_NET_V6`] | infra pods: virt-launcher pods, whose address is their VM's (masquerade binding), so also the guest Nodes' InternalIPs |
@@ -34,6 +34,9 @@ pub use netns::Netns;
 pub use proxy::ServiceProxy;
 
 pub const API_NET: &str = "10.0.0.0/24";
+/// The address tests and the demo send from when they play a client from
+/// outside both clusters.
+pub const OUTSIDE_CLIENT: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 100);
 pub const SERVICE_NET: &str = "10.96.0.0/12";
 pub const SERVICE_NET_V6: &str = "fd00:10:96::/48";
 pub const INFRA_NODE_NET: &str = "192.168.100.0/24";

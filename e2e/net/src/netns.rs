@@ -124,6 +124,7 @@ impl Netns {
     pub async fn bind_tcp(&self, addr: SocketAddr) -> Result<TcpListener, Error> {
         let s = self.socket(addr, Type::STREAM).await?;
         let listen = || {
+            any_local_address(&s, addr)?;
             s.set_reuse_address(true)?;
             s.bind(&addr.into())?;
             s.listen(1024)?;
@@ -136,6 +137,7 @@ impl Netns {
     pub async fn bind_udp(&self, addr: SocketAddr) -> Result<UdpSocket, Error> {
         let s = self.socket(addr, Type::DGRAM).await?;
         let bind = || {
+            any_local_address(&s, addr)?;
             s.bind(&addr.into())?;
             UdpSocket::from_std(s.into())
         };
@@ -152,7 +154,9 @@ impl Netns {
         let s = self.socket(to, Type::STREAM).await?;
         let stream = async {
             if let Some(ip) = from.filter(|ip| ip.is_ipv4() == to.is_ipv4()) {
-                s.bind(&SocketAddr::new(ip, 0).into())?;
+                let from = SocketAddr::new(ip, 0);
+                any_local_address(&s, from)?;
+                s.bind(&from.into())?;
             }
             match s.connect(&SockAddr::from(to)) {
                 Ok(()) => {}
@@ -179,13 +183,24 @@ impl Netns {
         let s = self.socket(to, Type::DGRAM).await?;
         let connect = || {
             if let Some(ip) = from.filter(|ip| ip.is_ipv4() == to.is_ipv4()) {
-                s.bind(&SocketAddr::new(ip, 0).into())?;
+                let from = SocketAddr::new(ip, 0);
+                any_local_address(&s, from)?;
+                s.bind(&from.into())?;
             }
             s.connect(&SockAddr::from(to))?;
             UdpSocket::from_std(s.into())
         };
         connect().map_err(Error::socket("connect to", to))
     }
+}
+
+/// Lets `s` bind an address of a local range: IPv4 allows that as such,
+/// IPv6 binds only assigned addresses unless told otherwise.
+fn any_local_address(s: &Socket, addr: SocketAddr) -> std::io::Result<()> {
+    if addr.is_ipv6() {
+        s.set_freebind_v6(true)?;
+    }
+    Ok(())
 }
 
 impl Drop for Netns {

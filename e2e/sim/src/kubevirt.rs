@@ -113,6 +113,10 @@ struct Ctx {
     v6: AddressPool,
     /// Addresses handed out but perhaps not yet visible in the VMI store.
     pending: Mutex<HashMap<String, Addresses>>,
+    /// Every address handed out: a VM's address is not given to another
+    /// while this simulator runs, so a connection meant for a stopped VM
+    /// can never reach another tenant's VM that inherited its address.
+    handed_out: Mutex<HashSet<IpAddr>>,
     vmis: Mutex<Option<Store<VirtualMachineInstance>>>,
     next_node: AtomicUsize,
 }
@@ -127,6 +131,7 @@ pub async fn run(client: Client, cfg: KubevirtConfig) -> Result<(), Error> {
         client: client.clone(),
         cfg,
         pending: Mutex::new(HashMap::new()),
+        handed_out: Mutex::new(HashSet::new()),
         vmis: Mutex::new(None),
         next_node: AtomicUsize::new(0),
     });
@@ -676,6 +681,11 @@ fn allocate(vmi: &VirtualMachineInstance, ctx: &Ctx) -> Result<Addresses, Error>
         .flat_map(|a| [a.v4, a.v6])
         .collect();
     used.extend(pending.values().flat_map(|a| [a.v4, a.v6]));
+    let mut handed_out = ctx
+        .handed_out
+        .lock()
+        .map_err(|_| Error::NotReady("address allocator poisoned".into()))?;
+    used.extend(handed_out.iter().copied());
     let v4 = ctx
         .v4
         .first_free(&used)
@@ -685,6 +695,7 @@ fn allocate(vmi: &VirtualMachineInstance, ctx: &Ctx) -> Result<Addresses, Error>
         .first_free(&used)
         .ok_or_else(|| Error::Exhausted(format!("pod network {}", ctx.v6.cidr())))?;
     let a = Addresses { v4, v6 };
+    handed_out.extend([v4, v6]);
     pending.insert(uid, a.clone());
     Ok(a)
 }

@@ -93,9 +93,17 @@ pub fn infra_role_rules() -> Vec<PolicyRule> {
             &["discovery.k8s.io"],
             &["endpointslices"],
             &[
-                "get", "list", "watch", "create", "update", "patch", "delete",
+                "get",
+                "list",
+                "watch",
+                "create",
+                "update",
+                "patch",
+                "delete",
+                "deletecollection",
             ],
         ),
+        rule(&[""], &["endpoints"], &["delete"]),
     ]
 }
 

@@ -1,4 +1,4 @@
-//! Volumes of pods that are gone: kubelet's orphaned-pod cleanup. A pod
+//! Volumes (and workloads) of pods that are gone: kubelet's orphaned-pod cleanup. A pod
 //! normally leaves only after the stand-in took its volumes down (its
 //! finalizer), but one can vanish without it (finalizer removed by hand,
 //! deleted while the stand-in was not running). [`run`] watches this node's
@@ -39,6 +39,7 @@ pub async fn run(ctx: Arc<Context>) {
             None => return,
             Some(Ok(Event::Delete(pod))) => {
                 if let Some(uid) = pod.uid() {
+                    ctx.network.release(&uid);
                     teardowns.spawn(teardown_until_done(ctx.clone(), uid));
                 }
             }

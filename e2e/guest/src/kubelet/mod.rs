@@ -20,7 +20,8 @@
 //!
 //! Modules: `paths` (kubelet's layout and names), `volumes` (pod, PV and
 //! attachment → CSI requests), `status` (pod and claim status bodies),
-//! `records` (what the node published, on disk), `finalizer`, `locks`,
+//! `records` (what the node published, on disk), `network` (pod addresses
+//! and the echo workload), `finalizer`, `locks`,
 //! `plugin` (CSI Node client, registration), `reconcile` (the pod
 //! controller), `housekeeping` (pods that vanished), `node` (one node's setup).
 
@@ -28,6 +29,7 @@ mod error;
 mod finalizer;
 mod housekeeping;
 mod locks;
+mod network;
 mod node;
 mod paths;
 mod plugin;
@@ -56,6 +58,7 @@ pub use paths::{attachment_name, staging_path, volume_path};
 pub use plugin::Plugin;
 pub use reconcile::confirm_deletion;
 
+use network::PodNetwork;
 use reconcile::Context;
 
 /// First and longest pause between attempts to register the plugin.
@@ -70,6 +73,9 @@ pub struct KubeletConfig {
     pub kubelet_dir: PathBuf,
     /// The unix socket of the node's CSI plugin for `csi.kubevirt.io`.
     pub csi_socket: PathBuf,
+    /// The lab's network namespace, where pods' workloads listen; none: no
+    /// workloads run.
+    pub network: Option<Arc<lab_net::Netns>>,
 }
 
 /// Runs the kubelet stand-in for `cfg.node_name` against the guest cluster
@@ -79,8 +85,9 @@ pub async fn run(client: Client, cfg: KubeletConfig) -> Result<(), Error> {
     let pods_dir = paths::pods_dir(&cfg.kubelet_dir);
     std::fs::create_dir_all(&pods_dir).map_err(Error::io("create directory", &pods_dir))?;
     let driver = kubevirt_infra::labels::CSI_DRIVER_NAME.to_string();
-    let host_ip = internal_ip(&client, &cfg.node_name).await;
+    let (host_ip, pod_cidr) = addresses(&client, &cfg.node_name).await;
     let node = cfg.node_name.clone();
+    let network = PodNetwork::new(cfg.network.clone(), pod_cidr, &node);
 
     let pods: Api<Pod> = Api::all(client.clone());
     let controller = Controller::new(
@@ -94,6 +101,7 @@ pub async fn run(client: Client, cfg: KubeletConfig) -> Result<(), Error> {
         driver,
         store.clone(),
         host_ip,
+        network,
     ));
 
     let (claim_pods, attachment_pods) = (store.clone(), store);
@@ -123,18 +131,26 @@ pub async fn run(client: Client, cfg: KubeletConfig) -> Result<(), Error> {
     Ok(())
 }
 
-/// The node's first InternalIP (the pods' hostIP), if the Node says.
-async fn internal_ip(client: &Client, node: &str) -> Option<String> {
-    let node = Api::<Node>::all(client.clone())
-        .get_opt(node)
-        .await
-        .ok()
-        .flatten()?;
-    node.status?
-        .addresses?
+/// The node's first InternalIP (the pods' hostIP) and its IPv4 podCIDR, if
+/// the Node says.
+async fn addresses(client: &Client, node: &str) -> (Option<String>, Option<ipnet::Ipv4Net>) {
+    let Ok(Some(node)) = Api::<Node>::all(client.clone()).get_opt(node).await else {
+        return (None, None);
+    };
+    let host_ip = node
+        .status
+        .and_then(|s| s.addresses)
         .into_iter()
+        .flatten()
         .find(|a| a.type_ == "InternalIP")
-        .map(|a| a.address)
+        .map(|a| a.address);
+    let pod_cidr = node
+        .spec
+        .and_then(|s| s.pod_cidrs.or(s.pod_cidr.map(|c| vec![c])))
+        .into_iter()
+        .flatten()
+        .find_map(|c| c.parse().ok());
+    (host_ip, pod_cidr)
 }
 
 /// Registers the plugin, retrying with backoff until it succeeds.

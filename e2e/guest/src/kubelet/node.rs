@@ -7,6 +7,9 @@
 //! node the same way.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use lab_net::Netns;
 
 use super::KubeletConfig;
 
@@ -34,12 +37,14 @@ impl GuestNode {
         }
     }
 
-    /// The kubelet stand-in's settings for this node.
-    pub fn kubelet_config(&self) -> KubeletConfig {
+    /// The kubelet stand-in's settings for this node, its pods' workloads
+    /// listening in `network`.
+    pub fn kubelet_config(&self, network: Option<Arc<Netns>>) -> KubeletConfig {
         KubeletConfig {
             node_name: self.node_name.clone(),
             kubelet_dir: self.kubelet_dir.clone(),
             csi_socket: self.csi_socket.clone(),
+            network,
         }
     }
 
@@ -82,7 +87,7 @@ mod tests {
             Path::new("/lab/nodes/demo-worker-0/kubelet/plugins/csi.kubevirt.io/csi.sock")
         );
         assert_eq!(
-            node.kubelet_config().kubelet_dir,
+            node.kubelet_config(None).kubelet_dir,
             Path::new("/lab/nodes/demo-worker-0/kubelet")
         );
         let args = node.plugin_args(Path::new("/lab/guest.kubeconfig"));

@@ -24,6 +24,7 @@ use kube::{Client, ResourceExt};
 use super::error::{Error, not_found_ok};
 use super::finalizer::{self, FINALIZER};
 use super::locks::Locks;
+use super::network::PodNetwork;
 use super::plugin::Plugin;
 use super::volumes::{self, AttachState, MountPlan, PodClaim, VolumeRecord};
 use super::{KubeletConfig, records, status};
@@ -47,6 +48,8 @@ pub struct Context {
     failures: Mutex<HashMap<String, u32>>,
     /// The node's InternalIP, reported as the pods' hostIP.
     pub host_ip: Option<String>,
+    /// Pod addresses and workloads.
+    pub network: PodNetwork,
 }
 
 /// How far bringing one claim up got.
@@ -64,6 +67,7 @@ impl Context {
         driver: String,
         pods: Store<Pod>,
         host_ip: Option<String>,
+        network: PodNetwork,
     ) -> Self {
         let plugin = Plugin::new(&cfg.csi_socket);
         Self {
@@ -75,6 +79,7 @@ impl Context {
             locks: Locks::default(),
             failures: Mutex::default(),
             host_ip,
+            network,
         }
     }
 
@@ -156,12 +161,14 @@ async fn reconcile_pod(pod: &Pod, ctx: &Context) -> Result<Action, Error> {
     let claims = volumes::pod_claims(pod);
     match (deleting, has_finalizer) {
         (true, true) => {
+            ctx.network.release(&pod.uid().unwrap_or_default());
             cleanup(pod, ctx).await?;
             release(&api, pod).await?;
             Ok(Action::await_change())
         }
         // Deleted and nothing of ours to wait for: confirm the deletion.
         (true, false) => {
+            ctx.network.release(&pod.uid().unwrap_or_default());
             release(&api, pod).await?;
             Ok(Action::await_change())
         }
@@ -209,9 +216,11 @@ async fn apply(
         tracing::debug!(pod = %pod.name_any(), waiting = ?waiting, "pod waits for its volumes");
         return Ok(Action::await_change());
     }
+    let ip = ctx.network.pod_ip(pod, &ctx.pods.state())?;
+    ctx.network.start_workload(pod, ip).await?;
     if !status::is_running(pod) {
         let now = jiff::Timestamp::now().to_string();
-        let body = status::running_status(pod, ctx.host_ip.as_deref(), &now);
+        let body = status::running_status(pod, &ip.to_string(), ctx.host_ip.as_deref(), &now);
         api.patch_status(
             &pod.name_any(),
             &PatchParams::default(),

@@ -6,7 +6,6 @@
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use serde_json::{Value, json};
 
-use super::paths::sha256_hex;
 use super::volumes::FS_RESIZE_PENDING;
 
 /// Pod conditions kubelet sets on a running pod.
@@ -31,18 +30,9 @@ pub fn is_running(pod: &Pod) -> bool {
             .any(|c| c.type_ == "Ready" && c.status == "True")
 }
 
-/// A stable pod IP for pod `uid`, in the 10.244.0.0/16 pod network.
-pub fn pod_ip(uid: &str) -> String {
-    let hash = sha256_hex(uid.as_bytes());
-    let byte = |i: usize| u8::from_str_radix(&hash[2 * i..2 * i + 2], 16).unwrap_or(0);
-    format!("10.244.{}.{}", byte(0), byte(1).clamp(2, 254))
-}
-
-/// The `/status` merge-patch body of a pod kubelet started: phase Running,
-/// the running conditions True, each container running and ready.
-pub fn running_status(pod: &Pod, host_ip: Option<&str>, now: &str) -> Value {
-    let uid = pod.metadata.uid.clone().unwrap_or_default();
-    let ip = pod_ip(&uid);
+/// The `/status` merge-patch body of a pod kubelet started on `ip`: phase
+/// Running, the running conditions True, each container running and ready.
+pub fn running_status(pod: &Pod, ip: &str, host_ip: Option<&str>, now: &str) -> Value {
     let conditions: Vec<Value> = RUNNING_CONDITIONS
         .iter()
         .map(|t| json!({"type": t, "status": "True", "lastTransitionTime": now}))
@@ -108,16 +98,14 @@ mod tests {
         }))
         .expect("pod");
         assert!(!is_running(&pod));
-        let body = running_status(&pod, Some("10.0.0.5"), "2024-01-01T00:00:00Z");
+        let body = running_status(&pod, "10.192.0.2", Some("10.0.0.5"), "2024-01-01T00:00:00Z");
         assert_eq!(body["status"]["phase"], "Running");
         assert_eq!(body["status"]["hostIP"], "10.0.0.5");
-        assert_eq!(body["status"]["podIP"], pod_ip("u-1"));
+        assert_eq!(body["status"]["podIP"], "10.192.0.2");
         assert_eq!(body["status"]["containerStatuses"][0]["ready"], true);
         let mut running = pod.clone();
         running.status = serde_json::from_value(body["status"].clone()).ok();
         assert!(is_running(&running));
-        assert!(pod_ip("u-1").starts_with("10.244."));
-        assert_ne!(pod_ip("u-1"), pod_ip("u-2"));
     }
 
     #[test]

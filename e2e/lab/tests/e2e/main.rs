@@ -39,6 +39,7 @@ mod manager_leader;
 mod manager_nodepool;
 mod manager_scale;
 mod manager_tenants;
+mod net_ingress;
 mod rbac_tenants;
 mod sim_cdi;
 mod sim_devices;

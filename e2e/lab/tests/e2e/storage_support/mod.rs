@@ -19,6 +19,7 @@ use std::fs::OpenOptions;
 use std::future::Future;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, anyhow, bail};
@@ -33,6 +34,7 @@ use kubevirt_lab::daemon::{self, Daemon};
 use kubevirt_lab::{Lab, LabConfig, mounts, wait};
 use lab_guest::SidecarConfig;
 use lab_guest::kubelet::{self, GuestNode};
+use lab_net::Netns;
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 
@@ -84,8 +86,8 @@ pub struct NodeSide {
 }
 
 /// Runs the kubelet stand-in of `node`.
-fn start_kubelet(client: &Client, node: &GuestNode) -> Task {
-    let (client, cfg) = (client.clone(), node.kubelet_config());
+fn start_kubelet(client: &Client, node: &GuestNode, net: &Arc<Netns>) -> Task {
+    let (client, cfg) = (client.clone(), node.kubelet_config(Some(net.clone())));
     Task(tokio::spawn(async move {
         if let Err(e) = kubelet::run(client, cfg).await {
             tracing::error!("kubelet stand-in stopped: {e}");
@@ -254,7 +256,7 @@ impl Storage {
                 [("RUST_BACKTRACE", "1")],
                 &lab.dir.join("logs").join(format!("node-{name}.log")),
             )?;
-            let kubelet = start_kubelet(&client, &node);
+            let kubelet = start_kubelet(&client, &node, &lab.net);
             nodes.push(NodeSide {
                 node,
                 plugin,
@@ -293,7 +295,7 @@ impl Storage {
             .iter_mut()
             .find(|n| n.node.node_name == node)
             .ok_or_else(|| anyhow!("no node {node}"))?;
-        side.kubelet = Some(start_kubelet(&client, &side.node));
+        side.kubelet = Some(start_kubelet(&client, &side.node, &self.lab.net));
         Ok(())
     }
 

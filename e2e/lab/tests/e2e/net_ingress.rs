@@ -1,0 +1,323 @@
+//! Real traffic through the lab network (`lab_net`): a client outside both
+//! clusters reaches guest pods through the infra load balancer's ingress,
+//! a virt-launcher pod (= its VM), the guest node's node port and the guest
+//! Service, over TCP and UDP; the route follows every change of the guest
+//! Service and its pods; and nothing leaves the lab's namespace.
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, SocketAddr};
+
+use anyhow::{Context as _, bail, ensure};
+use k8s_openapi::api::core::v1::{Node, Pod, Service};
+use kube::Client;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kubevirt_lab::Lab;
+use lab_guest::kubelet::{self, GuestNode};
+use lab_net::proxy::desired::Source;
+use lab_net::proxy::{Listen, Route, ServiceProxy};
+use lab_net::{Protocol, client};
+use serde_json::json;
+use tokio::task::JoinSet;
+
+use crate::ccm_support::{self, CcmOptions, Tenant, WAIT};
+
+const IMAGE: &str = "kubevirt-lab/echo:1";
+
+/// Runs a kubelet stand-in for every guest node of the lab.
+async fn kubelets(lab: &Lab) -> anyhow::Result<JoinSet<()>> {
+    let client = lab.stand_in_client(kubevirt_lab::lab::KUBELET_USER).await?;
+    let mut set = JoinSet::new();
+    for name in &lab.nodes {
+        let node = GuestNode::new(name, &lab.dir.join("nodes").join(name));
+        node.prepare()?;
+        let cfg = node.kubelet_config(Some(lab.net.clone()));
+        let client = client.clone();
+        set.spawn(async move {
+            if let Err(e) = kubelet::run(client, cfg).await {
+                tracing::error!("kubelet stand-in stopped: {e}");
+            }
+        });
+    }
+    Ok(set)
+}
+
+/// An echo pod on `node` with the `app: web` label.
+async fn echo_pod(guest: &Client, name: &str, node: &str) -> anyhow::Result<()> {
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": name, "namespace": "default", "labels": {"app": "web"}},
+        "spec": {"nodeName": node, "containers": [{"name": "echo", "image": IMAGE, "ports": [
+            {"name": "http", "containerPort": 8080},
+            {"name": "dns", "containerPort": 5353, "protocol": "UDP"}]}]}
+    }))?;
+    Api::<Pod>::namespaced(guest.clone(), "default")
+        .create(&PostParams::default(), &pod)
+        .await?;
+    Ok(())
+}
+
+async fn delete_pod(guest: &Client, name: &str) -> anyhow::Result<()> {
+    let pods: Api<Pod> = Api::namespaced(guest.clone(), "default");
+    pods.delete(name, &DeleteParams::default()).await?;
+    ccm_support::until(&pods, name, &format!("pod {name} gone"), |p| {
+        p.is_none().then_some(())
+    })
+    .await
+}
+
+/// The ingress address of guest Service `name` once the CCM reports it.
+async fn ingress(guest: &Client, name: &str) -> anyhow::Result<IpAddr> {
+    let services: Api<Service> = Api::namespaced(guest.clone(), "default");
+    let ip = ccm_support::until(&services, name, "the guest Service's ingress", |s| {
+        s?.status
+            .as_ref()?
+            .load_balancer
+            .as_ref()?
+            .ingress
+            .as_ref()?
+            .first()?
+            .ip
+            .clone()
+    })
+    .await?;
+    Ok(ip.parse()?)
+}
+
+/// Waits until `proxy` forwards `protocol` `addr` to exactly `count` endpoints.
+async fn served(
+    proxy: &ServiceProxy,
+    protocol: Protocol,
+    addr: SocketAddr,
+    count: usize,
+) -> anyhow::Result<()> {
+    let listen = Listen { protocol, addr };
+    let wait = proxy.wait_for(|s| match s.get(&listen) {
+        Some(Route::Forward(f)) => f.backends.len() == count,
+        None => count == 0,
+        _ => false,
+    });
+    tokio::time::timeout(WAIT, wait).await.with_context(|| {
+        format!(
+            "{addr} ({protocol:?}) served by {count} endpoints: {:?}",
+            proxy.serving().borrow().get(&listen)
+        )
+    })
+}
+
+/// The pods (and their nodes) answering `n` HTTP requests to `to`.
+async fn answers(
+    lab: &Lab,
+    to: SocketAddr,
+    n: usize,
+) -> anyhow::Result<BTreeSet<(String, String)>> {
+    let mut seen = BTreeSet::new();
+    for _ in 0..n {
+        let r =
+            client::http_get(&lab.net, to, "/", Some(IpAddr::V4(lab_net::OUTSIDE_CLIENT))).await?;
+        ensure!(r.status == 200, "{to} answered {}: {}", r.status, r.body);
+        let a = r.answer()?;
+        seen.insert((a.identity.pod, a.identity.node));
+    }
+    Ok(seen)
+}
+
+fn set(items: &[(&str, &str)]) -> BTreeSet<(String, String)> {
+    items
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect()
+}
+
+/// The InternalIP of guest node `name`.
+async fn node_ip(guest: &Client, name: &str) -> anyhow::Result<IpAddr> {
+    let node = Api::<Node>::all(guest.clone()).get(name).await?;
+    let ip = lab_net::proxy::desired::internal_ips(&node)
+        .into_iter()
+        .find(IpAddr::is_ipv4)
+        .with_context(|| format!("node {name} has no IPv4 InternalIP"))?;
+    Ok(ip)
+}
+
+#[tokio::test]
+async fn traffic_from_the_infra_ingress_to_guest_pods() -> anyhow::Result<()> {
+    let lab = ccm_support::lab(2, "net").await?;
+    let ccm = ccm_support::start_ccm(&lab, &Tenant::main(&lab), &CcmOptions::default()).await?;
+    let _kubelets = kubelets(&lab).await?;
+    let guest = lab.guest_client();
+    let (w0, w1) = (lab.nodes[0].clone(), lab.nodes[1].clone());
+    echo_pod(&guest, "web-a", &w0).await?;
+    echo_pod(&guest, "web-b", &w1).await?;
+
+    let services: Api<Service> = Api::namespaced(guest.clone(), "default");
+    let svc: Service = serde_json::from_value(json!({
+        "metadata": {"name": "web", "namespace": "default"},
+        "spec": {"type": "LoadBalancer", "selector": {"app": "web"}, "ports": [
+            {"name": "http", "port": 80, "targetPort": "http"},
+            {"name": "dns", "port": 53, "targetPort": "dns", "protocol": "UDP"}]}
+    }))?;
+    services.create(&PostParams::default(), &svc).await?;
+    let ip = ingress(&guest, "web")
+        .await
+        .with_context(|| ccm_support::log_of(&ccm))?;
+    let http = SocketAddr::new(ip, 80);
+    served(&lab.infra_proxy, Protocol::Tcp, http, 2).await?;
+    served(&lab.infra_proxy, Protocol::Udp, SocketAddr::new(ip, 53), 2).await?;
+    let ports = services
+        .get("web")
+        .await?
+        .spec
+        .and_then(|s| s.ports)
+        .unwrap_or_default();
+    let node_port = |i: usize| ports.get(i).and_then(|p| p.node_port).map(u16::try_from);
+    let (Some(Ok(node_port)), Some(Ok(udp_port))) = (node_port(0), node_port(1)) else {
+        bail!("the guest Service has no node ports: {ports:?}");
+    };
+    let (ip0, ip1) = (node_ip(&guest, &w0).await?, node_ip(&guest, &w1).await?);
+    for node_ip in [ip0, ip1] {
+        served(
+            &lab.guest_proxy,
+            Protocol::Tcp,
+            SocketAddr::new(node_ip, node_port),
+            2,
+        )
+        .await?;
+        served(
+            &lab.guest_proxy,
+            Protocol::Udp,
+            SocketAddr::new(node_ip, udp_port),
+            2,
+        )
+        .await?;
+    }
+
+    // Both pods answer through the ingress, over TCP and UDP.
+    let both = set(&[("web-a", &w0), ("web-b", &w1)]);
+    assert_eq!(answers(&lab, http, 8).await?, both);
+    let udp = client::udp_ask(&lab.net, SocketAddr::new(ip, 53), WAIT).await?;
+    assert!(
+        ["web-a", "web-b"].contains(&udp.identity.pod.as_str()),
+        "{udp:?}"
+    );
+
+    // externalTrafficPolicy Local: a node port reaches only its own node's
+    // pod, and the pod sees the outside client's address.
+    services
+        .patch(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"externalTrafficPolicy": "Local"}})),
+        )
+        .await?;
+    served(
+        &lab.guest_proxy,
+        Protocol::Tcp,
+        SocketAddr::new(ip0, node_port),
+        1,
+    )
+    .await?;
+    served(
+        &lab.guest_proxy,
+        Protocol::Tcp,
+        SocketAddr::new(ip1, node_port),
+        1,
+    )
+    .await?;
+    for (node_ip, node) in [(ip0, &w0), (ip1, &w1)] {
+        let seen = answers(&lab, SocketAddr::new(node_ip, node_port), 4).await?;
+        ensure!(
+            seen.iter().all(|(_, n)| n == node),
+            "{node_ip}:{node_port} reached {seen:?}"
+        );
+    }
+    // Once the infra Service is Local too, the client's address is kept
+    // end to end (the CCM carries the policy over).
+    let listen = Listen {
+        protocol: Protocol::Tcp,
+        addr: http,
+    };
+    let local = lab.infra_proxy.wait_for(
+        |s| matches!(s.get(&listen), Some(Route::Forward(f)) if f.source == Source::Client),
+    );
+    tokio::time::timeout(WAIT, local)
+        .await
+        .context("the infra Service turned Local")?;
+    let r = client::http_get(
+        &lab.net,
+        http,
+        "/",
+        Some(IpAddr::V4(lab_net::OUTSIDE_CLIENT)),
+    )
+    .await?
+    .answer()?;
+    assert_eq!(
+        r.client.ip(),
+        IpAddr::V4(lab_net::OUTSIDE_CLIENT),
+        "client address kept end to end"
+    );
+
+    // The backend pod moves: web-a goes, web-c starts on the other worker.
+    delete_pod(&guest, "web-a").await?;
+    served(
+        &lab.guest_proxy,
+        Protocol::Tcp,
+        SocketAddr::new(ip0, node_port),
+        0,
+    )
+    .await?;
+    assert!(
+        client::refused(&lab.net, SocketAddr::new(ip0, node_port)).await,
+        "no local endpoint on {w0}"
+    );
+    echo_pod(&guest, "web-c", &w1).await?;
+    served(
+        &lab.guest_proxy,
+        Protocol::Tcp,
+        SocketAddr::new(ip1, node_port),
+        2,
+    )
+    .await?;
+    served(&lab.infra_proxy, Protocol::Tcp, http, 1).await?;
+    assert_eq!(
+        answers(&lab, http, 6).await?,
+        set(&[("web-b", &w1), ("web-c", &w1)])
+    );
+
+    // A port change follows.
+    services
+        .patch(
+            "web",
+            &PatchParams::default(),
+            &Patch::Json::<()>(serde_json::from_value(json!([
+            {"op": "replace", "path": "/spec/ports/0/port", "value": 8081}]))?),
+        )
+        .await?;
+    let moved = SocketAddr::new(ip, 8081);
+    served(&lab.infra_proxy, Protocol::Tcp, moved, 1).await?;
+    served(&lab.infra_proxy, Protocol::Tcp, http, 0).await?;
+    assert!(
+        client::refused(&lab.net, http).await,
+        "the old port is closed"
+    );
+    assert_eq!(answers(&lab, moved, 2).await?.len(), 2);
+
+    // A deleted Service refuses connections.
+    services.delete("web", &DeleteParams::default()).await?;
+    served(&lab.infra_proxy, Protocol::Tcp, moved, 0).await?;
+    ensure!(
+        client::refused(&lab.net, moved).await,
+        "{moved} still answers"
+    );
+
+    // Nothing routes out of the lab's namespace.
+    for to in ["192.0.2.1:80", "[2001:db8::1]:80", "8.8.8.8:53"] {
+        ensure!(
+            client::unreachable(&lab.net, to.parse()?).await,
+            "{to} has a route"
+        );
+    }
+    let mut ccm = ccm;
+    if let Some(status) = ccm.try_wait()? {
+        bail!("the CCM exited ({status}):\n{}", ccm_support::log_of(&ccm));
+    }
+    lab.shutdown().await?;
+    Ok(())
+}
