@@ -530,6 +530,12 @@ impl Lab {
     /// Stops the simulators and servers, then detaches every loop device and
     /// unmounts everything under the lab directory.
     pub async fn shutdown(mut self) -> Result<(), LabError> {
+        // Clients first, so that none of them sees its server go.
+        self.infra_proxy.stop();
+        self.guest_proxy.stop();
+        for tenant in &self.tenants {
+            tenant.proxy.stop();
+        }
         self.tasks.shutdown().await;
         if let Some(api) = self.virt_api.take() {
             api.shutdown().await;

@@ -10,11 +10,14 @@
 //! - [`load_balancer`]: ingress propagation, throughput, writes per Service;
 //! - [`controller`]: CreateVolume bursts on the controller socket and the
 //!   controller's memory holding many volumes;
-//! - [`manager`]: the hosted-control-plane manager with many HostedClusters.
+//! - [`manager`]: the hosted-control-plane manager with many HostedClusters;
+//! - [`network`]: real requests through the lab network, from an outside
+//!   client to a guest pod.
 
 pub mod controller;
 pub mod load_balancer;
 pub mod manager;
+pub mod network;
 pub mod report;
 pub mod storage;
 

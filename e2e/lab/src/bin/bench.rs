@@ -1,6 +1,6 @@
 //! `bench`: the suite's benchmark. Starts a lab with the real daemons (a
 //! release build of them when run as a release build), runs the storage,
-//! load-balancer and CSI controller scenarios of [`kubevirt_lab::bench`],
+//! load-balancer, network and CSI controller scenarios of [`kubevirt_lab::bench`],
 //! then the manager's in a lab of its own,
 //! and prints the machine, every parameter and one table (`--json` for
 //! JSON). Exits non-zero if a scenario fails; a missed target is reported,
@@ -12,7 +12,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use kubevirt_lab::bench::{Params, Report, controller, load_balancer, manager, storage};
+use kubevirt_lab::bench::{Params, Report, controller, load_balancer, manager, network, storage};
 use kubevirt_lab::suite::{Suite, SuiteConfig};
 use kubevirt_lab::{Lab, LabConfig, LabError};
 
@@ -128,6 +128,8 @@ async fn scenarios(
     storage::lifecycle(lab, p, report).await?;
     eprintln!("bench: {} load balancers", p.services);
     load_balancer::propagation(lab, p, report).await?;
+    eprintln!("bench: requests through the lab network");
+    network::traffic(lab, p, report).await?;
     controller::memory(suite, "idle, after the sequential runs", report);
     for &c in &p.concurrency {
         eprintln!("bench: provisioning at concurrency {c}");

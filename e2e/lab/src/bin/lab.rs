@@ -176,6 +176,10 @@ async fn up(cfg: LabConfig, with_suite: bool) -> Result<(), LabError> {
         lab.nodes.join(" ")
     );
     println!("  environment: {}", lab.env_file().display());
+    println!(
+        "  network namespace: {} (every pod, Service, node and ingress address is real there)",
+        lab.net.path().display()
+    );
     for daemon in suite.iter().flat_map(Suite::daemons) {
         println!(
             "  {} (pid {}) logs to {}",
@@ -189,6 +193,13 @@ async fn up(cfg: LabConfig, with_suite: bool) -> Result<(), LabError> {
         lab.infra_kubeconfig.display(),
         lab.infra_namespace
     );
+    if suite.is_some() {
+        println!(
+            "reach a guest LoadBalancer Service (pods of image {}): nsenter --net={} curl http://<its EXTERNAL-IP>:<port>/",
+            lab_net::echo::IMAGE,
+            lab.net.path().display()
+        );
+    }
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
         _ = int.recv() => tracing::info!("SIGINT: shutting down"),

@@ -2,7 +2,9 @@
 //! PersistentVolumeClaim becomes an infra DataVolume, is hotplugged into the
 //! worker VM its pod runs on, formatted, mounted and written, then read back
 //! from a pod on the other worker; a guest LoadBalancer Service becomes an
-//! infra Service and gets its address. Every [`Step`] follows the objects
+//! infra Service and gets its address, and an HTTP request from outside
+//! both clusters reaches a guest pod through it, before and after the pod
+//! moves to the other worker (the lab network, `lab_net`). Every [`Step`] follows the objects
 //! through watches and prints what it sees on the [`Timeline`].
 
 pub mod steps;
@@ -39,7 +41,7 @@ pub fn steps() -> Vec<Step> {
             run: |demo, t| Box::pin(steps::volume(demo, t)),
         },
         Step {
-            title: "a guest LoadBalancer Service: mirrored into the infra cluster, given an address",
+            title: "a guest LoadBalancer Service: mirrored into the infra cluster, given an address, answering through it",
             run: |demo, t| Box::pin(steps::load_balancer(demo, t)),
         },
     ]

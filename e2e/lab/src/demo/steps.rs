@@ -4,6 +4,7 @@
 //! narrates every change, and cleans up after itself.
 
 use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::time::Duration;
 
@@ -347,6 +348,27 @@ pub async fn load_balancer(demo: &Demo, t: &Timeline) -> Result<(), LabError> {
         "guest: Service {name} load balancer ingress: {}",
         ingress.join(", ")
     ));
+    let address: IpAddr = ingress
+        .iter()
+        .find_map(|ip| ip.parse::<IpAddr>().ok().filter(IpAddr::is_ipv4))
+        .ok_or_else(|| LabError::Invalid(format!("no IPv4 ingress among {ingress:?}")))?;
+    let to = SocketAddr::new(address, 80);
+
+    // Real traffic: an outside client, the infra load balancer, a
+    // virt-launcher pod (its VM), the guest node port, the guest pod; then
+    // the pod moves to the other worker and the answer comes from there.
+    let (first, second) = match lab.nodes.as_slice() {
+        [first, second, ..] => (first.clone(), second.clone()),
+        [only] => (only.clone(), only.clone()),
+        [] => return Err(LabError::Invalid("the demo needs a worker VM".into())),
+    };
+    let guest = lab.guest_client();
+    let pod_ip = run_echo(&guest, "demo-web-0", &first, t).await?;
+    ask(demo, to, node_port, &pod_ip, t).await?;
+    delete_pod(&guest, "demo-web-0", t).await?;
+    let pod_ip = run_echo(&guest, "demo-web-1", &second, t).await?;
+    ask(demo, to, node_port, &pod_ip, t).await?;
+    delete_pod(&guest, "demo-web-1", t).await?;
 
     services.delete(name, &DeleteParams::default()).await?;
     wait::until(&infra_services, &infra_name, TIMEOUT, |s| {
@@ -355,6 +377,87 @@ pub async fn load_balancer(demo: &Demo, t: &Timeline) -> Result<(), LabError> {
     .await?;
     t.event(format!(
         "guest: Service {name} deleted; infra Service {infra_name} gone, its address free"
+    ));
+    Ok(())
+}
+
+/// Runs an echo pod (`app: web`, port 8080) on `node`; its address.
+async fn run_echo(
+    guest: &Client,
+    name: &str,
+    node: &str,
+    t: &Timeline,
+) -> Result<String, LabError> {
+    let pods: Api<Pod> = Api::namespaced(guest.clone(), NS);
+    let pod: Pod = from_json(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": NS, "labels": {"app": "web"}},
+        "spec": {
+            "nodeName": node,
+            "containers": [{"name": "web", "image": lab_net::echo::IMAGE,
+                            "ports": [{"name": "http", "containerPort": 8080}]}],
+        }
+    }))?;
+    pods.create(&PostParams::default(), &pod).await?;
+    let ip = wait::until(&pods, name, TIMEOUT, |p| {
+        wait::pod_ready(p)?;
+        p?.status.as_ref()?.pod_ip.clone()
+    })
+    .await?;
+    t.event(format!(
+        "guest: pod {name} ({}) Running and Ready on {node}, address {ip}",
+        lab_net::echo::IMAGE
+    ));
+    Ok(ip)
+}
+
+/// Waits until the guest node ports lead to `pod_ip` only, then sends an
+/// HTTP request from an outside client to `to` and prints who answered.
+async fn ask(
+    demo: &Demo,
+    to: SocketAddr,
+    node_port: i32,
+    pod_ip: &str,
+    t: &Timeline,
+) -> Result<(), LabError> {
+    let lab = &demo.lab;
+    let endpoint = format!("{pod_ip}:8080");
+    let routed = lab.guest_proxy.wait_for(|serving| {
+        let mut node_ports = serving
+            .iter()
+            .filter(|(l, _)| i32::from(l.addr.port()) == node_port)
+            .peekable();
+        node_ports.peek().is_some()
+            && node_ports.all(|(_, route)| {
+                matches!(route, lab_net::proxy::Route::Forward(f)
+                    if f.backends.iter().map(|b| b.addr.to_string()).eq([endpoint.clone()]))
+            })
+    });
+    tokio::time::timeout(TIMEOUT, routed)
+        .await
+        .map_err(|_| LabError::Timeout {
+            what: format!("the guest node ports to lead to {endpoint}"),
+            after: TIMEOUT,
+        })?;
+    let ingress = lab_net::proxy::Listen {
+        protocol: lab_net::Protocol::Tcp,
+        addr: to,
+    };
+    let served = lab
+        .infra_proxy
+        .wait_for(|serving| serving.contains_key(&ingress));
+    tokio::time::timeout(TIMEOUT, served)
+        .await
+        .map_err(|_| LabError::Timeout {
+            what: format!("the infra load balancer to serve {to}"),
+            after: TIMEOUT,
+        })?;
+    let client = IpAddr::V4(lab_net::OUTSIDE_CLIENT);
+    let response = lab_net::client::http_get(&lab.net, to, "/", Some(client)).await?;
+    let answer = response.answer()?;
+    t.event(format!(
+        "client {client} -> GET http://{to}/ -> {} from pod {} on {} (it saw {})",
+        response.status, answer.identity.pod, answer.identity.node, answer.client
     ));
     Ok(())
 }

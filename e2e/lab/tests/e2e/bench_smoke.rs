@@ -53,6 +53,13 @@ async fn bench_runs_every_scenario_and_reports_json() -> anyhow::Result<()> {
         ("load balancer", "infra ingress -> guest Service status"),
         ("load balancer", "CCM write requests per Service creation"),
         ("load balancer", "5 Services created -> all mirrored"),
+        ("network", "guest Service created -> first request answered"),
+        ("network", "request through the ingress p50"),
+        ("network", "request latency, ingress / direct"),
+        (
+            "network",
+            "requests per second through the ingress, 100 at once",
+        ),
         ("memory", "RSS of csi-controller"),
         ("memory", "RSS of ccm"),
         ("CSI controller", "5 concurrent CreateVolume calls"),

@@ -4,7 +4,7 @@
 //! Service, over TCP and UDP; the route follows every change of the guest
 //! Service and its pods; and nothing leaves the lab's namespace.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 
 use anyhow::{Context as _, bail, ensure};
@@ -17,28 +17,55 @@ use lab_net::proxy::desired::Source;
 use lab_net::proxy::{Listen, Route, ServiceProxy};
 use lab_net::{Protocol, client};
 use serde_json::json;
-use tokio::task::JoinSet;
 
 use crate::ccm_support::{self, CcmOptions, Tenant, WAIT};
 
 const IMAGE: &str = "kubevirt-lab/echo:1";
 
-/// Runs a kubelet stand-in for every guest node of the lab.
-async fn kubelets(lab: &Lab) -> anyhow::Result<JoinSet<()>> {
-    let client = lab.stand_in_client(kubevirt_lab::lab::KUBELET_USER).await?;
-    let mut set = JoinSet::new();
-    for name in &lab.nodes {
-        let node = GuestNode::new(name, &lab.dir.join("nodes").join(name));
-        node.prepare()?;
-        let cfg = node.kubelet_config(Some(lab.net.clone()));
-        let client = client.clone();
-        set.spawn(async move {
-            if let Err(e) = kubelet::run(client, cfg).await {
-                tracing::error!("kubelet stand-in stopped: {e}");
-            }
-        });
+/// The kubelet stand-ins of some guest nodes, by node; dropping one stops it.
+struct Kubelets(BTreeMap<String, tokio::task::JoinHandle<()>>);
+
+impl Kubelets {
+    /// Runs one for each of `nodes` of the guest cluster behind `client`.
+    fn start(lab: &Lab, client: &Client, nodes: &[String]) -> anyhow::Result<Kubelets> {
+        let mut all = BTreeMap::new();
+        for name in nodes {
+            let node = GuestNode::new(name, &lab.dir.join("nodes").join(name));
+            node.prepare()?;
+            let cfg = node.kubelet_config(Some(lab.net.clone()));
+            let client = client.clone();
+            let task = tokio::spawn(async move {
+                if let Err(e) = kubelet::run(client, cfg).await {
+                    tracing::error!("kubelet stand-in stopped: {e}");
+                }
+            });
+            all.insert(name.clone(), task);
+        }
+        Ok(Kubelets(all))
     }
-    Ok(set)
+
+    /// Stops the kubelet of `node` (its pods' workloads stop with it, as
+    /// when its VM goes down).
+    async fn stop(&mut self, node: &str) {
+        if let Some(task) = self.0.remove(node) {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for Kubelets {
+    fn drop(&mut self) {
+        for task in self.0.values() {
+            task.abort();
+        }
+    }
+}
+
+/// Runs a kubelet stand-in for every guest node of the lab.
+async fn kubelets(lab: &Lab) -> anyhow::Result<Kubelets> {
+    let client = lab.stand_in_client(kubevirt_lab::lab::KUBELET_USER).await?;
+    Kubelets::start(lab, &client, &lab.nodes)
 }
 
 /// An echo pod on `node` with the `app: web` label.
@@ -62,6 +89,23 @@ async fn delete_pod(guest: &Client, name: &str) -> anyhow::Result<()> {
         p.is_none().then_some(())
     })
     .await
+}
+
+/// A LoadBalancer Service `web` selecting the echo pods (`http` 80 -> 8080).
+async fn web_service(guest: &Client, extra: serde_json::Value) -> anyhow::Result<()> {
+    let mut svc = json!({
+        "metadata": {"name": "web", "namespace": "default"},
+        "spec": {"type": "LoadBalancer", "selector": {"app": "web"}, "ports": [
+            {"name": "http", "port": 80, "targetPort": "http"}]}
+    });
+    if let (Some(spec), Some(extra)) = (svc["spec"].as_object_mut(), extra.as_object()) {
+        spec.extend(extra.clone());
+    }
+    let svc: Service = serde_json::from_value(svc)?;
+    Api::<Service>::namespaced(guest.clone(), "default")
+        .create(&PostParams::default(), &svc)
+        .await?;
+    Ok(())
 }
 
 /// The ingress address of guest Service `name` once the CCM reports it.
@@ -320,4 +364,167 @@ async fn traffic_from_the_infra_ingress_to_guest_pods() -> anyhow::Result<()> {
     }
     lab.shutdown().await?;
     Ok(())
+}
+
+#[tokio::test]
+async fn two_tenants_in_selector_mode_stay_apart() -> anyhow::Result<()> {
+    let mut lab = ccm_support::lab(2, "sel").await?;
+    let selector_mode = CcmOptions {
+        load_balancer: "  enableEPSController: false\n".to_string(),
+        ..CcmOptions::default()
+    };
+    let _ccm = ccm_support::start_ccm(&lab, &Tenant::main(&lab), &selector_mode).await?;
+    let other = lab
+        .add_guest_cluster(
+            "other",
+            BTreeMap::from([(
+                "hypershift.openshift.io/infra-id".to_string(),
+                "other".to_string(),
+            )]),
+            1,
+        )
+        .await?
+        .clone();
+    let other_tenant = Tenant {
+        cluster: other.name.clone(),
+        guest: &other.api,
+        infra_namespace: other.infra_namespace.clone(),
+        infra_labels: other.infra_labels.clone(),
+    };
+    let other_opts = CcmOptions {
+        log: "ccm-other.log".to_string(),
+        ..selector_mode.clone()
+    };
+    let _other_ccm = ccm_support::start_ccm(&lab, &other_tenant, &other_opts).await?;
+
+    let mut kubelets = kubelets(&lab).await?;
+    let other_kubelet = other
+        .api
+        .client_for(
+            &other
+                .api
+                .token(kubevirt_lab::lab::KUBELET_USER)
+                .context("kubelet user")?,
+        )
+        .await?;
+    let _other_kubelets = Kubelets::start(&lab, &other_kubelet, &other.nodes)?;
+    let (guest, other_guest) = (lab.guest_client(), other.api.client());
+    let (w0, w1, o0) = (
+        lab.nodes[0].clone(),
+        lab.nodes[1].clone(),
+        other.nodes[0].clone(),
+    );
+    echo_pod(&guest, "web-a", &w0).await?;
+    echo_pod(&guest, "web-b", &w1).await?;
+    echo_pod(&other_guest, "web-o", &o0).await?;
+    web_service(
+        &guest,
+        json!({"sessionAffinity": "ClientIP", "externalTrafficPolicy": "Local"}),
+    )
+    .await?;
+    web_service(&other_guest, json!({})).await?;
+    let (ip, other_ip) = (
+        ingress(&guest, "web").await?,
+        ingress(&other_guest, "web").await?,
+    );
+    ensure!(ip != other_ip, "both tenants got {ip}");
+    let (http, other_http) = (SocketAddr::new(ip, 80), SocketAddr::new(other_ip, 80));
+    // Selector mode: kube-controller-manager's slices of the virt-launcher pods.
+    served(&lab.infra_proxy, Protocol::Tcp, http, 2).await?;
+    served(
+        &other.proxy,
+        Protocol::Tcp,
+        SocketAddr::new(
+            node_ip(&other_guest, &o0).await?,
+            node_port(&other_guest).await?,
+        ),
+        1,
+    )
+    .await?;
+    served(&lab.infra_proxy, Protocol::Tcp, other_http, 1).await?;
+    let port = node_port(&guest).await?;
+    let (ip0, ip1) = (node_ip(&guest, &w0).await?, node_ip(&guest, &w1).await?);
+    served(
+        &lab.guest_proxy,
+        Protocol::Tcp,
+        SocketAddr::new(ip0, port),
+        1,
+    )
+    .await?;
+    served(
+        &lab.guest_proxy,
+        Protocol::Tcp,
+        SocketAddr::new(ip1, port),
+        1,
+    )
+    .await?;
+
+    // Each ingress reaches its own tenant's pods only.
+    assert_eq!(answers(&lab, other_http, 4).await?, set(&[("web-o", &o0)]));
+    let ours = answers(&lab, http, 6).await?;
+    ensure!(
+        ours.iter().all(|(pod, _)| pod != "web-o"),
+        "{http} reached {ours:?}"
+    );
+
+    // Client-IP affinity on the guest ClusterIP: one client, one pod.
+    let services: Api<Service> = Api::namespaced(guest.clone(), "default");
+    let cluster_ip: IpAddr = services
+        .get("web")
+        .await?
+        .spec
+        .and_then(|s| s.cluster_ip)
+        .context("ClusterIP")?
+        .parse()?;
+    let vip = SocketAddr::new(cluster_ip, 80);
+    served(&lab.guest_proxy, Protocol::Tcp, vip, 2).await?;
+    let pinned = answers(&lab, vip, 5).await?;
+    ensure!(pinned.len() == 1, "affinity broken: {pinned:?}");
+
+    // healthCheckNodePort answers per node: 200 with a local endpoint.
+    let hc = services
+        .get("web")
+        .await?
+        .spec
+        .and_then(|s| s.health_check_node_port)
+        .context("healthCheckNodePort")?;
+    let hc = u16::try_from(hc)?;
+    for node_ip in [ip0, ip1] {
+        let r = client::http_get(&lab.net, SocketAddr::new(node_ip, hc), "/healthz", None).await?;
+        ensure!(
+            r.status == 200 && r.body.contains("\"localEndpoints\":1"),
+            "{node_ip}:{hc}: {} {}",
+            r.status,
+            r.body
+        );
+    }
+
+    // A worker VM stops (its kubelet and pods with it): traffic shifts to
+    // the other worker.
+    kubelets.stop(&w1).await;
+    let vms: Api<kubevirt_infra::kubevirt::VirtualMachine> =
+        Api::namespaced(lab.infra_client(), &lab.infra_namespace);
+    vms.patch(
+        &w1,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"runStrategy": "Halted"}})),
+    )
+    .await?;
+    served(&lab.infra_proxy, Protocol::Tcp, http, 1).await?;
+    assert_eq!(answers(&lab, http, 4).await?, set(&[("web-a", &w0)]));
+    drop(_other_kubelets);
+    lab.shutdown().await?;
+    Ok(())
+}
+
+/// The first node port of guest Service `web`.
+async fn node_port(guest: &Client) -> anyhow::Result<u16> {
+    let svc = Api::<Service>::namespaced(guest.clone(), "default")
+        .get("web")
+        .await?;
+    let port = svc
+        .spec
+        .and_then(|s| s.ports?.first()?.node_port)
+        .context("node port")?;
+    Ok(u16::try_from(port)?)
 }

@@ -50,6 +50,11 @@ impl ServiceProxy {
         ServiceProxy { serving, task }
     }
 
+    /// Stops watching and closes every listener (as dropping it does).
+    pub fn stop(&self) {
+        self.task.abort();
+    }
+
     /// What is served now, updated after every change.
     pub fn serving(&self) -> watch::Receiver<Serving> {
         self.serving.clone()
