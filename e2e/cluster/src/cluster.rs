@@ -281,6 +281,11 @@ impl Cluster {
         url.rsplit_once(':')?.1.trim_end_matches('/').parse().ok()
     }
 
+    /// `--service-cluster-ip-range`.
+    pub fn service_cidr(&self) -> &str {
+        &self.inner.cfg.service_cidr
+    }
+
     /// The address kube-apiserver advertises (the `kubernetes` Service's endpoint).
     pub fn advertise_address(&self) -> &str {
         &self.inner.cfg.advertise_address

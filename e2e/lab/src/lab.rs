@@ -40,7 +40,9 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use kubevirt_infra::kubevirt::{VirtualMachineInstance, phase};
 use kubevirt_infra::snapshot::VolumeSnapshotClass;
 use lab_cluster::{Cluster, ClusterConfig, Etcd};
+use lab_guest::kubelet::{GuestNode, KubeletConfig};
 use lab_net::bridge::Bridge;
+use lab_net::dns::Dns;
 use lab_net::proxy::Options as ProxyOptions;
 use lab_net::{Netns, ServiceProxy};
 use lab_sim::cdi::{CdiConfig, DEFAULT_CLASS_ANNOTATION, PROVISIONER};
@@ -66,7 +68,7 @@ const SIMULATORS: &str = "lab:simulators";
 /// The group of the guest stand-ins' users.
 const STAND_INS: &str = "lab:stand-ins";
 /// The infra simulators, each with a user of its own.
-const SIMULATOR_USERS: [&str; 7] = [
+const SIMULATOR_USERS: [&str; 8] = [
     "lab:kubevirt",
     "lab:cdi",
     "lab:snapshot-controller",
@@ -74,12 +76,15 @@ const SIMULATOR_USERS: [&str; 7] = [
     "lab:load-balancer",
     "lab:virt-api",
     SERVICE_PROXY_USER,
+    CLUSTER_DNS_USER,
 ];
 /// The guest stand-ins: CSI sidecars, kubelets.
 pub const SIDECARS_USER: &str = "lab:csi-sidecars";
 pub const KUBELET_USER: &str = "lab:kubelet";
 /// The service proxy of each cluster (kube-proxy's role).
 const SERVICE_PROXY_USER: &str = "lab:service-proxy";
+/// The DNS server of each cluster (CoreDNS's role).
+const CLUSTER_DNS_USER: &str = "lab:cluster-dns";
 /// kube-controller-manager controllers the infra cluster runs without: the
 /// CDI simulator binds and grows claims; no CSI volume attaches to an infra
 /// Node; simulated Nodes have no kubelet to heartbeat; and OpenShift's
@@ -150,8 +155,9 @@ pub struct GuestCluster {
     pub infra_labels: BTreeMap<String, String>,
     pub nodes: Vec<String>,
     pub kubeconfig: PathBuf,
-    /// Its service proxy, and the bridge to its API server.
+    /// Its service proxy, its DNS server and the bridge to its API server.
     pub proxy: Arc<ServiceProxy>,
+    _dns: Arc<Dns>,
     _bridge: Arc<Bridge>,
 }
 
@@ -180,6 +186,8 @@ pub struct Lab {
     pub guest_proxy: ServiceProxy,
     /// Bridges from each API server's advertise address to the server.
     _bridges: Vec<Bridge>,
+    /// The DNS servers of the infra and guest clusters.
+    _dns: Vec<Dns>,
     /// The number of the next cluster, for its ClusterIP range.
     next_cluster: AtomicU16,
     virt_api: Option<VirtApi>,
@@ -223,6 +231,10 @@ impl Lab {
         let bridges = vec![bridge(&net, &infra).await?, bridge(&net, &guest).await?];
         let infra_proxy = start_proxy(&infra, &net, true).await?;
         let guest_proxy = start_proxy(&guest, &net, false).await?;
+        let dns = vec![
+            start_dns(&infra, &net, 0).await?,
+            start_dns(&guest, &net, 1).await?,
+        ];
         let client = infra.client();
 
         lab_sim::crds::apply(&client).await?;
@@ -332,6 +344,7 @@ impl Lab {
             infra_proxy,
             guest_proxy,
             _bridges: bridges,
+            _dns: dns,
             next_cluster: AtomicU16::new(2),
             virt_api: Some(virt_api),
             etcd,
@@ -352,6 +365,19 @@ impl Lab {
         lab.write_env()?;
         tracing::info!(dir = %lab.dir.display(), nodes = ?lab.nodes, "lab ready");
         Ok(lab)
+    }
+
+    /// The ClusterIP of `cluster`'s DNS (what kubelet's `--cluster-dns` names).
+    pub fn cluster_dns(cluster: &Cluster) -> Option<IpAddr> {
+        lab_net::dns::cluster_dns_ip(cluster.service_cidr())
+    }
+
+    /// The kubelet stand-in's settings for `node` of guest cluster
+    /// `cluster`: pods' workloads in the lab network, the cluster's DNS.
+    pub fn kubelet_config(&self, node: &GuestNode, cluster: &Cluster) -> KubeletConfig {
+        let mut cfg = node.kubelet_config(Some(self.net.clone()));
+        cfg.cluster_dns = Lab::cluster_dns(cluster);
+        cfg
     }
 
     /// An admin client of the infra cluster.
@@ -405,6 +431,7 @@ impl Lab {
         api.bind_cluster_admin(STAND_INS).await?;
         let bridge = Arc::new(bridge(&self.net, &api).await?);
         let proxy = Arc::new(start_proxy(&api, &self.net, false).await?);
+        let dns = Arc::new(start_dns(&api, &self.net, index).await?);
         let pod_net = u8::try_from(self.tenants.len() + 1)
             .map_err(|_| LabError::Invalid("too many guest clusters".to_string()))?;
         let kubeconfig = self.dir.join(format!("{name}.kubeconfig"));
@@ -423,6 +450,7 @@ impl Lab {
             nodes,
             kubeconfig,
             proxy,
+            _dns: dns,
             _bridge: bridge,
         });
         self.tenants
@@ -616,10 +644,15 @@ fn guest_config(dir: &Path, name: &str, index: u16) -> Result<ClusterConfig, Lab
     let mut cfg = common_config(name, &dir.join("clusters").join(name));
     cfg.service_cidr = lab_net::service_cidr(index)?;
     cfg.without_controllers = GUEST_WITHOUT.iter().map(|c| c.to_string()).collect();
-    cfg.users = [SIDECARS_USER, KUBELET_USER, SERVICE_PROXY_USER]
-        .iter()
-        .map(|u| (u.to_string(), vec![STAND_INS.to_string()]))
-        .collect();
+    cfg.users = [
+        SIDECARS_USER,
+        KUBELET_USER,
+        SERVICE_PROXY_USER,
+        CLUSTER_DNS_USER,
+    ]
+    .iter()
+    .map(|u| (u.to_string(), vec![STAND_INS.to_string()]))
+    .collect();
     Ok(cfg)
 }
 
@@ -635,6 +668,53 @@ async fn bridge(net: &Netns, cluster: &Cluster) -> Result<Bridge, LabError> {
         .map_err(|e| LabError::Invalid(format!("advertise address: {e}")))?;
     let host = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port);
     Ok(Bridge::to_host(net, SocketAddr::new(ip, port), host).await?)
+}
+
+/// The DNS server of `cluster`, the lab's cluster number `index`, behind
+/// the `kube-system/kube-dns` Service at the ClusterIP kubelets name as
+/// `--cluster-dns` ([`Lab::cluster_dns`]).
+async fn start_dns(cluster: &Cluster, net: &Netns, index: u16) -> Result<Dns, LabError> {
+    let address = IpAddr::V4(lab_net::dns_address(index)?);
+    let cluster_ip = lab_net::dns::cluster_dns_ip(cluster.service_cidr()).ok_or_else(|| {
+        LabError::Invalid(format!("no DNS address in {}", cluster.service_cidr()))
+    })?;
+    let admin = cluster.client();
+    let service: k8s_openapi::api::core::v1::Service = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "kube-dns", "namespace": "kube-system",
+                     "labels": {"k8s-app": "kube-dns", "kubernetes.io/name": "CoreDNS"}},
+        "spec": {"clusterIP": cluster_ip.to_string(), "ports": [
+            {"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 53},
+            {"name": "dns-tcp", "port": 53, "protocol": "TCP", "targetPort": 53}]}
+    }))
+    .map_err(|e| LabError::Invalid(e.to_string()))?;
+    let slice: k8s_openapi::api::discovery::v1::EndpointSlice =
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "kube-dns-lab", "namespace": "kube-system",
+                         "labels": {"kubernetes.io/service-name": "kube-dns",
+                                    "endpointslice.kubernetes.io/managed-by": "kubevirt-lab"}},
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": [address.to_string()], "conditions": {"ready": true}}],
+            "ports": [{"name": "dns", "port": 53, "protocol": "UDP"},
+                      {"name": "dns-tcp", "port": 53, "protocol": "TCP"}]
+        }))
+        .map_err(|e| LabError::Invalid(e.to_string()))?;
+    lab_cluster::ensure_namespace(&admin, "kube-system").await?;
+    create_unless_exists(&Api::namespaced(admin.clone(), "kube-system"), &service).await?;
+    create_unless_exists(&Api::namespaced(admin, "kube-system"), &slice).await?;
+    let client = actor_client(cluster, CLUSTER_DNS_USER).await?;
+    Ok(Dns::start(client, net, address).await?)
+}
+
+/// Creates `object` unless one of its name exists.
+async fn create_unless_exists<K>(api: &Api<K>, object: &K) -> Result<(), LabError>
+where
+    K: kube::Resource + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    match api.create(&PostParams::default(), object).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// The service proxy of `cluster`; the infra one serves load-balancer ingress.

@@ -173,7 +173,7 @@ impl Suite {
             )?;
             let (client, kubelet_cfg) = (
                 kubelet_client.clone(),
-                node.kubelet_config(Some(lab.net.clone())),
+                lab.kubelet_config(&node, &lab.guest),
             );
             let node_name = name.clone();
             self.tasks.spawn(async move {

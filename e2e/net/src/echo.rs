@@ -5,6 +5,10 @@
 //! line. Over TCP it speaks HTTP/1.1 to a client that sends a request
 //! (answering `200` with that body, then closing) and answers every line of
 //! any other client; over UDP it answers every datagram.
+//!
+//! `GET /resolve/<name>` looks `<name>` up as a process in the pod does,
+//! through the cluster DNS with the pod's search path ([`crate::dns::resolve`]),
+//! and answers `{"name", "addresses"}` (404 when nothing answers to it).
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -57,6 +61,20 @@ impl Answer {
     }
 }
 
+/// How the workload resolves names: its cluster's DNS (kubelet's
+/// `--cluster-dns`); the search path follows from the pod's namespace.
+#[derive(Clone, Copy, Debug)]
+pub struct Dns {
+    pub server: IpAddr,
+}
+
+/// What every connection of one workload needs.
+struct Workload {
+    identity: Identity,
+    netns: Arc<Netns>,
+    dns: Option<Dns>,
+}
+
 /// A running echo workload; dropping it stops it.
 #[derive(Debug)]
 pub struct Echo {
@@ -65,36 +83,41 @@ pub struct Echo {
 
 /// Starts the echo workload of `identity` on `ip`, one server per port.
 pub async fn start(
-    netns: &Netns,
+    netns: &Arc<Netns>,
     ip: IpAddr,
     ports: &[(Protocol, u16)],
     identity: Identity,
+    dns: Option<Dns>,
 ) -> Result<Echo, Error> {
-    let identity = Arc::new(identity);
+    let workload = Arc::new(Workload {
+        identity,
+        netns: netns.clone(),
+        dns,
+    });
     let mut tasks = JoinSet::new();
     for &(protocol, port) in ports {
         let addr = SocketAddr::new(ip, port);
         match protocol {
             Protocol::Tcp => {
                 let listener = netns.bind_tcp(addr).await?;
-                tasks.spawn(serve_tcp(listener, identity.clone()));
+                tasks.spawn(serve_tcp(listener, workload.clone()));
             }
             Protocol::Udp => {
                 let socket = netns.bind_udp(addr).await?;
-                tasks.spawn(serve_udp(socket, identity.clone()));
+                tasks.spawn(serve_udp(socket, workload.clone()));
             }
         }
     }
     Ok(Echo { _tasks: tasks })
 }
 
-async fn serve_tcp(listener: TcpListener, identity: Arc<Identity>) {
+async fn serve_tcp(listener: TcpListener, workload: Arc<Workload>) {
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, client)) => {
-                    connections.spawn(answer_tcp(stream, client, identity.clone()));
+                    connections.spawn(answer_tcp(stream, client, workload.clone()));
                 }
                 Err(e) => tracing::debug!(error = %e, "echo accept"),
             },
@@ -103,12 +126,12 @@ async fn serve_tcp(listener: TcpListener, identity: Arc<Identity>) {
     }
 }
 
-async fn answer_tcp(mut stream: TcpStream, client: SocketAddr, identity: Arc<Identity>) {
+async fn answer_tcp(mut stream: TcpStream, client: SocketAddr, workload: Arc<Workload>) {
     let Ok(server) = stream.local_addr() else {
         return;
     };
     let answer = Answer {
-        identity: (*identity).clone(),
+        identity: workload.identity.clone(),
         client,
         server,
     }
@@ -123,9 +146,18 @@ async fn answer_tcp(mut stream: TcpStream, client: SocketAddr, identity: Arc<Ide
         buf.extend_from_slice(&chunk[..n]);
         if is_http(&buf) {
             if find(&buf, b"\r\n\r\n").is_some() {
+                let path = String::from_utf8_lossy(&buf)
+                    .split_whitespace()
+                    .nth(1)
+                    .unwrap_or("/")
+                    .to_string();
+                let (status, body) = match path.strip_prefix("/resolve/") {
+                    Some(name) => resolve(&workload, name).await,
+                    None => ("200 OK", answer),
+                };
                 let response = format!(
-                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer}",
-                    answer.len()
+                    "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
                 );
                 let _ = stream.write_all(response.as_bytes()).await;
                 let _ = stream.shutdown().await;
@@ -145,7 +177,7 @@ async fn answer_tcp(mut stream: TcpStream, client: SocketAddr, identity: Arc<Ide
     }
 }
 
-async fn serve_udp(socket: UdpSocket, identity: Arc<Identity>) {
+async fn serve_udp(socket: UdpSocket, workload: Arc<Workload>) {
     let Ok(server) = socket.local_addr() else {
         return;
     };
@@ -155,12 +187,38 @@ async fn serve_udp(socket: UdpSocket, identity: Arc<Identity>) {
             continue;
         };
         let answer = Answer {
-            identity: (*identity).clone(),
+            identity: workload.identity.clone(),
             client,
             server,
         }
         .line();
         let _ = socket.send_to(answer.as_bytes(), client).await;
+    }
+}
+
+/// `GET /resolve/<name>`: the status line and the JSON body.
+async fn resolve(workload: &Workload, name: &str) -> (&'static str, String) {
+    let Some(dns) = workload.dns else {
+        return (
+            "503 Service Unavailable",
+            "{\"error\":\"no cluster DNS\"}\n".to_string(),
+        );
+    };
+    let namespace = &workload.identity.namespace;
+    match crate::dns::resolve(&workload.netns, dns.server, namespace, name).await {
+        Ok(addresses) => {
+            let status = if addresses.is_empty() {
+                "404 Not Found"
+            } else {
+                "200 OK"
+            };
+            let body = serde_json::json!({"name": name, "addresses": addresses});
+            (status, format!("{body}\n"))
+        }
+        Err(e) => (
+            "502 Bad Gateway",
+            format!("{}\n", serde_json::json!({"error": e.to_string()})),
+        ),
     }
 }
 

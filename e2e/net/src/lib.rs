@@ -7,6 +7,7 @@
 //! | range | what |
 //! |---|---|
 //! | [`API_NET`] | each API server's advertise address (`kubernetes` Service endpoints), bridged to the API server on host loopback; [`OUTSIDE_CLIENT`] |
+//! | [`DNS_NET`] | each cluster's DNS server, the endpoint of its `kube-system/kube-dns` Service ([`dns_address`]) |
 //! | [`SERVICE_NET`], [`SERVICE_NET_V6`] | ClusterIPs: a /20 and a /112 per cluster ([`service_cidr`]) |
 //! | [`INFRA_NODE_NET`] | infra Nodes |
 //! | [`INFRA_POD_NET`], [`INFRA_POD_NET_V6`] | infra pods: virt-launcher pods, whose address is their VM's (masquerade binding), so also the guest Nodes' InternalIPs |
@@ -20,6 +21,7 @@
 
 pub mod bridge;
 pub mod client;
+pub mod dns;
 pub mod echo;
 mod error;
 pub mod netns;
@@ -37,6 +39,7 @@ pub const API_NET: &str = "10.0.0.0/24";
 /// The address tests and the demo send from when they play a client from
 /// outside both clusters.
 pub const OUTSIDE_CLIENT: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 100);
+pub const DNS_NET: &str = "10.0.1.0/24";
 pub const SERVICE_NET: &str = "10.96.0.0/12";
 pub const SERVICE_NET_V6: &str = "fd00:10:96::/48";
 pub const INFRA_NODE_NET: &str = "192.168.100.0/24";
@@ -50,6 +53,7 @@ pub const LB_NET_V6: &str = "fd00:c0a8:c8::/112";
 pub fn local_ranges() -> Vec<IpNet> {
     [
         API_NET,
+        DNS_NET,
         SERVICE_NET,
         SERVICE_NET_V6,
         INFRA_NODE_NET,
@@ -79,6 +83,20 @@ pub fn service_cidr(index: u16) -> Result<String, Error> {
     let v4 = Ipv4Net::new(v4, 20).map_err(|e| Error::Invalid(e.to_string()))?;
     let v6 = Ipv6Net::new(v6, 112).map_err(|e| Error::Invalid(e.to_string()))?;
     Ok(format!("{v4},{v6}"))
+}
+
+/// The address of the DNS server of the lab's cluster number `index`.
+pub fn dns_address(index: u16) -> Result<Ipv4Addr, Error> {
+    let host = u8::try_from(u32::from(index) + 1)
+        .ok()
+        .filter(|h| *h < 255)
+        .ok_or_else(|| {
+            Error::Invalid(format!(
+                "the lab has DNS addresses for 254 clusters, not {}",
+                u32::from(index) + 1
+            ))
+        })?;
+    Ok(Ipv4Addr::new(10, 0, 1, host))
 }
 
 /// The pod CIDR of node `node` of the lab's guest cluster number `cluster`:
@@ -125,7 +143,8 @@ mod tests {
         assert_eq!(guest_pod_cidr(0, 1)?.to_string(), "10.192.1.0/24");
         assert!(guest_pod_cidr(64, 0).is_err());
         let ranges = local_ranges();
-        assert_eq!(ranges.len(), 9);
+        assert_eq!(ranges.len(), 10);
+        assert_eq!(dns_address(0)?.to_string(), "10.0.1.1");
         for (i, a) in ranges.iter().enumerate() {
             for b in &ranges[i + 1..] {
                 assert!(!a.contains(b) && !b.contains(a), "{a} and {b} overlap");

@@ -44,8 +44,8 @@ async fn traffic_through_the_namespace() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let netns = Arc::new(Netns::create(&dir.path().join("netns"), &lab_net::local_ranges()).await?);
     let ports = [(Protocol::Tcp, 8080), (Protocol::Udp, 5353)];
-    let _a = echo::start(&netns, "10.192.0.2".parse()?, &ports, who("a")).await?;
-    let _b = echo::start(&netns, "10.192.0.3".parse()?, &ports, who("b")).await?;
+    let _a = echo::start(&netns, "10.192.0.2".parse()?, &ports, who("a"), None).await?;
+    let _b = echo::start(&netns, "10.192.0.3".parse()?, &ports, who("b"), None).await?;
 
     // Straight to a pod; the client address is the one it bound.
     let r = client::http_get(

@@ -76,6 +76,8 @@ pub struct KubeletConfig {
     /// The lab's network namespace, where pods' workloads listen; none: no
     /// workloads run.
     pub network: Option<Arc<lab_net::Netns>>,
+    /// `--cluster-dns`: the cluster DNS pods' processes resolve names with.
+    pub cluster_dns: Option<std::net::IpAddr>,
 }
 
 /// Runs the kubelet stand-in for `cfg.node_name` against the guest cluster
@@ -87,7 +89,7 @@ pub async fn run(client: Client, cfg: KubeletConfig) -> Result<(), Error> {
     let driver = kubevirt_infra::labels::CSI_DRIVER_NAME.to_string();
     let (host_ip, pod_cidr) = addresses(&client, &cfg.node_name).await;
     let node = cfg.node_name.clone();
-    let network = PodNetwork::new(cfg.network.clone(), pod_cidr, &node);
+    let network = PodNetwork::new(cfg.network.clone(), pod_cidr, cfg.cluster_dns, &node);
 
     let pods: Api<Pod> = Api::all(client.clone());
     let controller = Controller::new(

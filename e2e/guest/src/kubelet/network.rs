@@ -25,6 +25,8 @@ use super::paths::sha256_hex;
 pub struct PodNetwork {
     netns: Option<Arc<Netns>>,
     cidr: Option<Ipv4Net>,
+    /// kubelet's `--cluster-dns`.
+    dns: Option<IpAddr>,
     node: String,
     state: Mutex<State>,
 }
@@ -36,10 +38,16 @@ struct State {
 }
 
 impl PodNetwork {
-    pub fn new(netns: Option<Arc<Netns>>, cidr: Option<Ipv4Net>, node: &str) -> Self {
+    pub fn new(
+        netns: Option<Arc<Netns>>,
+        cidr: Option<Ipv4Net>,
+        dns: Option<IpAddr>,
+        node: &str,
+    ) -> Self {
         Self {
             netns,
             cidr,
+            dns,
             node: node.to_string(),
             state: Mutex::default(),
         }
@@ -106,14 +114,20 @@ impl PodNetwork {
             namespace: pod.namespace().unwrap_or_default(),
             node: self.node.clone(),
         };
-        let workload = echo::start(netns, ip, &ports.unwrap_or_default(), identity)
-            .await
-            .map_err(|e| {
-                Error::Invalid(format!(
-                    "starting the echo workload of pod {}: {e}",
-                    pod.name_any()
-                ))
-            })?;
+        let workload = echo::start(
+            netns,
+            ip,
+            &ports.unwrap_or_default(),
+            identity,
+            self.dns.map(|server| echo::Dns { server }),
+        )
+        .await
+        .map_err(|e| {
+            Error::Invalid(format!(
+                "starting the echo workload of pod {}: {e}",
+                pod.name_any()
+            ))
+        })?;
         self.state
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -176,7 +190,7 @@ mod tests {
 
     #[test]
     fn addresses_come_from_the_node_range() -> Result<(), Error> {
-        let net = PodNetwork::new(None, "10.192.1.0/24".parse().ok(), "n1");
+        let net = PodNetwork::new(None, "10.192.1.0/24".parse().ok(), None, "n1");
         let a = Arc::new(pod("a", Some("10.192.1.2"), "x"));
         let b = pod("b", None, "x");
         assert_eq!(
@@ -191,7 +205,7 @@ mod tests {
         net.release("b");
         let c = pod("c", None, "x");
         assert_eq!(net.pod_ip(&c, &[a])?.to_string(), "10.192.1.3", "freed");
-        let plain = PodNetwork::new(None, None, "n1");
+        let plain = PodNetwork::new(None, None, None, "n1");
         assert!(plain.pod_ip(&c, &[])?.to_string().starts_with("10.244."));
         Ok(())
     }

@@ -45,6 +45,7 @@ impl GuestNode {
             kubelet_dir: self.kubelet_dir.clone(),
             csi_socket: self.csi_socket.clone(),
             network,
+            cluster_dns: None,
         }
     }
 

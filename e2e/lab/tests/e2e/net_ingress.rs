@@ -12,6 +12,7 @@ use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use kube::Client;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kubevirt_lab::Lab;
+use lab_cluster::Cluster;
 use lab_guest::kubelet::{self, GuestNode};
 use lab_net::proxy::desired::Source;
 use lab_net::proxy::{Listen, Route, ServiceProxy};
@@ -27,12 +28,17 @@ struct Kubelets(BTreeMap<String, tokio::task::JoinHandle<()>>);
 
 impl Kubelets {
     /// Runs one for each of `nodes` of the guest cluster behind `client`.
-    fn start(lab: &Lab, client: &Client, nodes: &[String]) -> anyhow::Result<Kubelets> {
+    fn start(
+        lab: &Lab,
+        cluster: &Cluster,
+        client: &Client,
+        nodes: &[String],
+    ) -> anyhow::Result<Kubelets> {
         let mut all = BTreeMap::new();
         for name in nodes {
             let node = GuestNode::new(name, &lab.dir.join("nodes").join(name));
             node.prepare()?;
-            let cfg = node.kubelet_config(Some(lab.net.clone()));
+            let cfg = lab.kubelet_config(&node, cluster);
             let client = client.clone();
             let task = tokio::spawn(async move {
                 if let Err(e) = kubelet::run(client, cfg).await {
@@ -65,7 +71,7 @@ impl Drop for Kubelets {
 /// Runs a kubelet stand-in for every guest node of the lab.
 async fn kubelets(lab: &Lab) -> anyhow::Result<Kubelets> {
     let client = lab.stand_in_client(kubevirt_lab::lab::KUBELET_USER).await?;
-    Kubelets::start(lab, &client, &lab.nodes)
+    Kubelets::start(lab, &lab.guest, &client, &lab.nodes)
 }
 
 /// An echo pod on `node` with the `app: web` label.
@@ -242,6 +248,73 @@ async fn traffic_from_the_infra_ingress_to_guest_pods() -> anyhow::Result<()> {
         "{udp:?}"
     );
 
+    // Cluster DNS, as the kubelet configures it (--cluster-dns, the pod's
+    // search path), from a client and from inside a container.
+    let dns = Lab::cluster_dns(&lab.guest).context("cluster DNS")?;
+    served(&lab.guest_proxy, Protocol::Udp, SocketAddr::new(dns, 53), 1).await?;
+    let cluster_ip = |svc: Service| -> anyhow::Result<IpAddr> {
+        Ok(svc
+            .spec
+            .and_then(|s| s.cluster_ip)
+            .context("ClusterIP")?
+            .parse()?)
+    };
+    let web_ip = cluster_ip(services.get("web").await?)?;
+    let kubernetes = cluster_ip(services.get("kubernetes").await?)?;
+    for name in [
+        "web",
+        "web.default",
+        "web.default.svc",
+        "web.default.svc.cluster.local.",
+    ] {
+        assert_eq!(
+            lab_net::dns::resolve(&lab.net, dns, "default", name).await?,
+            [web_ip],
+            "{name}"
+        );
+    }
+    assert_eq!(
+        lab_net::dns::resolve(&lab.net, dns, "kube-system", "kubernetes.default.svc").await?,
+        [kubernetes]
+    );
+    assert!(
+        lab_net::dns::resolve(&lab.net, dns, "default", "nothing-here")
+            .await?
+            .is_empty()
+    );
+    served(
+        &lab.guest_proxy,
+        Protocol::Tcp,
+        SocketAddr::new(kubernetes, 443),
+        1,
+    )
+    .await?;
+    ensure!(
+        !client::refused(&lab.net, SocketAddr::new(kubernetes, 443)).await,
+        "the API server behind kubernetes.default.svc"
+    );
+    let pods: Api<Pod> = Api::namespaced(guest.clone(), "default");
+    let pod_ip: IpAddr = pods
+        .get("web-a")
+        .await?
+        .status
+        .and_then(|s| s.pod_ip)
+        .context("pod IP")?
+        .parse()?;
+    let inside = client::http_get(
+        &lab.net,
+        SocketAddr::new(pod_ip, 8080),
+        "/resolve/web.default.svc",
+        None,
+    )
+    .await?;
+    ensure!(
+        inside.status == 200 && inside.body.contains(&web_ip.to_string()),
+        "inside web-a: {} {}",
+        inside.status,
+        inside.body
+    );
+
     // externalTrafficPolicy Local: a node port reaches only its own node's
     // pod, and the pod sees the outside client's address.
     services
@@ -407,7 +480,7 @@ async fn two_tenants_in_selector_mode_stay_apart() -> anyhow::Result<()> {
                 .context("kubelet user")?,
         )
         .await?;
-    let _other_kubelets = Kubelets::start(&lab, &other_kubelet, &other.nodes)?;
+    let _other_kubelets = Kubelets::start(&lab, &other.api, &other_kubelet, &other.nodes)?;
     let (guest, other_guest) = (lab.guest_client(), other.api.client());
     let (w0, w1, o0) = (
         lab.nodes[0].clone(),

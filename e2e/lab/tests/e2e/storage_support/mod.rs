@@ -19,7 +19,6 @@ use std::fs::OpenOptions;
 use std::future::Future;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, anyhow, bail};
@@ -34,7 +33,6 @@ use kubevirt_lab::daemon::{self, Daemon};
 use kubevirt_lab::{Lab, LabConfig, mounts, wait};
 use lab_guest::SidecarConfig;
 use lab_guest::kubelet::{self, GuestNode};
-use lab_net::Netns;
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 
@@ -86,8 +84,8 @@ pub struct NodeSide {
 }
 
 /// Runs the kubelet stand-in of `node`.
-fn start_kubelet(client: &Client, node: &GuestNode, net: &Arc<Netns>) -> Task {
-    let (client, cfg) = (client.clone(), node.kubelet_config(Some(net.clone())));
+fn start_kubelet(client: &Client, node: &GuestNode, lab: &Lab) -> Task {
+    let (client, cfg) = (client.clone(), lab.kubelet_config(node, &lab.guest));
     Task(tokio::spawn(async move {
         if let Err(e) = kubelet::run(client, cfg).await {
             tracing::error!("kubelet stand-in stopped: {e}");
@@ -256,7 +254,7 @@ impl Storage {
                 [("RUST_BACKTRACE", "1")],
                 &lab.dir.join("logs").join(format!("node-{name}.log")),
             )?;
-            let kubelet = start_kubelet(&client, &node, &lab.net);
+            let kubelet = start_kubelet(&client, &node, &lab);
             nodes.push(NodeSide {
                 node,
                 plugin,
@@ -295,7 +293,7 @@ impl Storage {
             .iter_mut()
             .find(|n| n.node.node_name == node)
             .ok_or_else(|| anyhow!("no node {node}"))?;
-        side.kubelet = Some(start_kubelet(&client, &side.node, &self.lab.net));
+        side.kubelet = Some(start_kubelet(&client, &side.node, &self.lab));
         Ok(())
     }
 

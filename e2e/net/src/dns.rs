@@ -1,0 +1,281 @@
+//! The cluster DNS of one cluster (CoreDNS's role, for Services): it
+//! watches the cluster's Services and EndpointSlices and answers A and AAAA
+//! questions for `<service>.<namespace>.svc.<domain>` with the Service's
+//! ClusterIPs (the ready endpoint addresses for a headless Service), over
+//! UDP and TCP. Names under the cluster domain that name nothing get
+//! NXDOMAIN; anything else is REFUSED (there is no upstream to forward to).
+//!
+//! Like CoreDNS it runs as a pod behind the `kube-system/kube-dns` Service:
+//! the lab gives it an address of its own, an EndpointSlice, and the
+//! Service the fixed ClusterIP kubelet's `--cluster-dns` names
+//! ([`cluster_dns_ip`]). The wire format is RFC 1035's, in [`wire`].
+
+pub mod wire;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::Api;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, ResourceExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::task::JoinSet;
+
+use crate::proxy::desired::SERVICE_NAME_LABEL;
+use crate::{Error, Netns};
+use wire::{Question, Rcode};
+
+/// The cluster domain.
+pub const DOMAIN: &str = "cluster.local";
+/// How long answers may be cached (CoreDNS's default for the kubernetes plugin).
+const TTL: u32 = 5;
+
+/// The ClusterIP of `kube-system/kube-dns` in a service range: its tenth
+/// address, as kubeadm chooses it.
+pub fn cluster_dns_ip(service_cidr: &str) -> Option<IpAddr> {
+    let first = service_cidr.split(',').next()?;
+    let net: ipnet::IpNet = first.trim().parse().ok()?;
+    net.hosts().nth(9)
+}
+
+/// A running DNS server; dropping it stops it.
+pub struct Dns {
+    _tasks: JoinSet<()>,
+}
+
+impl Dns {
+    /// Serves the cluster behind `client` on `addr` (port 53, UDP and TCP).
+    pub async fn start(client: Client, netns: &Netns, addr: IpAddr) -> Result<Dns, Error> {
+        let at = SocketAddr::new(addr, 53);
+        let udp = netns.bind_udp(at).await?;
+        let tcp = netns.bind_tcp(at).await?;
+        let (services, services_writer) = reflector::store();
+        let (slices, slices_writer) = reflector::store();
+        let mut tasks = JoinSet::new();
+        tasks.spawn(
+            reflector::reflector(
+                services_writer,
+                watcher(
+                    Api::<Service>::all(client.clone()),
+                    watcher::Config::default(),
+                ),
+            )
+            .default_backoff()
+            .for_each(|_| futures::future::ready(())),
+        );
+        tasks.spawn(
+            reflector::reflector(
+                slices_writer,
+                watcher(
+                    Api::<EndpointSlice>::all(client),
+                    watcher::Config::default(),
+                ),
+            )
+            .default_backoff()
+            .for_each(|_| futures::future::ready(())),
+        );
+        let records = Arc::new(Records { services, slices });
+        tasks.spawn(serve_udp(udp, records.clone()));
+        tasks.spawn(serve_tcp(tcp, records));
+        Ok(Dns { _tasks: tasks })
+    }
+}
+
+/// What the server answers from.
+struct Records {
+    services: Store<Service>,
+    slices: Store<EndpointSlice>,
+}
+
+impl Records {
+    /// The answer to one question: rcode and addresses.
+    fn answer(&self, q: &Question) -> (Rcode, Vec<IpAddr>) {
+        let name = q.name.trim_end_matches('.').to_ascii_lowercase();
+        let Some(local) = name.strip_suffix(&format!(".svc.{DOMAIN}")) else {
+            let ours = name == DOMAIN || name.ends_with(&format!(".{DOMAIN}"));
+            return (
+                if ours {
+                    Rcode::NxDomain
+                } else {
+                    Rcode::Refused
+                },
+                Vec::new(),
+            );
+        };
+        let Some((service, namespace)) = local.split_once('.').filter(|(_, ns)| !ns.contains('.'))
+        else {
+            return (Rcode::NxDomain, Vec::new());
+        };
+        let found = self
+            .services
+            .state()
+            .into_iter()
+            .find(|s| s.name_any() == service && s.namespace().as_deref() == Some(namespace));
+        let Some(svc) = found else {
+            return (Rcode::NxDomain, Vec::new());
+        };
+        let spec = svc.spec.clone().unwrap_or_default();
+        let cluster_ips: Vec<IpAddr> = spec
+            .cluster_ips
+            .or(spec.cluster_ip.map(|ip| vec![ip]))
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|ip| ip.parse().ok())
+            .collect();
+        let addresses = if cluster_ips.is_empty() {
+            self.ready_endpoints(namespace, service)
+        } else {
+            cluster_ips
+        };
+        let wanted = addresses
+            .into_iter()
+            .filter(|ip| match q.kind {
+                wire::A => ip.is_ipv4(),
+                wire::AAAA => ip.is_ipv6(),
+                _ => false,
+            })
+            .collect();
+        (Rcode::NoError, wanted)
+    }
+
+    /// A headless Service's ready endpoint addresses.
+    fn ready_endpoints(&self, namespace: &str, service: &str) -> Vec<IpAddr> {
+        let mut out: Vec<IpAddr> = self
+            .slices
+            .state()
+            .iter()
+            .filter(|s| {
+                s.namespace().as_deref() == Some(namespace)
+                    && s.labels().get(SERVICE_NAME_LABEL).map(String::as_str) == Some(service)
+            })
+            .flat_map(|s| s.endpoints.clone())
+            .filter(|e| e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true))
+            .flat_map(|e| e.addresses)
+            .filter_map(|a| a.parse().ok())
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    fn respond(&self, query: &[u8]) -> Option<Vec<u8>> {
+        match wire::parse_query(query) {
+            Ok(q) => {
+                let (rcode, addresses) = self.answer(&q.question);
+                Some(wire::response(&q, rcode, &addresses, TTL))
+            }
+            Err(Some(header)) => Some(wire::error_response(&header, Rcode::FormErr)),
+            Err(None) => None,
+        }
+    }
+}
+
+async fn serve_udp(socket: UdpSocket, records: Arc<Records>) {
+    let mut buf = vec![0u8; 4096];
+    loop {
+        let Ok((n, from)) = socket.recv_from(&mut buf).await else {
+            continue;
+        };
+        if let Some(reply) = records.respond(&buf[..n]) {
+            let _ = socket.send_to(&reply, from).await;
+        }
+    }
+}
+
+async fn serve_tcp(listener: TcpListener, records: Arc<Records>) {
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                if let Ok((stream, _)) = accepted {
+                    connections.spawn(answer_tcp(stream, records.clone()));
+                }
+            }
+            Some(_) = connections.join_next() => {}
+        }
+    }
+}
+
+/// Length-prefixed messages (RFC 1035 4.2.2) until the client closes.
+async fn answer_tcp(mut stream: TcpStream, records: Arc<Records>) {
+    loop {
+        let Ok(len) = stream.read_u16().await else {
+            return;
+        };
+        let mut query = vec![0u8; usize::from(len)];
+        if stream.read_exact(&mut query).await.is_err() {
+            return;
+        }
+        let Some(reply) = records.respond(&query) else {
+            return;
+        };
+        let Ok(len) = u16::try_from(reply.len()) else {
+            return;
+        };
+        if stream.write_u16(len).await.is_err() || stream.write_all(&reply).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Resolves `name` as a pod in `namespace` does with the resolv.conf
+/// kubelet writes (`search <ns>.svc.<domain> svc.<domain> <domain>`,
+/// `ndots:5`): the A and AAAA addresses of the first candidate that exists.
+pub async fn resolve(
+    netns: &Netns,
+    server: IpAddr,
+    namespace: &str,
+    name: &str,
+) -> Result<Vec<IpAddr>, Error> {
+    let absolute = name.ends_with('.') || name.matches('.').count() >= 5;
+    let mut candidates: Vec<String> = [
+        format!("{namespace}.svc.{DOMAIN}"),
+        format!("svc.{DOMAIN}"),
+        DOMAIN.to_string(),
+    ]
+    .iter()
+    .filter(|_| !absolute)
+    .map(|search| format!("{name}.{search}"))
+    .collect();
+    candidates.push(name.trim_end_matches('.').to_string());
+    let to = SocketAddr::new(server, 53);
+    for candidate in candidates {
+        let mut found = Vec::new();
+        let mut exists = false;
+        for kind in [wire::A, wire::AAAA] {
+            let socket = netns.connect_udp(to, None).await?;
+            let id = rand_id(&candidate, kind);
+            let query = wire::query(id, &candidate, kind);
+            socket
+                .send(&query)
+                .await
+                .map_err(Error::socket("send to", to))?;
+            let mut buf = vec![0u8; 4096];
+            let n = tokio::time::timeout(std::time::Duration::from_secs(5), socket.recv(&mut buf))
+                .await
+                .map_err(|_| Error::Invalid(format!("no answer from the cluster DNS at {to}")))?
+                .map_err(Error::socket("receive from", to))?;
+            let (rcode, addresses) = wire::parse_response(&buf[..n], id)?;
+            exists |= rcode == Rcode::NoError;
+            found.extend(addresses);
+        }
+        if exists {
+            return Ok(found);
+        }
+    }
+    Ok(Vec::new())
+}
+
+/// A query id; uniqueness per socket is all a resolver needs here.
+fn rand_id(name: &str, kind: u16) -> u16 {
+    let mut h: u16 = kind;
+    for b in name.bytes() {
+        h = h.rotate_left(5) ^ u16::from(b);
+    }
+    h
+}
