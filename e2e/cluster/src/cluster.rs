@@ -16,6 +16,7 @@
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,6 +31,8 @@ use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::{
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::wait::await_condition;
+use lab_net::Netns;
+use lab_net::bridge::Bridge;
 use tokio::sync::Mutex;
 
 use crate::audit::{self, AuditLog, RequestCounters};
@@ -72,6 +75,10 @@ pub struct ClusterConfig {
     /// defaults (`--runtime-config`, `group/version=true`).
     pub feature_gates: Vec<String>,
     pub runtime_config: Vec<String>,
+    /// The network namespace kube-apiserver and kube-controller-manager
+    /// run in (kube-apiserver on the advertise address there, bridged from
+    /// host loopback); none: the host's, on loopback.
+    pub netns: Option<Arc<Netns>>,
 }
 
 impl ClusterConfig {
@@ -86,6 +93,7 @@ impl ClusterConfig {
             users: Vec::new(),
             feature_gates: Vec::new(),
             runtime_config: Vec::new(),
+            netns: None,
         }
     }
 }
@@ -105,6 +113,8 @@ struct Inner {
     ca_pem: String,
     apiserver_url: String,
     apiserver: Mutex<Process>,
+    /// Host loopback to kube-apiserver in the lab's namespace.
+    _apiserver_bridge: Option<Bridge>,
     controller_manager: Mutex<Process>,
     /// The lab's administrator client, straight to kube-apiserver.
     admin: kube::Client,
@@ -118,7 +128,7 @@ impl Cluster {
     /// Starts a cluster on its own etcd.
     pub async fn start_alone(cfg: ClusterConfig) -> Result<Cluster, Error> {
         let binaries = Binaries::find()?;
-        let etcd = Arc::new(Etcd::start(&binaries.etcd, &cfg.dir).await?);
+        let etcd = Arc::new(Etcd::start(&binaries.etcd, &cfg.dir, cfg.netns.clone()).await?);
         Cluster::start(cfg, etcd).await
     }
 
@@ -161,7 +171,7 @@ impl Cluster {
         std::fs::write(&policy, audit::POLICY).map_err(Error::io("write", &policy))?;
         let audit_log = dir.join("audit.log");
 
-        let (apiserver, apiserver_url) = start_apiserver(
+        let (apiserver, apiserver_url, apiserver_bridge) = start_apiserver(
             &binaries,
             &cfg,
             &etcd,
@@ -180,12 +190,18 @@ impl Cluster {
         )?;
         let proxy = FrontProxy::start(&proxy_cert, &pki.ca.cert_pem(), &apiserver_url).await?;
 
+        // In the lab's namespace, kube-controller-manager reaches
+        // kube-apiserver where the namespace has it: the advertise address.
+        let kcm_server = match (&cfg.netns, apiserver_url.rsplit_once(':')) {
+            (Some(_), Some((_, port))) => format!("https://{}:{port}", cfg.advertise_address),
+            _ => apiserver_url.clone(),
+        };
         let kcm_kubeconfig = dir.join("controller-manager.kubeconfig");
         std::fs::write(
             &kcm_kubeconfig,
             kubeconfig::render(
                 &cfg.name,
-                &apiserver_url,
+                &kcm_server,
                 &pki.ca.cert_pem(),
                 tokens
                     .get("system:kube-controller-manager")
@@ -200,6 +216,7 @@ impl Cluster {
             &binaries.kube_controller_manager,
             controller_manager_args(&cfg, &pki.files, &kcm_kubeconfig),
             &dir.join("kube-controller-manager.log"),
+            cfg.netns.as_deref().map(Netns::path),
         )?;
 
         let admin = client(&kubeconfig::render(
@@ -220,6 +237,7 @@ impl Cluster {
                 pki: pki.files,
                 apiserver_url,
                 apiserver: Mutex::new(apiserver),
+                _apiserver_bridge: apiserver_bridge,
                 controller_manager: Mutex::new(controller_manager),
                 proxy,
                 audit: AuditLog::new(&audit_log),
@@ -275,20 +293,9 @@ impl Cluster {
         &self.inner.apiserver_url
     }
 
-    /// The host-loopback port kube-apiserver listens on (and advertises).
-    pub fn apiserver_port(&self) -> Option<u16> {
-        let url = self.apiserver_url();
-        url.rsplit_once(':')?.1.trim_end_matches('/').parse().ok()
-    }
-
     /// `--service-cluster-ip-range`.
     pub fn service_cidr(&self) -> &str {
         &self.inner.cfg.service_cidr
-    }
-
-    /// The address kube-apiserver advertises (the `kubernetes` Service's endpoint).
-    pub fn advertise_address(&self) -> &str {
-        &self.inner.cfg.advertise_address
     }
 
     /// The cluster CA certificate (PEM).
@@ -562,20 +569,30 @@ async fn start_apiserver(
     audit_log: &Path,
     admin_token: &str,
     ca_pem: &str,
-) -> Result<(Process, String), Error> {
+) -> Result<(Process, String, Option<Bridge>), Error> {
     let log = cfg.dir.join("kube-apiserver.log");
+    let advertise: IpAddr = cfg
+        .advertise_address
+        .parse()
+        .map_err(|e| Error::Invalid(format!("advertise address {}: {e}", cfg.advertise_address)))?;
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let port = ports::free()?;
+        let (port, bridge) = ports::listen_port(cfg.netns.as_ref(), advertise).await?;
         let url = format!("https://127.0.0.1:{port}");
         let args = apiserver_args(cfg, etcd, pki, token_file, policy, audit_log, port);
-        let mut process = Process::spawn("kube-apiserver", &binaries.kube_apiserver, args, &log)?;
+        let mut process = Process::spawn(
+            "kube-apiserver",
+            &binaries.kube_apiserver,
+            args,
+            &log,
+            cfg.netns.as_deref().map(Netns::path),
+        )?;
         let ready = ReadyProbe::new(&url, ca_pem, admin_token)?
             .wait(&mut process)
             .await;
         match ready {
-            Ok(()) => return Ok((process, url)),
+            Ok(()) => return Ok((process, url, bridge)),
             Err(Error::Exited { tail, .. })
                 if attempt < PORT_ATTEMPTS && tail.contains("address already in use") =>
             {
@@ -599,7 +616,16 @@ fn apiserver_args(
     [
         format!("--etcd-servers={}", etcd.client_url()),
         format!("--etcd-prefix=/{}", cfg.name),
-        "--bind-address=127.0.0.1".to_string(),
+        // In the lab's namespace on the advertise address (the `kubernetes`
+        // Service's endpoint), else on host loopback.
+        format!(
+            "--bind-address={}",
+            if cfg.netns.is_some() {
+                cfg.advertise_address.as_str()
+            } else {
+                "127.0.0.1"
+            }
+        ),
         format!("--secure-port={port}"),
         format!("--advertise-address={}", cfg.advertise_address),
         format!("--tls-cert-file={}", path(&pki.apiserver_cert)),

@@ -1,10 +1,17 @@
 //! One etcd for a lab: every cluster of the lab keeps its objects under its
 //! own key prefix (`--etcd-prefix=/<cluster>`). Its data lives in memory
 //! (`/dev/shm` when there is one), since the lab's clusters live only as long
-//! as the lab; it listens on loopback only.
+//! as the lab; it listens on loopback only: the lab network namespace's when
+//! given one (with a bridge from the same port on host loopback), else the
+//! host's.
 
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
+
+use lab_net::Netns;
+use lab_net::bridge::Bridge;
 
 use crate::process::Process;
 use crate::{Error, ports};
@@ -17,11 +24,18 @@ pub struct Etcd {
     process: Process,
     client_url: String,
     data_dir: PathBuf,
+    netns: Option<Arc<Netns>>,
+    _bridge: Option<Bridge>,
 }
 
 impl Etcd {
-    /// Starts etcd with its log in `log_dir` and waits until it is healthy.
-    pub async fn start(program: &Path, log_dir: &Path) -> Result<Etcd, Error> {
+    /// Starts etcd with its log in `log_dir`, in `netns` if given, and waits
+    /// until it is healthy.
+    pub async fn start(
+        program: &Path,
+        log_dir: &Path,
+        netns: Option<Arc<Netns>>,
+    ) -> Result<Etcd, Error> {
         let base = if Path::new("/dev/shm").is_dir() {
             PathBuf::from("/dev/shm")
         } else {
@@ -32,7 +46,8 @@ impl Etcd {
             std::process::id(),
             rand::random::<u32>()
         ));
-        let client = ports::free()?;
+        let (client, bridge) =
+            ports::listen_port(netns.as_ref(), Ipv4Addr::LOCALHOST.into()).await?;
         let peer = ports::free()?;
         let client_url = format!("http://127.0.0.1:{client}");
         let peer_url = format!("http://127.0.0.1:{peer}");
@@ -50,7 +65,13 @@ impl Etcd {
             "--log-level=warn".into(),
             "--logger=zap".into(),
         ];
-        let mut process = Process::spawn("etcd", program, args, &log_dir.join("etcd.log"))?;
+        let mut process = Process::spawn(
+            "etcd",
+            program,
+            args,
+            &log_dir.join("etcd.log"),
+            netns.as_deref().map(Netns::path),
+        )?;
         let health = format!("{client_url}/health");
         let client = http_client();
         process
@@ -63,7 +84,14 @@ impl Etcd {
             process,
             client_url,
             data_dir,
+            netns,
+            _bridge: bridge,
         })
+    }
+
+    /// The network namespace it runs in, if not the host's.
+    pub fn netns(&self) -> Option<&Arc<Netns>> {
+        self.netns.as_ref()
     }
 
     /// `http://127.0.0.1:<port>`: what kube-apiserver's `--etcd-servers` names.

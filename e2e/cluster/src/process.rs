@@ -30,22 +30,27 @@ pub struct Process {
     program: PathBuf,
     args: Vec<OsString>,
     log: PathBuf,
+    /// The network namespace it runs in (`nsenter --net=`), if not the host's.
+    netns: Option<PathBuf>,
     child: Option<Child>,
 }
 
 impl Process {
-    /// Starts `program` with `args`, output appended to `log`.
+    /// Starts `program` with `args`, output appended to `log`, in the
+    /// network namespace `netns` (a path `nsenter --net=` takes) if given.
     pub fn spawn(
         name: &str,
         program: &Path,
         args: Vec<OsString>,
         log: &Path,
+        netns: Option<&Path>,
     ) -> Result<Process, Error> {
         let mut process = Process {
             name: name.to_string(),
             program: program.to_path_buf(),
             args,
             log: log.to_path_buf(),
+            netns: netns.map(Path::to_path_buf),
             child: None,
         };
         process.start()?;
@@ -66,7 +71,18 @@ impl Process {
             .open(&self.log)
             .map_err(Error::io("open", &self.log))?;
         let err = out.try_clone().map_err(Error::io("open", &self.log))?;
-        let mut command = Command::new(&self.program);
+        // nsenter enters the namespace and execs the program: one process,
+        // its group and parent-death signal kept.
+        let mut command = match &self.netns {
+            Some(netns) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net={}", netns.display()))
+                    .arg("--")
+                    .arg(&self.program);
+                c
+            }
+            None => Command::new(&self.program),
+        };
         command
             .args(&self.args)
             .stdin(Stdio::null())

@@ -20,7 +20,8 @@ async fn a_real_control_plane_with_rbac_audit_and_faults() -> anyhow::Result<()>
     let dir = tempfile::tempdir()?;
     let started = std::time::Instant::now();
     let binaries = lab_cluster::Binaries::find()?;
-    let etcd = std::sync::Arc::new(lab_cluster::Etcd::start(&binaries.etcd, dir.path()).await?);
+    let etcd =
+        std::sync::Arc::new(lab_cluster::Etcd::start(&binaries.etcd, dir.path(), None).await?);
     println!("etcd ready in {:?}", started.elapsed());
     let cluster = Cluster::start(ClusterConfig::new("t", dir.path()), etcd).await?;
     println!("cluster ready in {:?}", started.elapsed());

@@ -155,10 +155,9 @@ pub struct GuestCluster {
     pub infra_labels: BTreeMap<String, String>,
     pub nodes: Vec<String>,
     pub kubeconfig: PathBuf,
-    /// Its service proxy, its DNS server and the bridge to its API server.
+    /// Its service proxy and its DNS server.
     pub proxy: Arc<ServiceProxy>,
     _dns: Arc<Dns>,
-    _bridge: Arc<Bridge>,
 }
 
 /// A running lab.
@@ -184,13 +183,12 @@ pub struct Lab {
     /// load balancer's ingress addresses) and of the guest cluster.
     pub infra_proxy: ServiceProxy,
     pub guest_proxy: ServiceProxy,
-    /// Bridges from each API server's advertise address to the server.
-    _bridges: Vec<Bridge>,
     /// The DNS servers of the infra and guest clusters.
     _dns: Vec<Dns>,
     /// The number of the next cluster, for its ClusterIP range.
     next_cluster: AtomicU16,
     virt_api: Option<VirtApi>,
+    _virt_api_bridge: Bridge,
     /// The etcd of every cluster of the lab.
     etcd: Arc<Etcd>,
     tasks: JoinSet<()>,
@@ -221,14 +219,17 @@ impl Lab {
         };
         let net = Arc::new(Netns::create(&dir.join("netns"), &lab_net::local_ranges()).await?);
         let binaries = lab_cluster::Binaries::find()?;
-        let etcd = Arc::new(Etcd::start(&binaries.etcd, &dir.join("logs")).await?);
+        let etcd =
+            Arc::new(Etcd::start(&binaries.etcd, &dir.join("logs"), Some(net.clone())).await?);
         let (infra, guest) = tokio::try_join!(
-            Cluster::start(infra_config(&dir)?, etcd.clone()),
-            Cluster::start(guest_config(&dir, &cfg.cluster_name, 1)?, etcd.clone()),
+            Cluster::start(infra_config(&dir, &net)?, etcd.clone()),
+            Cluster::start(
+                guest_config(&dir, &cfg.cluster_name, 1, &net)?,
+                etcd.clone()
+            ),
         )?;
         infra.bind_cluster_admin(SIMULATORS).await?;
         guest.bind_cluster_admin(STAND_INS).await?;
-        let bridges = vec![bridge(&net, &infra).await?, bridge(&net, &guest).await?];
         let infra_proxy = start_proxy(&infra, &net, true).await?;
         let guest_proxy = start_proxy(&guest, &net, false).await?;
         let dns = vec![
@@ -304,6 +305,10 @@ impl Lab {
         let front_proxy_ca = std::fs::read_to_string(&infra.pki().front_proxy_ca_cert)
             .map_err(LabError::io("read", &infra.pki().front_proxy_ca_cert))?;
         let virt_api = VirtApi::start(sim("lab:virt-api").await?, &front_proxy_ca).await?;
+        // kube-apiserver, in the namespace, reaches virt-api (on host
+        // loopback) at `localhost` there, as its ExternalName Service says.
+        let virt_api_at = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), virt_api.port());
+        let virt_api_bridge = Bridge::to_host(&net, virt_api_at, virt_api_at).await?;
         infra
             .register_api_service(
                 kubevirt_infra::hotplug::GROUP,
@@ -343,10 +348,10 @@ impl Lab {
             net,
             infra_proxy,
             guest_proxy,
-            _bridges: bridges,
             _dns: dns,
             next_cluster: AtomicU16::new(2),
             virt_api: Some(virt_api),
+            _virt_api_bridge: virt_api_bridge,
             etcd,
             tasks,
             _tempdir: tempdir,
@@ -427,9 +432,12 @@ impl Lab {
         vms: usize,
     ) -> Result<&GuestCluster, LabError> {
         let index = self.next_cluster.fetch_add(1, Ordering::Relaxed);
-        let api = Cluster::start(guest_config(&self.dir, name, index)?, self.etcd.clone()).await?;
+        let api = Cluster::start(
+            guest_config(&self.dir, name, index, &self.net)?,
+            self.etcd.clone(),
+        )
+        .await?;
         api.bind_cluster_admin(STAND_INS).await?;
-        let bridge = Arc::new(bridge(&self.net, &api).await?);
         let proxy = Arc::new(start_proxy(&api, &self.net, false).await?);
         let dns = Arc::new(start_dns(&api, &self.net, index).await?);
         let pod_net = u8::try_from(self.tenants.len() + 1)
@@ -451,7 +459,6 @@ impl Lab {
             kubeconfig,
             proxy,
             _dns: dns,
-            _bridge: bridge,
         });
         self.tenants
             .last()
@@ -463,8 +470,11 @@ impl Lab {
     /// manager's tests, say). The caller shuts it down.
     pub async fn add_cluster(&self, name: &str) -> Result<Cluster, LabError> {
         let index = self.next_cluster.fetch_add(1, Ordering::Relaxed);
-        let cluster =
-            Cluster::start(guest_config(&self.dir, name, index)?, self.etcd.clone()).await?;
+        let cluster = Cluster::start(
+            guest_config(&self.dir, name, index, &self.net)?,
+            self.etcd.clone(),
+        )
+        .await?;
         cluster.bind_cluster_admin(STAND_INS).await?;
         Ok(cluster)
     }
@@ -618,8 +628,10 @@ pub async fn ensure_namespace(client: &Client, name: &str) -> Result<(), LabErro
 /// What both clusters enable beyond Kubernetes 1.32's defaults:
 /// VolumeAttributesClasses (beta, off by default), which the CSI driver's
 /// ControllerModifyVolume and the infra claims it modifies use.
-fn common_config(name: &str, dir: &Path) -> ClusterConfig {
+/// Both run in the lab's network namespace.
+fn common_config(name: &str, dir: &Path, net: &Arc<Netns>) -> ClusterConfig {
     let mut cfg = ClusterConfig::new(name, dir);
+    cfg.netns = Some(net.clone());
     cfg.feature_gates = vec!["VolumeAttributesClass=true".to_string()];
     cfg.runtime_config = vec!["storage.k8s.io/v1beta1=true".to_string()];
     cfg
@@ -627,8 +639,8 @@ fn common_config(name: &str, dir: &Path) -> ClusterConfig {
 
 /// The infra cluster: the `lab:` users of the simulators, the lab's first
 /// ClusterIP range.
-fn infra_config(dir: &Path) -> Result<ClusterConfig, LabError> {
-    let mut cfg = common_config("infra", &dir.join("clusters/infra"));
+fn infra_config(dir: &Path, net: &Arc<Netns>) -> Result<ClusterConfig, LabError> {
+    let mut cfg = common_config("infra", &dir.join("clusters/infra"), net);
     cfg.service_cidr = lab_net::service_cidr(0)?;
     cfg.without_controllers = INFRA_WITHOUT.iter().map(|c| c.to_string()).collect();
     cfg.users = SIMULATOR_USERS
@@ -640,8 +652,13 @@ fn infra_config(dir: &Path) -> Result<ClusterConfig, LabError> {
 
 /// A guest cluster, the lab's cluster number `index`: the `lab:` users of
 /// the stand-ins, its own ClusterIP range.
-fn guest_config(dir: &Path, name: &str, index: u16) -> Result<ClusterConfig, LabError> {
-    let mut cfg = common_config(name, &dir.join("clusters").join(name));
+fn guest_config(
+    dir: &Path,
+    name: &str,
+    index: u16,
+    net: &Arc<Netns>,
+) -> Result<ClusterConfig, LabError> {
+    let mut cfg = common_config(name, &dir.join("clusters").join(name), net);
     cfg.service_cidr = lab_net::service_cidr(index)?;
     cfg.without_controllers = GUEST_WITHOUT.iter().map(|c| c.to_string()).collect();
     cfg.users = [
@@ -654,20 +671,6 @@ fn guest_config(dir: &Path, name: &str, index: u16) -> Result<ClusterConfig, Lab
     .map(|u| (u.to_string(), vec![STAND_INS.to_string()]))
     .collect();
     Ok(cfg)
-}
-
-/// A bridge from `cluster`'s advertise address in the lab's namespace to
-/// its API server on host loopback.
-async fn bridge(net: &Netns, cluster: &Cluster) -> Result<Bridge, LabError> {
-    let port = cluster
-        .apiserver_port()
-        .ok_or_else(|| LabError::Invalid(format!("no port in {}", cluster.apiserver_url())))?;
-    let ip: IpAddr = cluster
-        .advertise_address()
-        .parse()
-        .map_err(|e| LabError::Invalid(format!("advertise address: {e}")))?;
-    let host = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port);
-    Ok(Bridge::to_host(net, SocketAddr::new(ip, port), host).await?)
 }
 
 /// The DNS server of `cluster`, the lab's cluster number `index`, behind

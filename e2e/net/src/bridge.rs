@@ -1,12 +1,14 @@
-//! [`Bridge`]: a TCP listener inside the lab's namespace whose connections
-//! are forwarded to an address on host loopback. The API servers listen on
-//! host loopback (kubectl on the host reaches them as before); a bridge on
-//! each one's advertise address makes the `kubernetes` Service's endpoint
-//! real inside the namespace.
+//! [`Bridge`]: TCP forwarding between host loopback and the lab's
+//! namespace. The control planes run inside the namespace; a bridge from a
+//! host loopback port to each API server (and to etcd) keeps every
+//! kubeconfig on host loopback, so kubectl on the host works as before
+//! ([`Bridge::from_host`]). A bridge the other way lets a process inside
+//! reach a server of the lab process on host loopback ([`Bridge::to_host`]).
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
-use tokio::net::TcpStream;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
 use crate::{Error, Netns};
@@ -24,6 +26,42 @@ impl Drop for Bridge {
 }
 
 impl Bridge {
+    /// Listens on `host` (a host loopback address) and forwards to `target`
+    /// inside `netns`.
+    pub async fn from_host(
+        netns: Arc<Netns>,
+        host: SocketAddr,
+        target: SocketAddr,
+    ) -> Result<Bridge, Error> {
+        if !host.ip().is_loopback() {
+            return Err(Error::Invalid(format!(
+                "a bridge listens only on host loopback, not {host}"
+            )));
+        }
+        // Made on a runtime thread: a socket of the host's namespace.
+        let listener = TcpListener::bind(host)
+            .await
+            .map_err(Error::socket("listen on", host))?;
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    continue;
+                };
+                let netns = netns.clone();
+                tokio::spawn(async move {
+                    match netns.connect_tcp(target, None).await {
+                        Ok(mut outbound) => {
+                            let _ =
+                                tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                        }
+                        Err(e) => tracing::debug!(%target, error = %e, "bridge"),
+                    }
+                });
+            }
+        });
+        Ok(Bridge { task })
+    }
+
     /// Listens on `listen` in `netns` and forwards to `host` (an address on
     /// the host's loopback).
     pub async fn to_host(
