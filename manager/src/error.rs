@@ -35,7 +35,7 @@ impl std::fmt::Display for Target {
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{target} cluster: {action}: {source}")]
+    #[error("{target} cluster: {action}: {}", describe(.source))]
     Kube {
         target: Target,
         action: String,
@@ -180,6 +180,32 @@ impl Error {
     }
 }
 
+/// A Kubernetes error as a person reads it: the server's message and its
+/// HTTP code, not a dump of the client's structures. A body that is not a
+/// Status (a plain `404 page not found`: the server does not serve that
+/// API at all) says so.
+pub fn describe(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(s) if s.reason == "Failed to parse error data" => {
+            let text = s.message.trim();
+            if s.code == 404 {
+                format!("the API server does not serve this API ({text})")
+            } else {
+                format!("HTTP {}: {text}", s.code)
+            }
+        }
+        kube::Error::Api(s) => {
+            let message = s.message.trim();
+            match (message.is_empty(), s.reason.is_empty()) {
+                (false, _) => format!("{message} (HTTP {})", s.code),
+                (true, false) => format!("{} (HTTP {})", s.reason, s.code),
+                (true, true) => format!("HTTP {}", s.code),
+            }
+        }
+        other => other.to_string(),
+    }
+}
+
 /// Whether a Kubernetes error is a 404.
 pub fn is_not_found(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == 404)
@@ -193,6 +219,30 @@ pub fn is_conflict(e: &kube::Error) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kube_errors_read_well() {
+        let unparsed = kube::Error::Api(Box::new(
+            kube::core::Status::failure("404 page not found", "Failed to parse error data")
+                .with_code(404),
+        ));
+        let e = Error::kube(Target::Guest, "apply VolumeSnapshotClass csi-kubevirt")(unparsed);
+        assert_eq!(
+            e.to_string(),
+            "guest cluster: apply VolumeSnapshotClass csi-kubevirt: the API server does not serve this API (404 page not found)"
+        );
+        let denied = kube::Error::Api(Box::new(
+            kube::core::Status::failure(
+                "services is forbidden: User \"x\" cannot list",
+                "Forbidden",
+            )
+            .with_code(403),
+        ));
+        assert_eq!(
+            describe(&denied),
+            "services is forbidden: User \"x\" cannot list (HTTP 403)"
+        );
+    }
 
     #[test]
     fn reasons_follow_the_failing_cluster() {

@@ -117,7 +117,7 @@ impl Elector {
     /// One attempt to take or renew; whether we hold the lease afterwards.
     pub async fn try_acquire_or_renew(&self) -> Result<bool> {
         let now = jiff::Timestamp::now();
-        let lease_err = |e: kube::Error| Error::Lease(e.to_string());
+        let lease_err = |e: kube::Error| Error::Lease(crate::error::describe(&e));
         let current = self.api.get_opt(&self.cfg.name).await.map_err(lease_err)?;
         let Some(current) = current else {
             let lease = Lease {
