@@ -64,6 +64,16 @@ impl Default for SuiteConfig {
     }
 }
 
+/// The users the suite's daemons authenticate as.
+#[derive(Debug, Default, Clone)]
+pub struct Users {
+    /// The CSI controller on the infra cluster.
+    pub controller_infra: String,
+    /// The cloud controller manager on the infra and the guest cluster.
+    pub ccm_infra: String,
+    pub ccm_guest: String,
+}
+
 /// One guest node's CSI node plugin.
 #[derive(Debug)]
 pub struct NodePlugin {
@@ -77,6 +87,9 @@ pub struct Suite {
     pub controller: Option<Daemon>,
     pub nodes: Vec<NodePlugin>,
     pub ccm: Option<Daemon>,
+    /// Who each daemon is on the API servers (`system:serviceaccount:...`),
+    /// for the request counts of the audit logs.
+    pub users: Users,
     /// The sidecar and kubelet stand-ins.
     tasks: JoinSet<()>,
 }
@@ -89,6 +102,7 @@ impl Suite {
             controller: None,
             nodes: Vec::new(),
             ccm: None,
+            users: Users::default(),
             tasks: JoinSet::new(),
         };
         // On any failure below, dropping `suite` stops what was started.
@@ -96,7 +110,10 @@ impl Suite {
             suite.start_storage(lab, cfg).await?;
         }
         if cfg.ccm {
-            suite.ccm = Some(start_ccm(lab, cfg).await?);
+            let (ccm, infra_user, guest_user) = start_ccm(lab, cfg).await?;
+            suite.ccm = Some(ccm);
+            suite.users.ccm_infra = infra_user;
+            suite.users.ccm_guest = guest_user;
         }
         Ok(suite)
     }
@@ -108,6 +125,7 @@ impl Suite {
         create_guest_classes(&guest).await?;
 
         let (infra_identity, guest_identity) = identity::csi_controller(lab).await?;
+        self.users.controller_infra = infra_identity.user.clone();
         let (infra_kubeconfig, guest_kubeconfig) =
             kubeconfigs(lab, "csi-controller", &infra_identity, &guest_identity)?;
         let socket = lab.dir.join("csi-controller").join("csi.sock");
@@ -321,7 +339,8 @@ pub fn cloud_config(
     )
 }
 
-async fn start_ccm(lab: &Lab, cfg: &SuiteConfig) -> Result<Daemon, LabError> {
+/// The CCM, and its users on the infra and the guest cluster.
+async fn start_ccm(lab: &Lab, cfg: &SuiteConfig) -> Result<(Daemon, String, String), LabError> {
     built(CCM_BINARY)?;
     let infra_identity = identity::service_account(
         &lab.infra,
@@ -345,7 +364,7 @@ async fn start_ccm(lab: &Lab, cfg: &SuiteConfig) -> Result<Daemon, LabError> {
         cloud_config(&infra_kubeconfig, &lab.infra_namespace, &lab.infra_labels),
     )
     .map_err(LabError::io("write", &config_path))?;
-    daemon::spawn(
+    let ccm = daemon::spawn(
         CCM_BINARY,
         [
             "--cloud-provider=kubevirt".to_string(),
@@ -358,7 +377,8 @@ async fn start_ccm(lab: &Lab, cfg: &SuiteConfig) -> Result<Daemon, LabError> {
         ],
         [("RUST_BACKTRACE", "1")],
         &log_path(lab, "ccm"),
-    )
+    )?;
+    Ok((ccm, infra_identity.user, guest_identity.user))
 }
 
 /// The guest StorageClasses of the driver (`kubevirt`, the default, ext4;

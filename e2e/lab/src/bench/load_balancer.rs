@@ -17,13 +17,12 @@ use kube::api::{Api, DeleteParams, PostParams};
 use serde_json::json;
 
 use super::{Params, Report, Samples, requests_by_verb};
+use crate::suite::Suite;
 use crate::{Lab, LabError, wait};
 
 const NS: &str = "default";
 const WAIT: Duration = Duration::from_secs(120);
 const SECTION: &str = "load balancer";
-/// The user the suite's CCM authenticates as.
-const CCM_USER: &str = "ccm";
 const WRITES: [&str; 4] = ["create", "update", "patch", "delete"];
 
 fn service(name: &str) -> Result<Service, LabError> {
@@ -52,7 +51,12 @@ pub fn infra_name(uid: &str) -> String {
 }
 
 /// One Service after another.
-pub async fn propagation(lab: &Lab, p: &Params, report: &mut Report) -> Result<(), LabError> {
+pub async fn propagation(
+    lab: &Lab,
+    suite: &Suite,
+    p: &Params,
+    report: &mut Report,
+) -> Result<(), LabError> {
     let guest = lab.guest_client();
     let infra = lab.infra_client();
     let services: Api<Service> = Api::namespaced(guest, NS);
@@ -79,8 +83,18 @@ pub async fn propagation(lab: &Lab, p: &Params, report: &mut Report) -> Result<(
         // Writes besides status and events, on both clusters.
         let keep = |r: &str| !r.ends_with("/status") && r != "events";
         for counts in [
-            requests_by_verb(&infra_before, &lab.infra.counters(), CCM_USER, keep),
-            requests_by_verb(&guest_before, &lab.guest.counters(), CCM_USER, keep),
+            requests_by_verb(
+                &infra_before,
+                &lab.infra.counters(),
+                &suite.users.ccm_infra,
+                keep,
+            ),
+            requests_by_verb(
+                &guest_before,
+                &lab.guest.counters(),
+                &suite.users.ccm_guest,
+                keep,
+            ),
         ] {
             writes += counts
                 .iter()

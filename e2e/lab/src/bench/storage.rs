@@ -21,14 +21,12 @@ use lab_guest::kubelet::attachment_name;
 use serde_json::json;
 
 use super::{Params, Report, Samples, requests_by_verb};
-use crate::suite::STORAGE_CLASS;
+use crate::suite::{STORAGE_CLASS, Suite};
 use crate::{Lab, LabError, wait};
 
 const NS: &str = "default";
 const WAIT: Duration = Duration::from_secs(120);
 const SECTION: &str = "storage";
-/// The user the suite's CSI controller authenticates as.
-const CONTROLLER_USER: &str = "csi-controller";
 
 fn claim(name: &str) -> Result<PersistentVolumeClaim, LabError> {
     serde_json::from_value(json!({
@@ -67,7 +65,12 @@ fn per_op(by_verb: &std::collections::BTreeMap<String, u64>, ops: usize) -> (f64
 }
 
 /// One volume after another through its whole life.
-pub async fn lifecycle(lab: &Lab, p: &Params, report: &mut Report) -> Result<(), LabError> {
+pub async fn lifecycle(
+    lab: &Lab,
+    suite: &Suite,
+    p: &Params,
+    report: &mut Report,
+) -> Result<(), LabError> {
     let guest = lab.guest_client();
     let infra = lab.infra_client();
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(guest.clone(), NS);
@@ -94,7 +97,9 @@ pub async fn lifecycle(lab: &Lab, p: &Params, report: &mut Report) -> Result<(),
         let pv = wait::until(&pvcs, &name, WAIT, bound_volume).await?;
         bound.push(t0.elapsed());
         let created = lab.infra.counters();
-        for (verb, n) in requests_by_verb(&before, &created, CONTROLLER_USER, |_| true) {
+        for (verb, n) in
+            requests_by_verb(&before, &created, &suite.users.controller_infra, |_| true)
+        {
             *create_requests.entry(verb).or_insert(0) += n;
         }
 
@@ -131,9 +136,12 @@ pub async fn lifecycle(lab: &Lab, p: &Params, report: &mut Report) -> Result<(),
         attached.push(va_attached.saturating_duration_since(t1));
         after_ready.push(va_attached.saturating_duration_since(vmi_ready));
         staged.push(pod_ready.saturating_duration_since(va_attached));
-        for (verb, n) in
-            requests_by_verb(&created, &lab.infra.counters(), CONTROLLER_USER, |_| true)
-        {
+        for (verb, n) in requests_by_verb(
+            &created,
+            &lab.infra.counters(),
+            &suite.users.controller_infra,
+            |_| true,
+        ) {
             *publish_requests.entry(verb).or_insert(0) += n;
         }
 

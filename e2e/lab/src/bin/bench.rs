@@ -125,9 +125,9 @@ async fn scenarios(
     report: &mut Report,
 ) -> Result<(), LabError> {
     eprintln!("bench: {} volume lifecycles", p.volumes);
-    storage::lifecycle(lab, p, report).await?;
+    storage::lifecycle(lab, suite, p, report).await?;
     eprintln!("bench: {} load balancers", p.services);
-    load_balancer::propagation(lab, p, report).await?;
+    load_balancer::propagation(lab, suite, p, report).await?;
     eprintln!("bench: requests through the lab network");
     network::traffic(lab, p, report).await?;
     controller::memory(suite, "idle, after the sequential runs", report);
