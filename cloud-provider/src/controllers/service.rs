@@ -177,9 +177,15 @@ async fn forget_selector_slices(name: &str, ctx: &Context) -> Result<()> {
         Err(e) if status_code(&e) == Some(404) => {}
         Err(e) => return Err(Error::kube("delete", format!("the Endpoints of {name}"))(e)),
     }
+    delete_slices(ctx, name, KCM_MANAGED_BY_VALUE).await
+}
+
+/// Deletes the EndpointSlices of infra Service `name` in our scope that
+/// `managed_by` wrote.
+async fn delete_slices(ctx: &Context, name: &str, managed_by: &str) -> Result<()> {
     let mut selector = ctx.settings.scope_labels();
     selector.insert(SERVICE_NAME_LABEL.into(), name.to_string());
-    selector.insert(MANAGED_BY_LABEL.into(), KCM_MANAGED_BY_VALUE.into());
+    selector.insert(MANAGED_BY_LABEL.into(), managed_by.to_string());
     let slices: Api<EndpointSlice> = Api::namespaced(ctx.infra.clone(), &ctx.settings.namespace);
     let lp = ListParams::default().labels(&kubevirt_infra::labels::selector_string(&selector));
     slices
@@ -187,7 +193,7 @@ async fn forget_selector_slices(name: &str, ctx: &Context) -> Result<()> {
         .await
         .map_err(Error::kube(
             "delete",
-            format!("the selector's EndpointSlices of {name}"),
+            format!("the EndpointSlices of {name} ({managed_by})"),
         ))?;
     Ok(())
 }
@@ -316,19 +322,7 @@ async fn cleanup(svc: &Service, ctx: &Context) -> Result<Action> {
     }
     ctx.warned(&infra_name, false);
     if ctx.eps_controller {
-        let mut selector = ctx.settings.scope_labels();
-        selector.insert(SERVICE_NAME_LABEL.into(), infra_name.clone());
-        selector.insert(MANAGED_BY_LABEL.into(), MANAGED_BY_VALUE.into());
-        let slices: Api<EndpointSlice> =
-            Api::namespaced(ctx.infra.clone(), &ctx.settings.namespace);
-        let lp = ListParams::default().labels(&kubevirt_infra::labels::selector_string(&selector));
-        slices
-            .delete_collection(&DeleteParams::default(), &lp)
-            .await
-            .map_err(Error::kube(
-                "delete",
-                format!("EndpointSlices of {infra_name}"),
-            ))?;
+        delete_slices(ctx, &infra_name, MANAGED_BY_VALUE).await?;
     }
 
     let guest_api: Api<Service> = Api::namespaced(ctx.guest.clone(), &ns);

@@ -33,6 +33,20 @@ pub fn pod_ready(pod: Option<&Pod>) -> Option<()> {
         .map(|_| ())
 }
 
+/// The first load-balancer ingress IP of a Service, once it has one (for
+/// [`until`]).
+pub fn ingress_ip(svc: Option<&k8s_openapi::api::core::v1::Service>) -> Option<String> {
+    svc?.status
+        .as_ref()?
+        .load_balancer
+        .as_ref()?
+        .ingress
+        .as_ref()?
+        .first()?
+        .ip
+        .clone()
+}
+
 /// Watches `name` in `api` and returns the first `Some` that `check` gives for
 /// its current state (`None` while it does not exist), failing after `timeout`.
 /// `check` sees every version the watch delivers, in order.

@@ -153,20 +153,10 @@ async fn expose(
         .and_then(|s| s.ports?.first()?.node_port)
         .and_then(|p| u16::try_from(p).ok())
         .ok_or_else(|| invalid(format!("Service {name} has no node port")))?;
-    let ip: IpAddr = wait::until(services, name, WAIT, |s| {
-        s?.status
-            .as_ref()?
-            .load_balancer
-            .as_ref()?
-            .ingress
-            .as_ref()?
-            .first()?
-            .ip
-            .clone()
-    })
-    .await?
-    .parse()
-    .map_err(invalid)?;
+    let ip: IpAddr = wait::until(services, name, WAIT, wait::ingress_ip)
+        .await?
+        .parse()
+        .map_err(invalid)?;
     let ingress = SocketAddr::new(ip, 80);
     let at_ingress = Listen {
         protocol: Protocol::Tcp,

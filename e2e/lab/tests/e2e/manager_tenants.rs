@@ -379,21 +379,9 @@ async fn load_balancer_gets_an_address(t: &Tenant) -> anyhow::Result<()> {
                  "ports": [{"port": 80, "protocol": "TCP", "targetPort": 8080}]}
     }))?;
     services.create(&PostParams::default(), &svc).await?;
-    let ip = wait::until(&services, "web", WAIT, |s| {
-        s.and_then(|s| {
-            s.status
-                .as_ref()?
-                .load_balancer
-                .as_ref()?
-                .ingress
-                .as_ref()?
-                .first()?
-                .ip
-                .clone()
-        })
-    })
-    .await
-    .with_context(|| format!("{}: the Service's address", t.name))?;
+    let ip = wait::until(&services, "web", WAIT, wait::ingress_ip)
+        .await
+        .with_context(|| format!("{}: the Service's address", t.name))?;
     // The infra Service behind it is this cluster's, in its namespace.
     let infra: Api<Service> = Api::namespaced(t.infra.clone(), &t.infra_namespace);
     let mirrored = infra

@@ -117,17 +117,12 @@ async fn web_service(guest: &Client, extra: serde_json::Value) -> anyhow::Result
 /// The ingress address of guest Service `name` once the CCM reports it.
 async fn ingress(guest: &Client, name: &str) -> anyhow::Result<IpAddr> {
     let services: Api<Service> = Api::namespaced(guest.clone(), "default");
-    let ip = ccm_support::until(&services, name, "the guest Service's ingress", |s| {
-        s?.status
-            .as_ref()?
-            .load_balancer
-            .as_ref()?
-            .ingress
-            .as_ref()?
-            .first()?
-            .ip
-            .clone()
-    })
+    let ip = ccm_support::until(
+        &services,
+        name,
+        "the guest Service's ingress",
+        kubevirt_lab::wait::ingress_ip,
+    )
     .await?;
     Ok(ip.parse()?)
 }
