@@ -300,11 +300,19 @@ class Checker:
         # scale subresource agrees
         sc = apps.read_namespaced_deployment_scale("py-web", ns)
         expect_eq(sc.spec.replicas, 3, "scale subresource")
-        # replace
-        cur = apps.read_namespaced_deployment("py-web", ns)
-        cur.metadata.annotations = dict(cur.metadata.annotations or {}, note="replaced")
-        cur.spec.replicas = 1
-        r = apps.replace_namespaced_deployment("py-web", ns, cur)
+        # replace: read, modify, write, again on a conflict (client-go's
+        # RetryOnConflict), since kube-controller-manager keeps writing the
+        # status of a Deployment it is scaling
+        for attempt in range(5):
+            cur = apps.read_namespaced_deployment("py-web", ns)
+            cur.metadata.annotations = dict(cur.metadata.annotations or {}, note="replaced")
+            cur.spec.replicas = 1
+            try:
+                r = apps.replace_namespaced_deployment("py-web", ns, cur)
+                break
+            except ApiException as e:
+                if e.status != 409 or attempt == 4:
+                    raise
         expect_eq((r.metadata.annotations.get("note"), r.spec.replicas), ("replaced", 1), "after replace")
         e = expect_api_error(422, lambda: apps.patch_namespaced_deployment(
             "py-web", ns, {"spec": {"replicas": -1}}, _content_type=MERGE), "invalid replicas")
