@@ -55,6 +55,10 @@ pub struct Args {
     /// Registry of the Kubernetes CSI sidecars.
     #[arg(long, default_value = "registry.k8s.io/sig-storage")]
     pub csi_sidecar_registry: String,
+    /// Registry of the hosted control planes' images
+    /// (`<registry>/kube-apiserver:v<kubernetes version>`, `<registry>/etcd:...`).
+    #[arg(long, default_value = "registry.k8s.io")]
+    pub control_plane_registry: String,
     /// Versions the manager deploys (`X.Y` for every patch of a minor, or
     /// `X.Y.Z`), comma-separated; the minor of this build by default.
     #[arg(long, value_delimiter = ',')]
@@ -127,6 +131,7 @@ impl Args {
                 csi_override: self.csi_image.clone().filter(|s| !s.is_empty()),
                 ccm_override: self.ccm_image.clone().filter(|s| !s.is_empty()),
                 sidecar_registry: self.csi_sidecar_registry.clone(),
+                control_plane_registry: self.control_plane_registry.clone(),
             },
             supported,
             resync: Duration::from_secs(self.resync_seconds.max(1)),

@@ -123,8 +123,9 @@ impl ClusterClients {
     pub async fn handles(&self, hc: &HostedCluster) -> Result<Handles> {
         let key = key_of(hc);
         let ns = &key.0;
+        let guest_ref = hc.guest_kubeconfig();
         let guest_kubeconfig =
-            read_secret_key(&self.management, Target::Guest, ns, &hc.spec.kubeconfig).await?;
+            read_secret_key(&self.management, Target::Guest, ns, &guest_ref).await?;
         let infra_kubeconfig = match hc.external_infra() {
             Some(creds) => {
                 let bytes = read_secret_key(
@@ -153,13 +154,8 @@ impl ClusterClients {
             return Ok(entry.handles.clone());
         }
 
-        let guest = client_from_kubeconfig(
-            &guest_kubeconfig,
-            Target::Guest,
-            ns,
-            &hc.spec.kubeconfig.name,
-        )
-        .await?;
+        let guest =
+            client_from_kubeconfig(&guest_kubeconfig, Target::Guest, ns, &guest_ref.name).await?;
         let infra = match (&infra_kubeconfig, hc.external_infra()) {
             (Some(text), Some(creds)) => {
                 client_from_kubeconfig(

@@ -20,6 +20,7 @@ pub mod leader;
 pub mod metrics;
 pub mod names;
 pub mod nodepool;
+pub mod pki;
 pub mod reconcile;
 pub mod rollout;
 pub mod run;

@@ -111,3 +111,18 @@ pub const IS_DEFAULT_CLASS_ANNOTATION: &str = "storageclass.kubernetes.io/is-def
 pub fn control_plane_namespace(hc_namespace: &str, hc_name: &str) -> String {
     format!("{hc_namespace}-{hc_name}")
 }
+
+// === Hosted control plane (names as HyperShift's where it has them) ===
+
+pub const ETCD: &str = "etcd";
+/// etcd's headless Service: each member's stable name.
+pub const ETCD_DISCOVERY: &str = "etcd-discovery";
+/// etcd's client Service.
+pub const ETCD_CLIENT: &str = "etcd-client";
+pub const KUBE_APISERVER: &str = "kube-apiserver";
+pub const KUBE_CONTROLLER_MANAGER: &str = "kube-controller-manager";
+pub const KUBE_SCHEDULER: &str = "kube-scheduler";
+/// The admin kubeconfig Secret in the HostedCluster's namespace.
+pub fn admin_kubeconfig_secret(hc_name: &str) -> String {
+    format!("{hc_name}-admin-kubeconfig")
+}

@@ -9,6 +9,11 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 pub mod kind {
     /// HostedCluster: every object of the cluster is in place (infra and guest).
     pub const AVAILABLE: &str = "Available";
+    /// HostedCluster (hosted control plane): a quorum of etcd members is Ready.
+    pub const ETCD_AVAILABLE: &str = "EtcdAvailable";
+    /// HostedCluster (hosted control plane): an API server is available and
+    /// `/readyz` answers through the published endpoint.
+    pub const KUBE_APISERVER_AVAILABLE: &str = "KubeAPIServerAvailable";
     /// HostedCluster: something keeps the manager from converging; see the reason.
     pub const DEGRADED: &str = "Degraded";
     /// HostedCluster / NodePool: the requested version is one the manager supports
@@ -45,6 +50,9 @@ pub mod reason {
     pub const SCALING_DOWN: &str = "ScalingDown";
     pub const ROLLING_OUT: &str = "RollingOut";
     pub const WAITING_FOR_NODES: &str = "WaitingForNodes";
+    pub const QUORUM_AVAILABLE: &str = "QuorumAvailable";
+    pub const WAITING_FOR_QUORUM: &str = "WaitingForQuorum";
+    pub const WAITING_FOR_API_SERVER: &str = "WaitingForAPIServer";
 }
 
 pub const TRUE: &str = "True";

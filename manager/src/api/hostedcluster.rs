@@ -8,6 +8,10 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::controlplane::{
+    ApiEndpoint, AvailabilityPolicy, ClusterNetworking, EtcdSpec, LocalObjectReference,
+    ServicePublishingStrategyMapping,
+};
 use super::{Release, SecretKeyRef};
 
 /// `HostedCluster.spec`.
@@ -28,6 +32,8 @@ use super::{Release, SecretKeyRef};
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.kubeconfig) || has(self.release.kubernetesVersion)").message("release.kubernetesVersion is required when the manager hosts the control plane (no kubeconfig)"))]
+#[x_kube(validation = Rule::new("has(self.kubeconfig) == has(oldSelf.kubeconfig)").message("kubeconfig cannot be added or removed: a cluster is hosted, or external, for its whole life"))]
 pub struct HostedClusterSpec {
     /// The suite release the cluster's components run.
     pub release: Release,
@@ -44,8 +50,25 @@ pub struct HostedClusterSpec {
     /// Base DNS domain of the cluster (informational; kept for HyperShift parity).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base_domain: Option<String>,
-    /// Kubeconfig of the guest cluster (admin), in this namespace.
-    pub kubeconfig: SecretKeyRef,
+    /// Kubeconfig (admin) of an existing guest cluster, in this namespace.
+    /// Absent: the manager hosts the cluster's control plane (etcd,
+    /// kube-apiserver, kube-controller-manager, kube-scheduler) in the
+    /// control-plane namespace and reports its kubeconfig in the status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubeconfig: Option<SecretKeyRef>,
+    /// Replicas of the hosted control plane's components.
+    #[serde(default)]
+    pub controller_availability_policy: AvailabilityPolicy,
+    /// The hosted control plane's etcd.
+    #[serde(default)]
+    pub etcd: EtcdSpec,
+    /// How the hosted API server is published (default: `LoadBalancer`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 1))]
+    pub services: Vec<ServicePublishingStrategyMapping>,
+    /// The hosted cluster's Service and pod networks.
+    #[serde(default)]
+    pub networking: ClusterNetworking,
     /// Platform settings.
     #[serde(default)]
     pub platform: HostedClusterPlatform,
@@ -194,6 +217,13 @@ pub struct HostedClusterStatus {
     /// The version whose components are deployed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
+    /// Hosted control plane: where its API server is published.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub control_plane_endpoint: Option<ApiEndpoint>,
+    /// Hosted control plane: the Secret in this namespace holding an admin
+    /// kubeconfig (key `kubeconfig`) for the published endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubeconfig: Option<LocalObjectReference>,
 }
 
 // === impl HostedCluster ===
@@ -218,6 +248,26 @@ impl HostedCluster {
             .cloud_provider
             .clone()
             .unwrap_or_default()
+    }
+
+    /// The manager hosts this cluster's control plane (no kubeconfig given).
+    pub fn is_hosted(&self) -> bool {
+        self.spec.kubeconfig.is_none()
+    }
+
+    /// The Secret key holding the guest's admin kubeconfig: the one the spec
+    /// names, or for a hosted control plane the one the manager writes.
+    pub fn guest_kubeconfig(&self) -> SecretKeyRef {
+        self.spec
+            .kubeconfig
+            .clone()
+            .unwrap_or_else(|| SecretKeyRef {
+                name: format!(
+                    "{}-admin-kubeconfig",
+                    self.metadata.name.as_deref().unwrap_or_default()
+                ),
+                key: "kubeconfig".to_string(),
+            })
     }
 
     /// The external infra credentials, if the infra is another cluster.

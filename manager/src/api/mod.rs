@@ -6,6 +6,7 @@
 //! the concept is the same, so that a HyperShift user recognises them.
 
 pub mod conditions;
+pub mod controlplane;
 pub mod hostedcluster;
 pub mod nodepool;
 
@@ -52,4 +53,13 @@ pub struct Release {
     /// publishes in its `supported-versions` ConfigMap.
     #[schemars(regex(pattern = r"^v?[0-9]+\.[0-9]+\.[0-9]+(-[0-9A-Za-z.-]+)?$"))]
     pub version: String,
+    /// Kubernetes version of a hosted control plane (e.g. `1.32.13`): its
+    /// images are `registry.k8s.io/kube-apiserver:v<version>` and so on.
+    #[serde(
+        default,
+        rename = "kubernetesVersion",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(regex(pattern = r"^v?[0-9]+\.[0-9]+\.[0-9]+$"))]
+    pub kubernetes_version: Option<String>,
 }

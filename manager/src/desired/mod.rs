@@ -15,6 +15,7 @@ pub mod ccm;
 pub mod controlplane;
 pub mod csi;
 pub mod guest;
+pub mod hosted;
 pub mod kubeconfig;
 pub mod object;
 pub mod sets;
@@ -51,6 +52,8 @@ pub struct ImageConfig {
     pub ccm_override: Option<String>,
     /// Registry of the Kubernetes CSI sidecars.
     pub sidecar_registry: String,
+    /// Registry of the hosted control planes' images (etcd, kube-apiserver, ...).
+    pub control_plane_registry: String,
 }
 
 impl Default for ImageConfig {
@@ -60,6 +63,7 @@ impl Default for ImageConfig {
             csi_override: None,
             ccm_override: None,
             sidecar_registry: "registry.k8s.io/sig-storage".to_string(),
+            control_plane_registry: "registry.k8s.io".to_string(),
         }
     }
 }
@@ -211,13 +215,18 @@ pub(crate) mod fixtures {
             HostedClusterSpec {
                 release: Release {
                     version: "0.1.0".into(),
+                    kubernetes_version: None,
                 },
                 infra_id: "guest1-x7k2p".into(),
                 base_domain: None,
-                kubeconfig: SecretKeyRef {
+                kubeconfig: Some(SecretKeyRef {
                     name: "guest1-admin-kubeconfig".into(),
                     key: "kubeconfig".into(),
-                },
+                }),
+                controller_availability_policy: Default::default(),
+                etcd: Default::default(),
+                services: Vec::new(),
+                networking: Default::default(),
                 platform: Default::default(),
             },
         );
@@ -321,6 +330,7 @@ mod tests {
             csi_override: Some("example.com/csi@sha256:abc".into()),
             ccm_override: None,
             sidecar_registry: "mirror.example.com/sig-storage".into(),
+            control_plane_registry: "registry.k8s.io".into(),
         };
         let images = cfg.images("v0.2.0");
         assert_eq!(images.csi_driver, "example.com/csi@sha256:abc");

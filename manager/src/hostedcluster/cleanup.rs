@@ -2,13 +2,15 @@
 //! VMs), then everything labelled with its infra id on the infra cluster
 //! (VMs, DataVolumes, VolumeSnapshots, load-balancer Services and their
 //! EndpointSlices), the daemons' accounts on an external infra, what the
-//! manager put into the guest (best effort: the guest may be gone), and the
-//! control-plane namespace. Waits are watches with a bound; a cleanup that
+//! manager put into the guest (best effort: the guest may be gone; nothing
+//! for a hosted control plane, which the guest goes with), and the
+//! control-plane namespace (with a hosted control plane's etcd and its
+//! claims) and the hosted admin kubeconfig. Waits are watches with a bound; a cleanup that
 //! is not finished reports itself pending and is retried.
 
 use std::collections::BTreeSet;
 
-use k8s_openapi::api::core::v1::{Namespace, Service};
+use k8s_openapi::api::core::v1::{Namespace, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{DeleteParams, ListParams};
 use kube::core::ApiResource;
@@ -119,8 +121,9 @@ pub async fn cleanup(hc: &HostedCluster, ctx: &Context) -> Result<Action> {
         wait_gone(ctx, infra, &infra_ns, &remaining).await?;
     }
 
-    // 3. The guest, best effort.
+    // 3. The guest, best effort; a hosted guest goes with its control plane.
     match &handles {
+        _ if hc.is_hosted() => {}
         Ok(h) => {
             let guest = Applier {
                 client: &h.guest,
@@ -165,6 +168,15 @@ pub async fn cleanup(hc: &HostedCluster, ctx: &Context) -> Result<Action> {
             &BTreeSet::new(),
         )
         .await?;
+    if hc.is_hosted() {
+        management
+            .delete(
+                &ar::<Secret>(),
+                Some(ns),
+                &names::admin_kubeconfig_secret(name),
+            )
+            .await?;
+    }
     let namespaces: Api<Namespace> = Api::all(ctx.client.clone());
     if let Some(live) = namespaces
         .get_opt(&cp_ns)

@@ -3,10 +3,12 @@
 //! keep the infra tokens fresh, prune what is no longer desired (when the
 //! spec changed), and report the outcome in the status.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
-use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, ServiceAccount};
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service, ServiceAccount};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::api::storage::v1::{CSIDriver, StorageClass};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -16,13 +18,16 @@ use kube::runtime::controller::Action;
 use kube::{Api, Resource};
 use kubevirt_infra::snapshot::VolumeSnapshotClass;
 
+use super::controlplane::{self, ControlPlane};
 use super::tokens;
 use crate::api::conditions::{self, Desired, kind, reason};
+use crate::api::controlplane::LocalObjectReference;
 use crate::api::{HostedCluster, HostedClusterStatus, StorageDriverType};
 use crate::apply::{Applier, keys};
 use crate::context::Context;
 use crate::desired::ClusterInputs;
 use crate::desired::kubeconfig::endpoint;
+use crate::desired::object::ObjectKey;
 use crate::desired::sets::{self, side, side_selector};
 use crate::error::{Error, Result, Target};
 use crate::names;
@@ -35,6 +40,9 @@ fn ar<K: Resource<DynamicType = ()>>() -> ApiResource {
 pub fn management_kinds() -> Vec<(ApiResource, bool)> {
     vec![
         (ar::<Deployment>(), true),
+        (ar::<StatefulSet>(), true),
+        (ar::<PodDisruptionBudget>(), true),
+        (ar::<Service>(), true),
         (ar::<ConfigMap>(), true),
         (ar::<Secret>(), true),
         (ar::<RoleBinding>(), true),
@@ -73,8 +81,13 @@ pub struct Converged {
     pub refresh_at: Option<jiff::Timestamp>,
 }
 
-/// Bring every cluster of `hc` to its desired state.
-pub async fn converge(hc: &HostedCluster, ctx: &Context) -> Result<Converged> {
+/// Bring every cluster of `hc` to its desired state. `keep` are management
+/// objects made elsewhere (a hosted control plane's) that pruning keeps.
+pub async fn converge(
+    hc: &HostedCluster,
+    ctx: &Context,
+    keep: BTreeSet<ObjectKey>,
+) -> Result<Converged> {
     ctx.settings.supported.check(&hc.spec.release.version)?;
     let handles = ctx.clients.handles(hc).await?;
     let endpoint = handles
@@ -114,6 +127,7 @@ pub async fn converge(hc: &HostedCluster, ctx: &Context) -> Result<Converged> {
 
     management.apply_all(&set.management).await?;
     let mut keep_management = keys(&set.management);
+    keep_management.extend(keep);
     let mut refresh_at = None;
     if let Some(ep) = &endpoint {
         infra.apply_all(&set.infra).await?;
@@ -165,14 +179,111 @@ pub async fn converge(hc: &HostedCluster, ctx: &Context) -> Result<Converged> {
     Ok(Converged { inputs, refresh_at })
 }
 
-/// The status after a convergence attempt: conditions with the outcome.
+/// The conditions of a hosted control plane: what a pass found, or why
+/// the pass failed.
+fn control_plane_conditions(
+    cp: Option<&ControlPlane>,
+    outcome: &Result<Converged>,
+) -> [Desired; 2] {
+    match (cp, outcome) {
+        (Some(cp), _) => {
+            let etcd = &cp.etcd;
+            let members = format!("{} of {} etcd members ready", etcd.ready, etcd.desired);
+            [
+                if etcd.has_quorum() {
+                    Desired::new(
+                        kind::ETCD_AVAILABLE,
+                        true,
+                        reason::QUORUM_AVAILABLE,
+                        members,
+                    )
+                } else {
+                    Desired::new(
+                        kind::ETCD_AVAILABLE,
+                        false,
+                        reason::WAITING_FOR_QUORUM,
+                        members,
+                    )
+                },
+                match &cp.serving {
+                    Ok(()) => Desired::new(
+                        kind::KUBE_APISERVER_AVAILABLE,
+                        true,
+                        reason::AS_EXPECTED,
+                        format!(
+                            "{} of {} API servers available; the published endpoint is ready",
+                            cp.apiserver.ready, cp.apiserver.desired
+                        ),
+                    ),
+                    Err(why) => Desired::new(
+                        kind::KUBE_APISERVER_AVAILABLE,
+                        false,
+                        reason::WAITING_FOR_API_SERVER,
+                        why.clone(),
+                    ),
+                },
+            ]
+        }
+        (None, Err(e)) => [
+            Desired::new(kind::ETCD_AVAILABLE, false, e.reason(), e.to_string()),
+            Desired::new(
+                kind::KUBE_APISERVER_AVAILABLE,
+                false,
+                e.reason(),
+                e.to_string(),
+            ),
+        ],
+        (None, Ok(_)) => [
+            Desired::new(kind::ETCD_AVAILABLE, false, reason::RECONCILING, ""),
+            Desired::new(
+                kind::KUBE_APISERVER_AVAILABLE,
+                false,
+                reason::RECONCILING,
+                "",
+            ),
+        ],
+    }
+}
+
+/// What a hosted cluster waits for while its control plane comes up.
+pub fn waiting_for(cp: &ControlPlane) -> Error {
+    let mut parts = Vec::new();
+    if !cp.etcd.has_quorum() {
+        parts.push(format!(
+            "{} of {} etcd members ready",
+            cp.etcd.ready, cp.etcd.desired
+        ));
+    }
+    if let Err(why) = &cp.serving {
+        parts.push(why.clone());
+    }
+    Error::Pending(format!(
+        "waiting for the control plane: {}",
+        parts.join("; ")
+    ))
+}
+
+/// The status after a convergence attempt: conditions with the outcome,
+/// and for a hosted control plane what `cp` found of it.
 pub fn status_after(
     hc: &HostedCluster,
+    cp: Option<&ControlPlane>,
     outcome: &Result<Converged>,
     now: &Time,
 ) -> HostedClusterStatus {
     let mut status = hc.status.clone().unwrap_or_default();
     let generation = hc.metadata.generation;
+    if hc.is_hosted() {
+        for d in &control_plane_conditions(cp, outcome) {
+            conditions::set(&mut status.conditions, d, generation, now);
+        }
+        if let Some(cp) = cp {
+            status.control_plane_endpoint = cp.endpoint.clone();
+            status.kubeconfig = cp.endpoint.as_ref().map(|_| LocalObjectReference {
+                name: names::admin_kubeconfig_secret(&hc.metadata.name.clone().unwrap_or_default()),
+            });
+        }
+    }
     let hc_namespace = hc.metadata.namespace.clone().unwrap_or_default();
     let hc_name = hc.metadata.name.clone().unwrap_or_default();
     status.control_plane_namespace = Some(names::control_plane_namespace(&hc_namespace, &hc_name));
@@ -257,15 +368,38 @@ pub async fn write_status(
     Ok(())
 }
 
-/// Converge, report, and decide when to look again.
+/// Converge (the hosted control plane first, when there is one), report,
+/// and decide when to look again.
 pub async fn apply(hc: &HostedCluster, ctx: &Context) -> Result<Action> {
-    let outcome = converge(hc, ctx).await;
+    let (cp, outcome) = if hc.is_hosted() {
+        match controlplane::converge(hc, ctx).await {
+            Ok(cp) if cp.is_serving() && cp.etcd.has_quorum() => {
+                let outcome = converge(hc, ctx, cp.keys.clone()).await;
+                (Some(cp), outcome)
+            }
+            Ok(cp) => {
+                let waiting = waiting_for(&cp);
+                (Some(cp), Err(waiting))
+            }
+            Err(e) => (None, Err(e)),
+        }
+    } else {
+        (None, converge(hc, ctx, BTreeSet::new()).await)
+    };
     let now = Time(jiff::Timestamp::now());
-    write_status(ctx, hc, |base| status_after(base, &outcome, &now)).await?;
+    write_status(ctx, hc, |base| {
+        status_after(base, cp.as_ref(), &outcome, &now)
+    })
+    .await?;
     match outcome {
         Ok(c) => {
             let mut after = ctx.settings.resync;
-            if let Some(at) = c.refresh_at {
+            let renew = cp.as_ref().and_then(|cp| cp.renew_at);
+            let next = match (c.refresh_at, renew) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            if let Some(at) = next {
                 let until = at.duration_since(jiff::Timestamp::now());
                 let until = Duration::try_from(until).unwrap_or(Duration::ZERO);
                 after = after.min(until.max(Duration::from_secs(1)));
@@ -295,6 +429,7 @@ mod tests {
         let inputs = crate::desired::fixtures::inputs(&hc);
         let s = status_after(
             &hc,
+            None,
             &Ok(Converged {
                 inputs,
                 refresh_at: None,
@@ -324,7 +459,7 @@ mod tests {
             version: "9.9.9".into(),
             supported: "0.1".into(),
         });
-        let s = status_after(&hc, &Err(e), &now());
+        let s = status_after(&hc, None, &Err(e), &now());
         let available = conditions::find(&s.conditions, kind::AVAILABLE).expect("available");
         assert_eq!(
             (available.status.as_str(), available.reason.as_str()),
@@ -339,7 +474,7 @@ mod tests {
             namespace: "clusters".into(),
             name: "k".into(),
         };
-        let s = status_after(&hc, &Err(e), &now());
+        let s = status_after(&hc, None, &Err(e), &now());
         let degraded = conditions::find(&s.conditions, kind::DEGRADED).expect("degraded");
         assert_eq!(degraded.reason, "GuestKubeconfigUnavailable");
         assert!(conditions::is_true(&s.conditions, kind::VALID_VERSION));
@@ -351,6 +486,7 @@ mod tests {
         let inputs = crate::desired::fixtures::inputs(&hc0);
         let first = status_after(
             &hc0,
+            None,
             &Ok(Converged {
                 inputs: inputs.clone(),
                 refresh_at: None,
@@ -362,6 +498,7 @@ mod tests {
         let later = Time(jiff::Timestamp::from_second(1_700_000_500).expect("ts"));
         let second = status_after(
             &hc1,
+            None,
             &Ok(Converged {
                 inputs,
                 refresh_at: None,
@@ -369,5 +506,78 @@ mod tests {
             &later,
         );
         assert_eq!(first, second);
+    }
+
+    #[test]
+    fn a_hosted_cluster_reports_its_control_plane_as_it_is() {
+        use super::controlplane::Readiness;
+        use crate::api::controlplane::ApiEndpoint;
+        let hc = crate::desired::hosted::fixtures::hosted();
+        let cp = ControlPlane {
+            endpoint: Some(ApiEndpoint {
+                host: "192.168.100.10".into(),
+                port: 30443,
+            }),
+            etcd: Readiness {
+                ready: 0,
+                desired: 1,
+            },
+            apiserver: Readiness {
+                ready: 0,
+                desired: 1,
+            },
+            serving: Err("0 of 1 API servers available".into()),
+            admin_kubeconfig: None,
+            renew_at: None,
+            keys: BTreeSet::new(),
+        };
+        let s = status_after(&hc, Some(&cp), &Err(waiting_for(&cp)), &now());
+        let get = |t: &str| {
+            conditions::find(&s.conditions, t)
+                .expect("condition")
+                .clone()
+        };
+        let etcd = get(kind::ETCD_AVAILABLE);
+        assert_eq!(
+            (
+                etcd.status.as_str(),
+                etcd.reason.as_str(),
+                etcd.message.as_str()
+            ),
+            ("False", "WaitingForQuorum", "0 of 1 etcd members ready")
+        );
+        let kas = get(kind::KUBE_APISERVER_AVAILABLE);
+        assert_eq!(kas.message, "0 of 1 API servers available");
+        let available = get(kind::AVAILABLE);
+        assert_eq!(available.status, "False");
+        assert_eq!(
+            available.message,
+            "waiting for the control plane: 0 of 1 etcd members ready; 0 of 1 API servers available"
+        );
+        assert!(!conditions::is_true(&s.conditions, kind::DEGRADED));
+        assert_eq!(
+            s.kubeconfig.map(|k| k.name).as_deref(),
+            Some("guest1-admin-kubeconfig")
+        );
+        assert_eq!(s.control_plane_endpoint.map(|e| e.port), Some(30443));
+
+        let up = ControlPlane {
+            etcd: Readiness {
+                ready: 1,
+                desired: 1,
+            },
+            apiserver: Readiness {
+                ready: 1,
+                desired: 1,
+            },
+            serving: Ok(()),
+            ..cp
+        };
+        let s = status_after(&hc, Some(&up), &Err(Error::Pending("x".into())), &now());
+        assert!(conditions::is_true(&s.conditions, kind::ETCD_AVAILABLE));
+        assert!(conditions::is_true(
+            &s.conditions,
+            kind::KUBE_APISERVER_AVAILABLE
+        ));
     }
 }

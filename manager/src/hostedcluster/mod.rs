@@ -5,6 +5,7 @@
 //! the Deployments and ConfigMaps the manager made).
 
 pub mod cleanup;
+pub mod controlplane;
 pub mod converge;
 pub mod tokens;
 
@@ -12,8 +13,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{Future, StreamExt};
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Config};
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -57,7 +58,7 @@ fn referencing(
         .iter()
         .filter(|hc| hc.namespace().as_deref() == Some(ns))
         .filter(|hc| {
-            hc.spec.kubeconfig.name == name
+            hc.guest_kubeconfig().name == name
                 || hc
                     .external_infra()
                     .is_some_and(|c| c.infra_kube_config_secret.name == name)
@@ -128,6 +129,17 @@ pub async fn controller(
             Api::<PartialObjectMeta<ConfigMap>>::all(client.clone()),
             watcher::Config::default().labels(&managed),
             |c| owner_of(&c),
+        )
+        // A hosted control plane: members and load-balancer addresses.
+        .watches(
+            Api::<PartialObjectMeta<StatefulSet>>::all(client.clone()),
+            watcher::Config::default().labels(&managed),
+            |s| owner_of(&s),
+        )
+        .watches(
+            Api::<PartialObjectMeta<Service>>::all(client.clone()),
+            watcher::Config::default().labels(&managed),
+            |s| owner_of(&s),
         )
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)

@@ -184,6 +184,7 @@ mod tests {
                 replicas,
                 release: Release {
                     version: version.into(),
+                    kubernetes_version: None,
                 },
                 platform: NodePoolPlatform { kubevirt: platform },
                 management: Default::default(),

@@ -112,6 +112,7 @@ mod tests {
                 replicas,
                 release: Release {
                     version: "0.1.0".into(),
+                    kubernetes_version: None,
                 },
                 platform: NodePoolPlatform {
                     kubevirt: platform_ok(),

@@ -1,0 +1,386 @@
+//! The hosted control plane of a HostedCluster without a kubeconfig: apply
+//! its Services, learn the published endpoint, keep its PKI, apply etcd and
+//! (once the endpoint is known, since the serving certificate names it) the
+//! API server, controller manager and scheduler, then observe what runs.
+//!
+//! What it reports is what holds: etcd is available when its StatefulSet
+//! has a quorum of Ready members, the API server when its Deployment has an
+//! available replica *and* `/readyz` answers through the published endpoint
+//! with the admin kubeconfig the status names.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::{Namespace, Secret, Service};
+use kube::api::ListParams;
+use kube::{Api, Client};
+
+use crate::api::HostedCluster;
+use crate::api::controlplane::ApiEndpoint;
+use crate::apply::{Applier, keys};
+use crate::clients::client_from_kubeconfig;
+use crate::context::Context;
+use crate::desired::controlplane::meta;
+use crate::desired::hosted::{self, HostedInputs, Publishing, pki as hpki};
+use crate::desired::object::{Object, ObjectKey};
+use crate::desired::sets::{side, tag};
+use crate::error::{Error, Result, Target};
+use crate::{hash, names, pki};
+
+/// Ready members or replicas of a component, against those it should have.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Readiness {
+    pub ready: i32,
+    pub desired: i32,
+}
+
+impl Readiness {
+    /// etcd: a quorum of members is Ready.
+    pub fn has_quorum(&self) -> bool {
+        self.desired > 0 && self.ready > self.desired / 2
+    }
+}
+
+/// What a pass over the control plane found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ControlPlane {
+    /// Where the API server is published, once known.
+    pub endpoint: Option<ApiEndpoint>,
+    pub etcd: Readiness,
+    pub apiserver: Readiness,
+    /// `/readyz` through the endpoint: `Ok` when it answered ok, otherwise
+    /// why not (in words for the condition message).
+    pub serving: std::result::Result<(), String>,
+    /// The admin kubeconfig for the endpoint.
+    pub admin_kubeconfig: Option<Vec<u8>>,
+    /// When a certificate is due for renewal.
+    pub renew_at: Option<jiff::Timestamp>,
+    /// The objects applied, for pruning.
+    pub keys: BTreeSet<ObjectKey>,
+}
+
+impl ControlPlane {
+    /// The published API server answers.
+    pub fn is_serving(&self) -> bool {
+        self.serving.is_ok()
+    }
+}
+
+/// A hosted cluster's control-plane objects, tagged as management objects.
+fn objects<K>(items: impl IntoIterator<Item = K>) -> Result<Vec<Object>>
+where
+    K: kube::Resource<DynamicType = ()> + serde::Serialize,
+{
+    let mut out = items
+        .into_iter()
+        .map(|k| Object::new(&k))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    tag(&mut out, side::MANAGEMENT);
+    Ok(out)
+}
+
+/// The endpoint the API server's Service is published at, once it has one.
+pub fn published_endpoint(inp: &HostedInputs, svc: &Service) -> Option<ApiEndpoint> {
+    match &inp.publishing {
+        Publishing::NodePort { address, .. } => {
+            let port = svc.spec.as_ref()?.ports.as_ref()?.first()?.node_port?;
+            Some(ApiEndpoint {
+                host: address.clone(),
+                port,
+            })
+        }
+        Publishing::LoadBalancer { hostname } => {
+            let ingress = svc
+                .status
+                .as_ref()?
+                .load_balancer
+                .as_ref()?
+                .ingress
+                .as_ref()?
+                .first()?;
+            let host = hostname
+                .clone()
+                .or_else(|| ingress.hostname.clone())
+                .or_else(|| ingress.ip.clone())?;
+            Some(ApiEndpoint {
+                host,
+                port: hosted::APISERVER_PORT,
+            })
+        }
+    }
+}
+
+/// A hash of some Secrets' data: the pods mounting them roll when it changes.
+fn config_hash(material: &pki::Material, secrets: &[&str]) -> String {
+    let parts: Vec<&[u8]> = secrets
+        .iter()
+        .filter_map(|s| material.get(s))
+        .flat_map(|s| s.data.values().map(Vec::as_slice))
+        .collect();
+    hash::hex(hash::fnv1a_parts(parts))
+}
+
+/// Converge the control plane of `hc` and report what runs.
+pub async fn converge(hc: &HostedCluster, ctx: &Context) -> Result<ControlPlane> {
+    let inp = HostedInputs::new(hc, &ctx.settings.images.control_plane_registry)
+        .map_err(|e| Error::InvalidSpec(e.to_string()))?;
+    let client = &ctx.client;
+    let management = Applier {
+        client,
+        target: Target::Management,
+        metrics: &ctx.metrics,
+    };
+    let mut applied: Vec<Object> = Vec::new();
+
+    // Namespace and Services first: the Service gives the endpoint.
+    let ns = Namespace {
+        metadata: meta(&inp.namespace, None, inp.labels()),
+        ..Namespace::default()
+    };
+    let mut first = objects([ns])?;
+    let mut services = hosted::etcd::services(&inp)?;
+    services.push(hosted::apiserver::service(&inp)?);
+    first.extend(objects(services)?);
+    management.apply_all(&first).await?;
+    applied.extend(first);
+    let svc = Api::<Service>::namespaced(client.clone(), &inp.namespace)
+        .get_opt(names::KUBE_APISERVER)
+        .await
+        .map_err(Error::kube(
+            Target::Management,
+            "get Service kube-apiserver",
+        ))?;
+    let endpoint = svc.as_ref().and_then(|s| published_endpoint(&inp, s));
+
+    // The PKI.
+    let secrets = Api::<Secret>::namespaced(client.clone(), &inp.namespace);
+    let stored: BTreeMap<String, pki::Stored> = secrets
+        .list(
+            &ListParams::default().labels(&crate::desired::owner_selector_of(
+                &inp.hc_namespace,
+                &inp.hc_name,
+            )),
+        )
+        .await
+        .map_err(Error::kube(Target::Management, "list Secrets"))?
+        .items
+        .into_iter()
+        .map(|s| {
+            let name = s.metadata.name.clone().unwrap_or_default();
+            let stored = pki::Stored {
+                data: s
+                    .data
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(k, v)| (k, v.0))
+                    .collect(),
+                annotations: s.metadata.annotations.unwrap_or_default(),
+            };
+            (name, stored)
+        })
+        .collect();
+    let material = pki::ensure(
+        &hpki::requests(&inp, endpoint.as_ref()),
+        &stored,
+        jiff::Timestamp::now(),
+    )
+    .map_err(|e| Error::InvalidSpec(e.to_string()))?;
+    if material.made > 0 {
+        tracing::info!(issued = material.made, namespace = %inp.namespace, "control-plane PKI issued");
+    }
+    let mut secrets_set = hpki::secrets(&inp, &material);
+    secrets_set.extend(hpki::kubeconfigs(&inp, &material, endpoint.as_ref()));
+    let pki_objects = objects(secrets_set)?;
+    management.apply_all(&pki_objects).await?;
+    applied.extend(pki_objects);
+
+    // etcd; the rest once the endpoint is known.
+    let etcd_hash = config_hash(&material, &[hpki::ETCD_SERVER, hpki::ETCD_PEER]);
+    let mut workloads = objects([hosted::etcd::statefulset(&inp, &etcd_hash)?])?;
+    workloads.extend(objects(hosted::etcd::disruption_budget(&inp)?)?);
+    if endpoint.is_some() {
+        let kas_hash = config_hash(
+            &material,
+            &[
+                hpki::KAS_SERVER,
+                hpki::ETCD_CLIENT,
+                hpki::KAS_KUBELET_CLIENT,
+                hpki::KAS_AGGREGATOR,
+                hpki::SA_SIGNING_KEY,
+            ],
+        );
+        let kcm_hash = config_hash(
+            &material,
+            &[hpki::KCM_CLIENT, hpki::ROOT_CA, hpki::SA_SIGNING_KEY],
+        );
+        let scheduler_hash = config_hash(&material, &[hpki::SCHEDULER_CLIENT, hpki::ROOT_CA]);
+        workloads.extend(objects([
+            hosted::apiserver::deployment(&inp, &kas_hash)?,
+            hosted::controllers::controller_manager(&inp, &kcm_hash)?,
+            hosted::controllers::scheduler(&inp, &scheduler_hash)?,
+        ])?);
+        workloads.extend(objects(hosted::apiserver::disruption_budget(&inp)?)?);
+    }
+    management.apply_all(&workloads).await?;
+    applied.extend(workloads);
+
+    // What runs.
+    let etcd = Api::<StatefulSet>::namespaced(client.clone(), &inp.namespace)
+        .get_opt(names::ETCD)
+        .await
+        .map_err(Error::kube(Target::Management, "get StatefulSet etcd"))?
+        .and_then(|s| s.status)
+        .map(|s| Readiness {
+            ready: s.ready_replicas.unwrap_or(0),
+            desired: inp.replicas(),
+        })
+        .unwrap_or(Readiness {
+            ready: 0,
+            desired: inp.replicas(),
+        });
+    let apiserver = Api::<Deployment>::namespaced(client.clone(), &inp.namespace)
+        .get_opt(names::KUBE_APISERVER)
+        .await
+        .map_err(Error::kube(
+            Target::Management,
+            "get Deployment kube-apiserver",
+        ))?
+        .and_then(|d| d.status)
+        .map(|s| Readiness {
+            ready: s.available_replicas.unwrap_or(0),
+            desired: inp.replicas(),
+        })
+        .unwrap_or(Readiness {
+            ready: 0,
+            desired: inp.replicas(),
+        });
+    let admin_kubeconfig = endpoint.as_ref().map(|ep| {
+        hpki::kubeconfig(
+            &material,
+            &inp.hc_name,
+            &hosted::endpoint_url(ep),
+            hpki::ADMIN_CLIENT,
+        )
+        .into_bytes()
+    });
+    let serving = match (&endpoint, &admin_kubeconfig) {
+        (None, _) | (_, None) => Err(match inp.publishing {
+            Publishing::LoadBalancer { .. } => {
+                "waiting for the load balancer to give Service kube-apiserver an address"
+                    .to_string()
+            }
+            Publishing::NodePort { .. } => {
+                "waiting for Service kube-apiserver to get its node port".to_string()
+            }
+        }),
+        _ if apiserver.ready == 0 => {
+            Err(format!("0 of {} API servers available", apiserver.desired))
+        }
+        (Some(ep), Some(kc)) => readyz(kc, &inp, ep).await,
+    };
+    Ok(ControlPlane {
+        endpoint,
+        etcd,
+        apiserver,
+        serving,
+        admin_kubeconfig,
+        renew_at: material.renew_at,
+        keys: keys(&applied),
+    })
+}
+
+/// `GET /readyz` through the published endpoint.
+async fn readyz(
+    kubeconfig: &[u8],
+    inp: &HostedInputs,
+    ep: &ApiEndpoint,
+) -> std::result::Result<(), String> {
+    let url = hosted::endpoint_url(ep);
+    let client: Client = client_from_kubeconfig(
+        kubeconfig,
+        Target::Guest,
+        &inp.hc_namespace,
+        &names::admin_kubeconfig_secret(&inp.hc_name),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let request = http::Request::get("/readyz")
+        .body(Vec::new())
+        .map_err(|e| e.to_string())?;
+    match tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        client.request_text(request),
+    )
+    .await
+    {
+        Ok(Ok(body)) if body.trim() == "ok" => Ok(()),
+        Ok(Ok(body)) => Err(format!("{url}/readyz answered {:?}", body.trim())),
+        Ok(Err(e)) => Err(format!("{url}/readyz: {}", crate::error::describe(&e))),
+        Err(_) => Err(format!("{url}/readyz did not answer within 5 s")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::desired::hosted::fixtures::{hosted, inputs};
+    use k8s_openapi::api::core::v1::{
+        LoadBalancerIngress, LoadBalancerStatus, ServicePort, ServiceSpec, ServiceStatus,
+    };
+
+    #[test]
+    fn quorum_is_a_majority() {
+        let r = |ready, desired| Readiness { ready, desired };
+        assert!(r(1, 1).has_quorum());
+        assert!(r(2, 3).has_quorum());
+        assert!(!r(1, 3).has_quorum());
+        assert!(!r(0, 0).has_quorum());
+    }
+
+    #[test]
+    fn the_endpoint_comes_from_the_node_port_or_the_load_balancer() {
+        let inp = inputs(&hosted());
+        let svc = Service {
+            spec: Some(ServiceSpec {
+                ports: Some(vec![ServicePort {
+                    port: 6443,
+                    node_port: Some(31000),
+                    ..ServicePort::default()
+                }]),
+                ..ServiceSpec::default()
+            }),
+            ..Service::default()
+        };
+        assert_eq!(
+            published_endpoint(&inp, &svc),
+            Some(ApiEndpoint {
+                host: "192.168.100.10".into(),
+                port: 31000
+            })
+        );
+
+        let mut hc = hosted();
+        hc.spec.services.clear();
+        let inp = inputs(&hc);
+        assert_eq!(published_endpoint(&inp, &svc), None);
+        let with_ingress = Service {
+            status: Some(ServiceStatus {
+                load_balancer: Some(LoadBalancerStatus {
+                    ingress: Some(vec![LoadBalancerIngress {
+                        ip: Some("192.168.200.7".into()),
+                        ..LoadBalancerIngress::default()
+                    }]),
+                }),
+                ..ServiceStatus::default()
+            }),
+            ..svc
+        };
+        assert_eq!(
+            published_endpoint(&inp, &with_ingress),
+            Some(ApiEndpoint {
+                host: "192.168.200.7".into(),
+                port: 6443
+            })
+        );
+    }
+}
