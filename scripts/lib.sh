@@ -25,6 +25,8 @@ ensure_packages() {
     command -v etcd >/dev/null 2>&1 || [ -n "${ETCD_BIN:-}" ] || need+=(etcd-server)
     # The lab's network namespace: its loopback device and local routes.
     command -v ip >/dev/null 2>&1 || need+=(iproute2)
+    # Checks the certificates the manager issues for hosted control planes.
+    command -v openssl >/dev/null 2>&1 || need+=(openssl)
     if [ ${#need[@]} -eq 0 ]; then
         echo "system packages present"
     else

@@ -34,6 +34,7 @@ mod fault_manager;
 mod lab_start;
 mod lab_up;
 mod manager_bad_input;
+mod manager_hosted;
 mod manager_hostedcluster;
 mod manager_leader;
 mod manager_nodepool;

@@ -1,0 +1,198 @@
+//! Hosted control planes, as far as the lab runs them today: a HostedCluster
+//! without a kubeconfig becomes its control plane's objects in the
+//! control-plane namespace, accepted by the real kube-apiserver: the PKI
+//! (checked with openssl: the serving certificate chains to the cluster CA
+//! and names the published endpoint), etcd's StatefulSet and Services,
+//! kube-apiserver published on a NodePort, kube-controller-manager and
+//! kube-scheduler. The status names the endpoint and the admin kubeconfig.
+//! Nothing runs the control plane's pods in the lab yet, and the conditions
+//! say so: etcd has no quorum, the API server does not answer, Available
+//! waits (and is not Degraded). The spec's rules (CEL) refuse a hosted
+//! cluster without a Kubernetes version. Deleting the cluster removes the
+//! namespace and the admin kubeconfig.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use crate::manager_support::*;
+use anyhow::{Context as _, ensure};
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::{Namespace, Secret, Service};
+use kube::api::{Api, DeleteParams, PostParams};
+use kube::core::DynamicObject;
+use serde_json::json;
+
+const CP: &str = "clusters-hosted1";
+const NODE_ADDRESS: &str = "192.168.100.10";
+
+fn hosted(name: &str, kubernetes_version: Option<&str>) -> anyhow::Result<DynamicObject> {
+    let mut release = json!({"version": "0.1.0"});
+    if let Some(v) = kubernetes_version {
+        release["kubernetesVersion"] = json!(v);
+    }
+    Ok(serde_json::from_value(json!({
+        "apiVersion": "hcp.kubevirt-rs.io/v1alpha1",
+        "kind": "HostedCluster",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": {
+            "release": release,
+            "infraID": format!("{name}-id"),
+            "services": [{"service": "APIServer", "servicePublishingStrategy": {
+                "type": "NodePort", "nodePort": {"address": NODE_ADDRESS}
+            }}],
+        }
+    }))?)
+}
+
+fn condition_message(hc: &DynamicObject, type_: &str) -> String {
+    hc.data["status"]["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == type_))
+        .and_then(|c| c["message"].as_str())
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Writes key `key` of a Secret to `dir/<secret>-<key>`.
+fn write_key(dir: &Path, secret: &Secret, key: &str) -> anyhow::Result<std::path::PathBuf> {
+    let name = secret.metadata.name.clone().unwrap_or_default();
+    let data = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(key))
+        .with_context(|| format!("{name} has no {key}"))?;
+    let path = dir.join(format!("{name}-{key}"));
+    std::fs::write(&path, &data.0)?;
+    Ok(path)
+}
+
+fn openssl(args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new("openssl")
+        .args(args)
+        .output()
+        .context("run openssl")?;
+    ensure!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hosted_cluster_gets_its_control_plane_objects_and_honest_conditions()
+-> anyhow::Result<()> {
+    let lab = lab().await?;
+    let mut manager = start_manager(&lab, &[]).await?;
+    let infra = lab.infra_client();
+    let hcs = hosted_clusters(&infra);
+
+    let result = async {
+        // The spec's rules, enforced by the real API server.
+        let refused = hcs.create(&PostParams::default(), &hosted("noversion", None)?).await;
+        let message = match refused {
+            Err(kube::Error::Api(s)) => s.message,
+            other => anyhow::bail!("a hosted cluster without kubernetesVersion was not refused: {other:?}"),
+        };
+        ensure!(
+            message.contains("release.kubernetesVersion is required when the manager hosts the control plane"),
+            "{message}"
+        );
+
+        // The examples apply as they are (the server validates them).
+        let examples = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+        let dry_run = PostParams {
+            dry_run: true,
+            ..PostParams::default()
+        };
+        for (file, api) in [("hostedcluster.yaml", hcs.clone()), ("nodepool.yaml", node_pools(&infra))] {
+            let text = std::fs::read_to_string(examples.join(file))?;
+            let obj: DynamicObject = serde_yaml::from_str(&text)?;
+            api.create(&dry_run, &obj).await.with_context(|| format!("examples/{file}"))?;
+        }
+
+        hcs.create(&PostParams::default(), &hosted("hosted1", Some("1.32.13"))?).await?;
+        let hc = until_dynamic(&hcs, "hosted1", "the endpoint and the admin kubeconfig in the status", |hc| {
+            hc.filter(|hc| hc.data["status"]["kubeconfig"]["name"].is_string() && condition(hc, "EtcdAvailable").is_some())
+                .cloned()
+        })
+        .await?;
+        let status = &hc.data["status"];
+        ensure!(status["kubeconfig"]["name"] == "hosted1-admin-kubeconfig", "{status}");
+        ensure!(status["controlPlaneEndpoint"]["host"] == NODE_ADDRESS, "{status}");
+        let port = status["controlPlaneEndpoint"]["port"].as_i64().context("port")?;
+
+        // The published Service is the endpoint.
+        let services: Api<Service> = Api::namespaced(infra.clone(), CP);
+        let kas = services.get("kube-apiserver").await?;
+        let spec = kas.spec.context("spec")?;
+        ensure!(spec.type_.as_deref() == Some("NodePort"));
+        ensure!(spec.ports.context("ports")?[0].node_port == Some(port as i32));
+        for name in ["etcd-client", "etcd-discovery"] {
+            ensure!(services.get_opt(name).await?.is_some(), "Service {name}");
+        }
+
+        // etcd and the components.
+        let sts: Api<StatefulSet> = Api::namespaced(infra.clone(), CP);
+        let etcd = sts.get("etcd").await?;
+        ensure!(etcd.spec.as_ref().and_then(|s| s.replicas) == Some(1));
+        let deployments: Api<Deployment> = Api::namespaced(infra.clone(), CP);
+        for name in ["kube-apiserver", "kube-controller-manager", "kube-scheduler"] {
+            let d = deployments.get(name).await?;
+            let image = d.spec.and_then(|s| s.template.spec).map(|p| p.containers[0].image.clone());
+            ensure!(image == Some(Some(format!("registry.k8s.io/{name}:v1.32.13"))), "{name}: {image:?}");
+        }
+
+        // The PKI, checked by openssl.
+        let secrets: Api<Secret> = Api::namespaced(infra.clone(), CP);
+        let dir = lab.dir.join("hosted1-pki");
+        std::fs::create_dir_all(&dir)?;
+        let ca = write_key(&dir, &secrets.get("root-ca").await?, "ca.crt")?;
+        let serving = write_key(&dir, &secrets.get("kas-server-crt").await?, "tls.crt")?;
+        let (ca, serving) = (ca.to_string_lossy().into_owned(), serving.to_string_lossy().into_owned());
+        openssl(&["verify", "-CAfile", &ca, &serving])?;
+        let sans = openssl(&["x509", "-noout", "-ext", "subjectAltName", "-in", &serving])?;
+        for want in [&format!("IP Address:{NODE_ADDRESS}"), "DNS:kube-apiserver.clusters-hosted1.svc", "IP Address:172.31.0.1"] {
+            ensure!(sans.contains(want), "{want} missing from {sans}");
+        }
+        let admin = Api::<Secret>::namespaced(infra.clone(), NS).get("hosted1-admin-kubeconfig").await?;
+        let text = String::from_utf8(admin.data.context("data")?["kubeconfig"].0.clone())?;
+        ensure!(text.contains(&format!("https://{NODE_ADDRESS}:{port}")), "{text}");
+
+        // Honest conditions: nothing runs the pods here yet.
+        let hc = until_dynamic(&hcs, "hosted1", "control-plane conditions", |hc| {
+            hc.filter(|hc| condition(hc, "KubeAPIServerAvailable").is_some() && condition(hc, "Available").is_some())
+                .cloned()
+        })
+        .await?;
+        ensure!(condition(&hc, "EtcdAvailable") == Some(("False".into(), "WaitingForQuorum".into())));
+        ensure!(condition_message(&hc, "EtcdAvailable") == "0 of 1 etcd members ready");
+        ensure!(condition(&hc, "KubeAPIServerAvailable") == Some(("False".into(), "WaitingForAPIServer".into())));
+        ensure!(condition_message(&hc, "KubeAPIServerAvailable") == "0 of 1 API servers available");
+        ensure!(condition(&hc, "Available").is_some_and(|(s, _)| s == "False"));
+        ensure!(
+            condition_message(&hc, "Available")
+                == "waiting for the control plane: 0 of 1 etcd members ready; 0 of 1 API servers available",
+            "{}",
+            condition_message(&hc, "Available")
+        );
+        ensure!(condition(&hc, "Degraded").is_some_and(|(s, _)| s == "False"));
+
+        // Deletion takes the namespace and the admin kubeconfig.
+        hcs.delete("hosted1", &DeleteParams::default()).await?;
+        until_dynamic(&hcs, "hosted1", "HostedCluster gone", |hc| hc.is_none().then_some(())).await?;
+        let namespaces: Api<Namespace> = Api::all(infra.clone());
+        ensure!(namespaces.get_opt(CP).await?.is_none(), "namespace {CP} left behind");
+        ensure!(
+            Api::<Secret>::namespaced(infra.clone(), NS).get_opt("hosted1-admin-kubeconfig").await?.is_none(),
+            "admin kubeconfig left behind"
+        );
+        Ok(())
+    }
+    .await;
+    let log = log_of(&manager);
+    manager.terminate(Duration::from_secs(5)).await?;
+    lab.shutdown().await?;
+    result.with_context(|| format!("manager log:\n{log}"))
+}
