@@ -78,7 +78,7 @@ pub enum Error {
     HostedClusterNotAvailable(String),
     #[error("{0}")]
     Pending(String),
-    #[error("finalizer: {0}")]
+    #[error("{}", describe_finalizer(.0))]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
     #[error("leader election: {0}")]
     Lease(String),
@@ -206,6 +206,19 @@ pub fn describe(e: &kube::Error) -> String {
     }
 }
 
+/// A finalizer helper's error in words: the reconcile's own error as it is,
+/// a failed finalizer write through [`describe`].
+fn describe_finalizer(e: &kube::runtime::finalizer::Error<Error>) -> String {
+    use kube::runtime::finalizer::Error as F;
+    match e {
+        F::ApplyFailed(e) | F::CleanupFailed(e) => e.to_string(),
+        F::AddFinalizer(e) => format!("adding the finalizer: {}", describe(e)),
+        F::RemoveFinalizer(e) => format!("removing the finalizer: {}", describe(e)),
+        F::UnnamedObject => "the object has no name".to_string(),
+        F::InvalidFinalizer => "the finalizer is not valid".to_string(),
+    }
+}
+
 /// Whether a Kubernetes error is a 404.
 pub fn is_not_found(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == 404)
@@ -281,6 +294,11 @@ mod tests {
             Error::Pending("x".into()),
         )));
         assert!(wrapped.is_pending());
+        assert_eq!(wrapped.to_string(), "x");
+        let gone = Error::Finalizer(Box::new(kube::runtime::finalizer::Error::RemoveFinalizer(
+            api(404),
+        )));
+        assert!(!gone.to_string().contains("Status {"), "{gone}");
         assert_eq!(
             Error::Version(Refusal::NewerThanHostedCluster {
                 node_pool: "1.0.0".into(),

@@ -19,7 +19,7 @@ use tracing::Instrument as _;
 
 use crate::api::FINALIZER;
 use crate::context::Context;
-use crate::error::{Error, Result, Target};
+use crate::error::{Error, Result, Target, is_not_found};
 
 /// A reconcile still waiting on something else (a guest API, a VM) is
 /// looked at again this soon.
@@ -65,7 +65,13 @@ where
             }
         })
         .await
-        .map_err(|e| Error::Finalizer(Box::new(e)))
+        .or_else(|e| match e {
+            // Removing the finalizer of an object already gone: done.
+            kube::runtime::finalizer::Error::RemoveFinalizer(e) if is_not_found(&e) => {
+                Ok(Action::await_change())
+            }
+            e => Err(Error::Finalizer(Box::new(e))),
+        })
     }
     .instrument(span)
     .await;

@@ -18,6 +18,7 @@ pub struct Binaries {
     pub etcd: PathBuf,
     pub kube_apiserver: PathBuf,
     pub kube_controller_manager: PathBuf,
+    pub kube_scheduler: PathBuf,
 }
 
 impl Binaries {
@@ -27,6 +28,7 @@ impl Binaries {
             etcd: find_etcd()?,
             kube_apiserver: find_kube("kube-apiserver")?,
             kube_controller_manager: find_kube("kube-controller-manager")?,
+            kube_scheduler: find_kube("kube-scheduler")?,
         })
     }
 }

@@ -79,6 +79,8 @@ pub struct ClusterConfig {
     /// run in (kube-apiserver on the advertise address there, bridged from
     /// host loopback); none: the host's, on loopback.
     pub netns: Option<Arc<Netns>>,
+    /// Run kube-scheduler too (a cluster whose pods something runs).
+    pub scheduler: bool,
 }
 
 impl ClusterConfig {
@@ -94,6 +96,7 @@ impl ClusterConfig {
             feature_gates: Vec::new(),
             runtime_config: Vec::new(),
             netns: None,
+            scheduler: false,
         }
     }
 }
@@ -116,6 +119,7 @@ struct Inner {
     /// Host loopback to kube-apiserver in the lab's namespace.
     _apiserver_bridge: Option<Bridge>,
     controller_manager: Mutex<Process>,
+    scheduler: Option<Mutex<Process>>,
     /// The lab's administrator client, straight to kube-apiserver.
     admin: kube::Client,
     proxy: FrontProxy,
@@ -163,6 +167,7 @@ impl Cluster {
         };
         add_user(ADMIN, &["system:masters".to_string()]);
         add_user("system:kube-controller-manager", &[]);
+        add_user("system:kube-scheduler", &[]);
         for (user, groups) in &cfg.users {
             add_user(user, groups);
         }
@@ -192,25 +197,26 @@ impl Cluster {
 
         // In the lab's namespace, kube-controller-manager reaches
         // kube-apiserver where the namespace has it: the advertise address.
-        let kcm_server = match (&cfg.netns, apiserver_url.rsplit_once(':')) {
-            (Some(_), Some((_, port))) => format!("https://{}:{port}", cfg.advertise_address),
-            _ => apiserver_url.clone(),
+        let in_netns_url = in_netns_url(&cfg, &apiserver_url);
+        let component_kubeconfig = |file: &str, user: &str| -> Result<PathBuf, Error> {
+            let path = dir.join(file);
+            std::fs::write(
+                &path,
+                kubeconfig::render(
+                    &cfg.name,
+                    &in_netns_url,
+                    &pki.ca.cert_pem(),
+                    tokens.get(user).map(String::as_str).unwrap_or_default(),
+                    None,
+                ),
+            )
+            .map_err(Error::io("write", &path))?;
+            Ok(path)
         };
-        let kcm_kubeconfig = dir.join("controller-manager.kubeconfig");
-        std::fs::write(
-            &kcm_kubeconfig,
-            kubeconfig::render(
-                &cfg.name,
-                &kcm_server,
-                &pki.ca.cert_pem(),
-                tokens
-                    .get("system:kube-controller-manager")
-                    .map(String::as_str)
-                    .unwrap_or_default(),
-                None,
-            ),
-        )
-        .map_err(Error::io("write", &kcm_kubeconfig))?;
+        let kcm_kubeconfig = component_kubeconfig(
+            "controller-manager.kubeconfig",
+            "system:kube-controller-manager",
+        )?;
         let controller_manager = Process::spawn(
             "kube-controller-manager",
             &binaries.kube_controller_manager,
@@ -218,6 +224,18 @@ impl Cluster {
             &dir.join("kube-controller-manager.log"),
             cfg.netns.as_deref().map(Netns::path),
         )?;
+        let scheduler = if cfg.scheduler {
+            let kubeconfig = component_kubeconfig("scheduler.kubeconfig", "system:kube-scheduler")?;
+            Some(Mutex::new(Process::spawn(
+                "kube-scheduler",
+                &binaries.kube_scheduler,
+                scheduler_args(&kubeconfig),
+                &dir.join("kube-scheduler.log"),
+                cfg.netns.as_deref().map(Netns::path),
+            )?))
+        } else {
+            None
+        };
 
         let admin = client(&kubeconfig::render(
             &cfg.name,
@@ -239,6 +257,7 @@ impl Cluster {
                 apiserver: Mutex::new(apiserver),
                 _apiserver_bridge: apiserver_bridge,
                 controller_manager: Mutex::new(controller_manager),
+                scheduler,
                 proxy,
                 audit: AuditLog::new(&audit_log),
                 tokens,
@@ -286,6 +305,23 @@ impl Cluster {
     /// The front door every kubeconfig names: `https://127.0.0.1:<port>`.
     pub fn https_url(&self) -> String {
         self.inner.proxy.url()
+    }
+
+    /// kube-apiserver as a process inside the cluster's network namespace
+    /// reaches it: its advertise address (host loopback without one).
+    pub fn in_netns_url(&self) -> String {
+        in_netns_url(&self.inner.cfg, &self.inner.apiserver_url)
+    }
+
+    /// A kubeconfig for `token` for a process inside the network namespace.
+    pub fn in_netns_kubeconfig_yaml(&self, token: &str, namespace: Option<&str>) -> String {
+        kubeconfig::render(
+            self.name(),
+            &self.in_netns_url(),
+            &self.inner.ca_pem,
+            token,
+            namespace,
+        )
     }
 
     /// kube-apiserver itself, bypassing the front proxy and its faults.
@@ -543,6 +579,9 @@ impl Cluster {
     /// Stops kube-controller-manager and kube-apiserver (etcd goes with its
     /// last cluster).
     pub async fn shutdown(self) {
+        if let Some(scheduler) = &self.inner.scheduler {
+            scheduler.lock().await.stop().await;
+        }
         self.inner.controller_manager.lock().await.stop().await;
         self.inner.apiserver.lock().await.stop().await;
     }
@@ -675,6 +714,27 @@ fn apiserver_args(
 /// `flag=a,b` when `values` is not empty.
 fn optional_list(flag: &str, values: &[String]) -> Option<String> {
     (!values.is_empty()).then(|| format!("{flag}={}", values.join(",")))
+}
+
+/// Where kube-apiserver is from inside the cluster's network namespace.
+fn in_netns_url(cfg: &ClusterConfig, apiserver_url: &str) -> String {
+    match (&cfg.netns, apiserver_url.rsplit_once(':')) {
+        (Some(_), Some((_, port))) => format!("https://{}:{port}", cfg.advertise_address),
+        _ => apiserver_url.to_string(),
+    }
+}
+
+/// kube-scheduler: the default profile, no serving port or election (the
+/// lab runs one per cluster, several clusters per host).
+fn scheduler_args(kubeconfig: &Path) -> Vec<OsString> {
+    [
+        format!("--kubeconfig={}", kubeconfig.display()),
+        "--secure-port=0".to_string(),
+        "--leader-elect=false".to_string(),
+    ]
+    .into_iter()
+    .map(OsString::from)
+    .collect()
 }
 
 fn controller_manager_args(

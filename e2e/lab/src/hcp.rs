@@ -122,6 +122,29 @@ pub async fn start_manager(
     rust_log: &str,
     log: &Path,
 ) -> Result<Daemon, LabError> {
+    spawn_manager(lab, extra, rust_log, log, false).await
+}
+
+/// [`start_manager`] inside the lab's network namespace, where a pod of the
+/// management cluster runs: it reaches the management API server at its
+/// advertise address and hosted control planes at their published
+/// endpoints (infra node ports, load-balancer addresses).
+pub async fn start_manager_in_netns(
+    lab: &Lab,
+    extra: &[&str],
+    rust_log: &str,
+    log: &Path,
+) -> Result<Daemon, LabError> {
+    spawn_manager(lab, extra, rust_log, log, true).await
+}
+
+async fn spawn_manager(
+    lab: &Lab,
+    extra: &[&str],
+    rust_log: &str,
+    log: &Path,
+    in_netns: bool,
+) -> Result<Daemon, LabError> {
     let me = identity::service_account(
         &lab.infra,
         &identity::MANAGER,
@@ -130,9 +153,14 @@ pub async fn start_manager(
     )
     .await?;
     let kubeconfig = lab.dir.join("hcp-manager.kubeconfig");
-    lab.infra
-        .write_kubeconfig(&kubeconfig, &me.token, Some(MANAGER_NAMESPACE))
-        .map_err(LabError::io("write", &kubeconfig))?;
+    let text = if in_netns {
+        lab.infra
+            .in_netns_kubeconfig_yaml(&me.token, Some(MANAGER_NAMESPACE))
+    } else {
+        lab.infra
+            .kubeconfig_yaml(&me.token, Some(MANAGER_NAMESPACE))
+    };
+    std::fs::write(&kubeconfig, text).map_err(LabError::io("write", &kubeconfig))?;
     let mut args = vec![
         format!("--kubeconfig={}", kubeconfig.display()),
         format!("--namespace={MANAGER_NAMESPACE}"),
@@ -141,12 +169,18 @@ pub async fn start_manager(
         "--health-address=".to_string(),
     ];
     args.extend(extra.iter().map(|s| s.to_string()));
-    daemon::spawn(
-        BINARY,
-        args,
-        [("RUST_LOG", rust_log), ("RUST_BACKTRACE", "1")],
-        log,
-    )
+    let env = [("RUST_LOG", rust_log), ("RUST_BACKTRACE", "1")];
+    if in_netns {
+        let mut nsenter = vec![
+            format!("--net={}", lab.net.path().display()),
+            "--".to_string(),
+            daemon::binary(BINARY).display().to_string(),
+        ];
+        nsenter.extend(args);
+        daemon::spawn("/usr/bin/nsenter", nsenter, env, log)
+    } else {
+        daemon::spawn(BINARY, args, env, log)
+    }
 }
 
 /// The Secret `name` in [`NS`] on `management` holding a kubeconfig of

@@ -55,6 +55,7 @@ use lab_sim::virt_api::{self, VirtApi};
 use tokio::task::JoinSet;
 
 use crate::guest::{guest_node, worker_labels, worker_name, worker_vm};
+use crate::kubelet::{ImageMap, ManagementKubelet, ManagementKubeletConfig};
 use crate::{LabError, mounts, wait};
 
 /// Name of the infra StorageClass the lab creates (the default class).
@@ -127,6 +128,10 @@ pub struct LabConfig {
     pub infra_namespace: String,
     /// Labels on every infra object of the guest cluster.
     pub infra_labels: BTreeMap<String, String>,
+    /// Run the infra cluster as a management cluster too: kube-scheduler,
+    /// and a kubelet on its Nodes running the pods whose images this map
+    /// names (hosted control planes).
+    pub management: Option<ImageMap>,
 }
 
 impl Default for LabConfig {
@@ -142,6 +147,7 @@ impl Default for LabConfig {
                 "hypershift.openshift.io/infra-id".to_string(),
                 "demo".to_string(),
             )]),
+            management: None,
         }
     }
 }
@@ -189,6 +195,8 @@ pub struct Lab {
     next_cluster: AtomicU16,
     virt_api: Option<VirtApi>,
     _virt_api_bridge: Bridge,
+    /// The management cluster's kubelet ([`LabConfig::management`]).
+    kubelet: Option<ManagementKubelet>,
     /// The etcd of every cluster of the lab.
     etcd: Arc<Etcd>,
     tasks: JoinSet<()>,
@@ -222,7 +230,10 @@ impl Lab {
         let etcd =
             Arc::new(Etcd::start(&binaries.etcd, &dir.join("logs"), Some(net.clone())).await?);
         let (infra, guest) = tokio::try_join!(
-            Cluster::start(infra_config(&dir, &net)?, etcd.clone()),
+            Cluster::start(
+                infra_config(&dir, &net, cfg.management.is_some())?,
+                etcd.clone()
+            ),
             Cluster::start(
                 guest_config(&dir, &cfg.cluster_name, 1, &net)?,
                 etcd.clone()
@@ -254,6 +265,20 @@ impl Lab {
         let mut tasks = JoinSet::new();
         let infra_nodes = InfraNode::standard(3);
         lab_sim::kubevirt::ensure_nodes(&client, &infra_nodes).await?;
+        let kubelet = match &cfg.management {
+            Some(images) => Some(ManagementKubelet::start(ManagementKubeletConfig {
+                dir: dir.clone(),
+                server: infra.clone(),
+                netns: net.clone(),
+                nodes: infra_nodes
+                    .iter()
+                    .filter_map(|n| Some((n.name.clone(), n.address.parse().ok()?)))
+                    .collect(),
+                dns: Lab::cluster_dns(&infra),
+                images: images.clone(),
+            })?),
+            None => None,
+        };
         spawn_sim(
             &mut tasks,
             "kubevirt",
@@ -352,6 +377,7 @@ impl Lab {
             next_cluster: AtomicU16::new(2),
             virt_api: Some(virt_api),
             _virt_api_bridge: virt_api_bridge,
+            kubelet,
             etcd,
             tasks,
             _tempdir: tempdir,
@@ -568,6 +594,10 @@ impl Lab {
     /// Stops the simulators and servers, then detaches every loop device and
     /// unmounts everything under the lab directory.
     pub async fn shutdown(mut self) -> Result<(), LabError> {
+        // The management cluster's pods first: they need the network.
+        if let Some(kubelet) = self.kubelet.take() {
+            kubelet.stop().await;
+        }
         // Clients first, so that none of them sees its server go.
         self.infra_proxy.stop();
         self.guest_proxy.stop();
@@ -639,10 +669,17 @@ fn common_config(name: &str, dir: &Path, net: &Arc<Netns>) -> ClusterConfig {
 
 /// The infra cluster: the `lab:` users of the simulators, the lab's first
 /// ClusterIP range.
-fn infra_config(dir: &Path, net: &Arc<Netns>) -> Result<ClusterConfig, LabError> {
+fn infra_config(dir: &Path, net: &Arc<Netns>, scheduler: bool) -> Result<ClusterConfig, LabError> {
     let mut cfg = common_config("infra", &dir.join("clusters/infra"), net);
+    cfg.scheduler = scheduler;
     cfg.service_cidr = lab_net::service_cidr(0)?;
-    cfg.without_controllers = INFRA_WITHOUT.iter().map(|c| c.to_string()).collect();
+    // A management cluster's nodes have a kubelet that heartbeats: the
+    // node lifecycle controller then clears their not-ready taint.
+    cfg.without_controllers = INFRA_WITHOUT
+        .iter()
+        .filter(|c| !(scheduler && **c == "node-lifecycle-controller"))
+        .map(|c| c.to_string())
+        .collect();
     cfg.users = SIMULATOR_USERS
         .iter()
         .map(|u| (u.to_string(), vec![SIMULATORS.to_string()]))

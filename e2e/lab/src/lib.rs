@@ -18,6 +18,7 @@ pub mod error;
 pub mod guest;
 pub mod hcp;
 pub mod identity;
+pub mod kubelet;
 pub mod lab;
 pub mod mounts;
 pub mod pod;

@@ -1,13 +1,21 @@
 //! The kubelet of the management cluster, for one container: runs a
-//! container of a Deployment that something else wrote (the hosted-control-
-//! plane manager) as a child process, so that what was generated is what
-//! runs. The container's image is stood in for by a workspace binary; the
-//! rest comes from the pod template as a kubelet reads it:
+//! container of a pod that something else wrote (the hosted-control-plane
+//! manager's Deployments and StatefulSets) as a child process, so that what
+//! was generated is what runs. The container's image is stood in for by a
+//! program (a workspace binary, or the control plane's own binaries); the
+//! rest comes from the pod spec as a kubelet reads it:
 //!
 //! - every ConfigMap, Secret and emptyDir volume is materialised under
-//!   `DIR/pods/<namespace>-<pod>/<volume>` and bind-mounted at the container's
-//!   `mountPath`s in a private mount namespace (`unshare --mount`), so the
-//!   process finds its files where the Deployment says they are;
+//!   `DIR/pods/<namespace>-<pod>/<volume>` (a claim's volume is the
+//!   directory the caller gives for it, which outlives the pod) and
+//!   bind-mounted at the container's `mountPath`s in a private mount
+//!   namespace (`unshare --mount`), so the process finds its files where the
+//!   pod spec says they are;
+//! - with a [`PodNetwork`], the process runs in the lab's network namespace
+//!   (`nsenter --net`) with the pod's address in `status.podIP` field
+//!   references and an `/etc/resolv.conf` naming the cluster DNS with the
+//!   pod namespace's search path, as a kubelet's `ClusterFirst` policy
+//!   writes it;
 //! - the pod's ServiceAccount gets a bound token through the TokenRequest
 //!   API, mounted at `/var/run/secrets/kubernetes.io/serviceaccount` with the
 //!   server's CA, and `KUBERNETES_SERVICE_HOST`/`PORT` point at the API
@@ -15,18 +23,21 @@
 //! - `env` (values, ConfigMap and Secret keys, field references) and
 //!   `$(VAR)` references in the arguments are resolved as the kubelet does.
 //!
-//! Only what a pod's own network namespace would isolate is the caller's to
-//! change (`extra_args`, e.g. a listening port that several pods on one
-//! host would share). Needs root (mount namespaces); mount points missing on
-//! the host are created as empty directories first.
+//! Without a network, only what a pod's own network namespace would isolate
+//! is the caller's to change (`extra_args`, e.g. a listening port that
+//! several pods on one host would share). Needs root (mount namespaces);
+//! mount points missing on the host are created as empty directories first.
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
-use k8s_openapi::api::core::v1::{ConfigMap, Container, EnvVar, KeyToPath, Secret, Volume};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Container, EnvVar, KeyToPath, PodSpec, Secret, Volume,
+};
 use kube::api::{Api, PostParams};
 use kube::{Client, ResourceExt};
 use lab_cluster::Cluster;
@@ -39,19 +50,37 @@ pub const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceacc
 /// Lifetime asked for the ServiceAccount token (the kubelet's default).
 const TOKEN_SECONDS: i64 = 3607;
 
-/// One container of a Deployment, ready to run.
+/// One container of a pod, ready to run.
 pub struct PodRun<'a> {
     /// The lab directory; the pod's files go under `pods/`.
     pub dir: &'a Path,
-    /// The API server of the cluster the Deployment lives in.
+    /// The API server of the cluster the pod lives in.
     pub server: &'a Cluster,
-    pub deployment: &'a Deployment,
-    /// The container's name in the pod template.
+    pub namespace: &'a str,
+    pub pod_name: &'a str,
+    pub spec: &'a PodSpec,
+    /// The container's name in the pod spec.
     pub container: &'a str,
-    /// The workspace binary standing in for the container's image.
-    pub binary: &'a str,
+    /// The program standing in for the container's image.
+    pub program: PathBuf,
     /// Appended to the container's arguments (see the module docs).
     pub extra_args: Vec<String>,
+    /// The pod's place in the lab network; none: the host's.
+    pub network: Option<PodNetwork<'a>>,
+    /// The host directory of each claim the pod mounts, by claim name.
+    pub claims: BTreeMap<String, PathBuf>,
+}
+
+/// A pod's address in the lab network.
+#[derive(Clone, Copy, Debug)]
+pub struct PodNetwork<'a> {
+    /// The lab's network namespace (`DIR/netns`).
+    pub netns: &'a Path,
+    pub pod_ip: IpAddr,
+    pub host_ip: IpAddr,
+    pub node_name: &'a str,
+    /// The cluster DNS (`ClusterFirst`).
+    pub dns: Option<IpAddr>,
 }
 
 /// A running container.
@@ -71,25 +100,57 @@ impl RunningPod {
     }
 }
 
-impl PodRun<'_> {
+/// The pod spec of a Deployment's template.
+pub fn template_spec(deployment: &Deployment) -> Result<&PodSpec, LabError> {
+    deployment
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .ok_or_else(|| {
+            LabError::Invalid(format!(
+                "Deployment {} has no pod spec",
+                deployment.name_any()
+            ))
+        })
+}
+
+impl<'a> PodRun<'a> {
+    /// Container `container` of a pod of `deployment` (named
+    /// `<deployment>-lab`), run on the host by workspace binary `binary`.
+    pub fn of_deployment(
+        dir: &'a Path,
+        server: &'a Cluster,
+        deployment: &'a Deployment,
+        pod_name: &'a str,
+        container: &'a str,
+        binary: &str,
+    ) -> Result<PodRun<'a>, LabError> {
+        Ok(PodRun {
+            dir,
+            server,
+            namespace: deployment.metadata.namespace.as_deref().unwrap_or_default(),
+            pod_name,
+            spec: template_spec(deployment)?,
+            container,
+            program: daemon::binary(binary),
+            extra_args: Vec::new(),
+            network: None,
+            claims: BTreeMap::new(),
+        })
+    }
+
     /// Materialises the volumes, gets the token and starts the process.
     pub async fn start(self) -> Result<RunningPod, LabError> {
-        let ns = self.deployment.namespace().unwrap_or_default();
-        let pod_name = format!("{}-lab", self.deployment.name_any());
-        let spec = self
-            .deployment
-            .spec
-            .as_ref()
-            .and_then(|s| s.template.spec.as_ref())
-            .ok_or_else(|| LabError::Invalid(format!("Deployment {pod_name} has no pod spec")))?;
+        let ns = self.namespace.to_string();
+        let pod_name = self.pod_name.to_string();
+        let spec = self.spec;
         let container = spec
             .containers
             .iter()
             .find(|c| c.name == self.container)
             .ok_or_else(|| {
                 LabError::Invalid(format!(
-                    "Deployment {} has no container {}",
-                    self.deployment.name_any(),
+                    "pod {ns}/{pod_name} has no container {}",
                     self.container
                 ))
             })?;
@@ -97,6 +158,17 @@ impl PodRun<'_> {
         let root = self.dir.join("pods").join(format!("{ns}-{pod_name}"));
         let mut volumes = BTreeMap::new();
         for v in spec.volumes.iter().flatten() {
+            if let Some(claim) = &v.persistent_volume_claim {
+                let dir = self.claims.get(&claim.claim_name).ok_or_else(|| {
+                    LabError::Invalid(format!(
+                        "volume {}: claim {} has no volume yet",
+                        v.name, claim.claim_name
+                    ))
+                })?;
+                std::fs::create_dir_all(dir).map_err(LabError::io("create", dir))?;
+                volumes.insert(v.name.clone(), dir.clone());
+                continue;
+            }
             let dir = root.join(&v.name);
             recreate(&dir)?;
             materialise(&client, &ns, v, &dir).await?;
@@ -129,14 +201,33 @@ impl PodRun<'_> {
             write(&dir.join("ca.crt"), self.server.ca_pem().as_bytes())?;
             write(&dir.join("namespace"), ns.as_bytes())?;
             mounts.push((dir, SERVICE_ACCOUNT_DIR.to_string()));
-            let url = self.server.https_url();
+            let url = match self.network {
+                Some(_) => self.server.in_netns_url(),
+                None => self.server.https_url(),
+            };
             let hostport = url.trim_start_matches("https://");
             let (host, port) = hostport.rsplit_once(':').unwrap_or((hostport, "443"));
             env.insert("KUBERNETES_SERVICE_HOST".to_string(), host.to_string());
             env.insert("KUBERNETES_SERVICE_PORT".to_string(), port.to_string());
         }
+        if let Some(net) = &self.network
+            && let Some(dns) = net.dns
+        {
+            let resolv = root.join("resolv.conf");
+            let text = format!(
+                "search {ns}.svc.{d} svc.{d} {d}\nnameserver {dns}\noptions ndots:5\n",
+                d = lab_net::dns::DOMAIN
+            );
+            write(&resolv, text.as_bytes())?;
+            mounts.push((resolv, "/etc/resolv.conf".to_string()));
+        }
+        let fields = Fields {
+            namespace: &ns,
+            pod: &pod_name,
+            network: self.network,
+        };
         for e in container.env.iter().flatten() {
-            let value = env_value(&client, &ns, &pod_name, e, &env).await?;
+            let value = env_value(&client, &fields, e, &env).await?;
             env.insert(e.name.clone(), value);
         }
         let args = arguments(container, &env, self.extra_args);
@@ -144,7 +235,6 @@ impl PodRun<'_> {
         // A mount over a directory holding other sources (e.g. /tmp, where
         // the lab directory lives) goes last, so those sources stay visible.
         mounts.sort_by_key(|(_, target)| mounts_over_sources(target, self.dir) as u8);
-        let binary = daemon::binary(self.binary);
         let mut unshare: Vec<String> = [
             "--mount",
             "--propagation",
@@ -158,7 +248,7 @@ impl PodRun<'_> {
         .iter()
         .map(|s| s.to_string())
         .collect();
-        unshare.push(binary.display().to_string());
+        unshare.push(self.program.display().to_string());
         for (src, target) in &mounts {
             unshare.push(src.display().to_string());
             unshare.push(target.clone());
@@ -169,7 +259,18 @@ impl PodRun<'_> {
             .dir
             .join("logs")
             .join(format!("{ns}-{pod_name}-{}.log", self.container));
-        let daemon = daemon::spawn("/usr/bin/unshare", unshare, env, &log)?;
+        let daemon = match &self.network {
+            Some(net) => {
+                let mut nsenter = vec![
+                    format!("--net={}", net.netns.display()),
+                    "--".to_string(),
+                    "/usr/bin/unshare".to_string(),
+                ];
+                nsenter.extend(unshare);
+                daemon::spawn("/usr/bin/nsenter", nsenter, env, &log)?
+            }
+            None => daemon::spawn("/usr/bin/unshare", unshare, env, &log)?,
+        };
         Ok(RunningPod { daemon, volumes })
     }
 }
@@ -314,13 +415,20 @@ async fn token(client: &Client, ns: &str, sa: &str) -> Result<String, LabError> 
         .ok_or_else(|| LabError::Invalid(format!("TokenRequest for {ns}/{sa}: no token")))
 }
 
+/// What field references of a pod resolve to.
+struct Fields<'a> {
+    namespace: &'a str,
+    pod: &'a str,
+    network: Option<PodNetwork<'a>>,
+}
+
 async fn env_value(
     client: &Client,
-    ns: &str,
-    pod: &str,
+    fields: &Fields<'_>,
     e: &EnvVar,
     defined: &BTreeMap<String, String>,
 ) -> Result<String, LabError> {
+    let ns = fields.namespace;
     if let Some(v) = &e.value {
         return Ok(expand(v, defined));
     }
@@ -360,11 +468,19 @@ async fn env_value(
         };
     }
     if let Some(f) = &from.field_ref {
+        let net = fields.network;
         return Ok(match f.field_path.as_str() {
             "metadata.namespace" => ns.to_string(),
-            "metadata.name" => pod.to_string(),
-            "spec.nodeName" => "lab-management-node".to_string(),
-            "status.podIP" | "status.hostIP" => "127.0.0.1".to_string(),
+            "metadata.name" => fields.pod.to_string(),
+            "spec.nodeName" => net
+                .map_or("lab-management-node", |n| n.node_name)
+                .to_string(),
+            "status.podIP" | "status.podIPs" => {
+                net.map_or("127.0.0.1".to_string(), |n| n.pod_ip.to_string())
+            }
+            "status.hostIP" | "status.hostIPs" => {
+                net.map_or("127.0.0.1".to_string(), |n| n.host_ip.to_string())
+            }
             _ => String::new(),
         });
     }

@@ -17,6 +17,8 @@ use crate::{Error, Netns};
 #[derive(Debug)]
 pub struct Bridge {
     task: JoinHandle<()>,
+    /// Where it listens (the port chosen when asked for port 0).
+    addr: SocketAddr,
 }
 
 impl Drop for Bridge {
@@ -42,6 +44,9 @@ impl Bridge {
         let listener = TcpListener::bind(host)
             .await
             .map_err(Error::socket("listen on", host))?;
+        let addr = listener
+            .local_addr()
+            .map_err(Error::socket("listen on", host))?;
         let task = tokio::spawn(async move {
             loop {
                 let Ok((mut inbound, _)) = listener.accept().await else {
@@ -59,7 +64,12 @@ impl Bridge {
                 });
             }
         });
-        Ok(Bridge { task })
+        Ok(Bridge { task, addr })
+    }
+
+    /// Where the bridge listens.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
     }
 
     /// Listens on `listen` in `netns` and forwards to `host` (an address on
@@ -75,6 +85,9 @@ impl Bridge {
             )));
         }
         let listener = netns.bind_tcp(listen).await?;
+        let addr = listener
+            .local_addr()
+            .map_err(Error::socket("listen on", listen))?;
         let task = tokio::spawn(async move {
             loop {
                 let Ok((mut inbound, _)) = listener.accept().await else {
@@ -92,6 +105,6 @@ impl Bridge {
                 });
             }
         });
-        Ok(Bridge { task })
+        Ok(Bridge { task, addr })
     }
 }

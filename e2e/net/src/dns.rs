@@ -1,8 +1,9 @@
 //! The cluster DNS of one cluster (CoreDNS's role, for Services): it
 //! watches the cluster's Services and EndpointSlices and answers A and AAAA
 //! questions for `<service>.<namespace>.svc.<domain>` with the Service's
-//! ClusterIPs (the ready endpoint addresses for a headless Service), over
-//! UDP and TCP. Names under the cluster domain that name nothing get
+//! ClusterIPs (the ready endpoint addresses for a headless Service) and for
+//! `<hostname>.<service>.<namespace>.svc.<domain>` with that endpoint's
+//! addresses (a StatefulSet's pods), over UDP and TCP. Names under the cluster domain that name nothing get
 //! NXDOMAIN; anything else is REFUSED (there is no upstream to forward to).
 //!
 //! Like CoreDNS it runs as a pod behind the `kube-system/kube-dns` Service:
@@ -107,9 +108,11 @@ impl Records {
                 Vec::new(),
             );
         };
-        let Some((service, namespace)) = local.split_once('.').filter(|(_, ns)| !ns.contains('.'))
-        else {
-            return (Rcode::NxDomain, Vec::new());
+        let parts: Vec<&str> = local.split('.').collect();
+        let (host, service, namespace) = match parts.as_slice() {
+            [service, namespace] => (None, *service, *namespace),
+            [host, service, namespace] => (Some(*host), *service, *namespace),
+            _ => return (Rcode::NxDomain, Vec::new()),
         };
         let found = self
             .services
@@ -119,6 +122,13 @@ impl Records {
         let Some(svc) = found else {
             return (Rcode::NxDomain, Vec::new());
         };
+        if let Some(host) = host {
+            let addresses = self.hostname_endpoints(namespace, service, host);
+            if addresses.is_empty() {
+                return (Rcode::NxDomain, Vec::new());
+            }
+            return (Rcode::NoError, of_kind(addresses, q.kind));
+        }
         let spec = svc.spec.clone().unwrap_or_default();
         let cluster_ips: Vec<IpAddr> = spec
             .cluster_ips
@@ -132,15 +142,25 @@ impl Records {
         } else {
             cluster_ips
         };
-        let wanted = addresses
-            .into_iter()
-            .filter(|ip| match q.kind {
-                wire::A => ip.is_ipv4(),
-                wire::AAAA => ip.is_ipv6(),
-                _ => false,
+        (Rcode::NoError, of_kind(addresses, q.kind))
+    }
+
+    /// The addresses of a Service's endpoint named `host` (a StatefulSet
+    /// pod: `<pod>.<service>.<namespace>.svc`), ready or not, as CoreDNS
+    /// answers for a Service that publishes not-ready addresses.
+    fn hostname_endpoints(&self, namespace: &str, service: &str, host: &str) -> Vec<IpAddr> {
+        self.slices
+            .state()
+            .iter()
+            .filter(|s| {
+                s.namespace().as_deref() == Some(namespace)
+                    && s.labels().get(SERVICE_NAME_LABEL).map(String::as_str) == Some(service)
             })
-            .collect();
-        (Rcode::NoError, wanted)
+            .flat_map(|s| s.endpoints.clone())
+            .filter(|e| e.hostname.as_deref() == Some(host))
+            .flat_map(|e| e.addresses)
+            .filter_map(|a| a.parse().ok())
+            .collect()
     }
 
     /// A headless Service's ready endpoint addresses.
@@ -173,6 +193,18 @@ impl Records {
             Err(None) => None,
         }
     }
+}
+
+/// The addresses of the question's family.
+fn of_kind(addresses: Vec<IpAddr>, kind: u16) -> Vec<IpAddr> {
+    addresses
+        .into_iter()
+        .filter(|ip| match kind {
+            wire::A => ip.is_ipv4(),
+            wire::AAAA => ip.is_ipv6(),
+            _ => false,
+        })
+        .collect()
 }
 
 async fn serve_udp(socket: UdpSocket, records: Arc<Records>) {

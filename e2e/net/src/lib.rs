@@ -11,6 +11,7 @@
 //! | [`SERVICE_NET`], [`SERVICE_NET_V6`] | ClusterIPs: a /20 and a /112 per cluster ([`service_cidr`]) |
 //! | [`INFRA_NODE_NET`] | infra Nodes |
 //! | [`INFRA_POD_NET`], [`INFRA_POD_NET_V6`] | infra pods: virt-launcher pods, whose address is their VM's (masquerade binding), so also the guest Nodes' InternalIPs |
+//! | [`MANAGEMENT_POD_NET`] | the top /16 of [`INFRA_POD_NET`]: the pods the management kubelet runs (hosted control planes); VM addresses are handed out from the bottom |
 //! | [`GUEST_POD_NET`] | guest pods: a /16 per guest cluster, a /24 per guest node ([`guest_pod_cidr`]) |
 //! | [`LB_NET`], [`LB_NET_V6`] | the infra load balancer's ingress pool |
 //!
@@ -45,6 +46,7 @@ pub const SERVICE_NET_V6: &str = "fd00:10:96::/48";
 pub const INFRA_NODE_NET: &str = "192.168.100.0/24";
 pub const INFRA_POD_NET: &str = "10.128.0.0/14";
 pub const INFRA_POD_NET_V6: &str = "fd10:128::/64";
+pub const MANAGEMENT_POD_NET: &str = "10.131.0.0/16";
 pub const GUEST_POD_NET: &str = "10.192.0.0/10";
 pub const LB_NET: &str = "192.168.200.0/21";
 pub const LB_NET_V6: &str = "fd00:c0a8:c8::/112";

@@ -5,6 +5,12 @@
 //!   and the guest stand-ins), creates `DIR/ready` once it serves, and runs
 //!   until SIGTERM or SIGINT, then cleans up (daemons, loop devices, mounts)
 //!   and exits 0.
+//! - `lab up --management --dir DIR [--image-map FILE]` makes the infra
+//!   cluster a management cluster too: kube-scheduler, the management
+//!   kubelet (running the hosted control planes' images, see
+//!   `kubevirt_lab::kubelet`), the hosted-control-plane manager with its
+//!   CRDs, and `DIR/management.kubeconfig`; `kubectl apply -f
+//!   examples/hostedcluster.yaml` there brings up a hosted cluster.
 //! - `lab demo` starts a lab with the suite in a temporary directory and
 //!   narrates a guest volume and a guest load balancer end to end; it exits
 //!   non-zero if any step fails.
@@ -14,7 +20,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use kubevirt_lab::daemon::Daemon;
 use kubevirt_lab::demo::{self, Demo, Timeline};
+use kubevirt_lab::hcp;
+use kubevirt_lab::kubelet::ImageMap;
 use kubevirt_lab::suite::{Suite, SuiteConfig};
 use kubevirt_lab::{Lab, LabConfig, LabError};
 use tokio::signal::unix::{SignalKind, signal};
@@ -59,6 +68,14 @@ enum Command {
         /// sidecar and kubelet stand-ins (binaries built with `cargo build --bins`).
         #[arg(long)]
         suite: bool,
+        /// Make the infra cluster a management cluster: kube-scheduler, a
+        /// kubelet running hosted control planes, and the manager.
+        #[arg(long)]
+        management: bool,
+        /// With --management: more `image repository: program` entries for
+        /// the management kubelet (YAML).
+        #[arg(long, requires = "management")]
+        image_map: Option<PathBuf>,
     },
     /// Narrate a guest volume and a guest load balancer in a throw-away lab.
     Demo {
@@ -91,7 +108,13 @@ async fn main() -> ExitCode {
             infra_labels,
             hotplug_latency_ms,
             suite,
+            management,
+            image_map,
         } => {
+            let management = match (management, image_map) {
+                (false, _) => Ok(None),
+                (true, file) => image_map_of(file.as_deref()).map(Some),
+            };
             let labels = match infra_labels {
                 Some(list) => {
                     kubevirt_infra::labels::parse_label_list(&list).map_err(LabError::Invalid)
@@ -102,8 +125,8 @@ async fn main() -> ExitCode {
                 )]
                 .into()),
             };
-            match labels {
-                Ok(infra_labels) => {
+            match labels.and_then(|l| Ok((l, management?))) {
+                Ok((infra_labels, management)) => {
                     up(
                         LabConfig {
                             dir,
@@ -113,6 +136,7 @@ async fn main() -> ExitCode {
                             cluster_name,
                             infra_namespace,
                             infra_labels,
+                            management,
                         },
                         suite,
                     )
@@ -132,12 +156,49 @@ async fn main() -> ExitCode {
     }
 }
 
+/// The management kubelet's image map: the lab's, plus `file`'s entries.
+fn image_map_of(file: Option<&std::path::Path>) -> Result<ImageMap, LabError> {
+    let binaries = lab_cluster::Binaries::find()?;
+    let map = ImageMap::standard(&binaries);
+    match file {
+        None => Ok(map),
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(LabError::io("read", path))?;
+            map.with_yaml(&text, &binaries)
+        }
+    }
+}
+
+/// The manager, its CRDs and namespaces, and `DIR/management.kubeconfig`.
+async fn start_management(lab: &Lab) -> Result<Daemon, LabError> {
+    let client = lab.infra_client();
+    hcp::install_crds(&client).await?;
+    hcp::ensure_namespace(&client, hcp::MANAGER_NAMESPACE).await?;
+    hcp::ensure_namespace(&client, hcp::NS).await?;
+    let kubeconfig = lab.dir.join("management.kubeconfig");
+    std::fs::copy(&lab.infra_kubeconfig, &kubeconfig)
+        .map_err(LabError::io("write", &kubeconfig))?;
+    hcp::start_manager_in_netns(lab, &[], "info,kube=warn", &lab.dir.join("hcp-manager.log")).await
+}
+
 async fn up(cfg: LabConfig, with_suite: bool) -> Result<(), LabError> {
     let mut term = signal(SignalKind::terminate())
         .map_err(LabError::io("install SIGTERM handler for", "lab"))?;
     let mut int = signal(SignalKind::interrupt())
         .map_err(LabError::io("install SIGINT handler for", "lab"))?;
+    let management = cfg.management.is_some();
     let lab = Lab::start(cfg).await?;
+    let manager = if management {
+        match start_management(&lab).await {
+            Ok(m) => Some(m),
+            Err(e) => {
+                let _ = lab.shutdown().await;
+                return Err(e);
+            }
+        }
+    } else {
+        None
+    };
     let suite = if with_suite {
         match Suite::start(&lab, &SuiteConfig::default()).await {
             Ok(suite) => Some(suite),
@@ -180,6 +241,18 @@ async fn up(cfg: LabConfig, with_suite: bool) -> Result<(), LabError> {
         "  network namespace: {} (every pod, Service, node and ingress address is real there)",
         lab.net.path().display()
     );
+    if let Some(m) = &manager {
+        println!(
+            "  management: kube-scheduler, the management kubelet and {} (pid {}, log {})",
+            m.name(),
+            m.pid().unwrap_or_default(),
+            m.log_path().display()
+        );
+        println!(
+            "try: kubectl --kubeconfig {}/management.kubeconfig apply -f examples/hostedcluster.yaml",
+            lab.dir.display()
+        );
+    }
     for daemon in suite.iter().flat_map(Suite::daemons) {
         println!(
             "  {} (pid {}) logs to {}",
@@ -205,6 +278,9 @@ async fn up(cfg: LabConfig, with_suite: bool) -> Result<(), LabError> {
         _ = int.recv() => tracing::info!("SIGINT: shutting down"),
     }
     let _ = std::fs::remove_file(&ready);
+    if let Some(mut m) = manager {
+        let _ = m.terminate(Duration::from_secs(5)).await;
+    }
     let stopped = match suite {
         Some(suite) => suite.stop().await,
         None => Ok(()),

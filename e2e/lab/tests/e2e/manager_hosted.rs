@@ -1,4 +1,13 @@
-//! Hosted control planes, as far as the lab runs them today: a HostedCluster
+//! Hosted control planes. On a management lab (kube-scheduler and the
+//! management kubelet run the control plane's pods with the real etcd and
+//! kube-apiserver, kube-controller-manager and kube-scheduler), a
+//! HostedCluster published on an infra node's port becomes Available: etcd
+//! has its quorum, the API server answers `/readyz` through the endpoint,
+//! and kubectl, given the admin kubeconfig of the status, works through it
+//! (from the host, through a loopback forward to the endpoint). Deleting it
+//! stops the control plane and removes its claims.
+//!
+//! Without a kubelet in the management cluster: a HostedCluster
 //! without a kubeconfig becomes its control plane's objects in the
 //! control-plane namespace, accepted by the real kube-apiserver: the PKI
 //! (checked with openssl: the serving certificate chains to the cluster CA
@@ -24,6 +33,7 @@ use kube::core::DynamicObject;
 use serde_json::json;
 
 const CP: &str = "clusters-hosted1";
+/// The first infra node's address.
 const NODE_ADDRESS: &str = "192.168.100.10";
 
 fn hosted(name: &str, kubernetes_version: Option<&str>) -> anyhow::Result<DynamicObject> {
@@ -187,6 +197,110 @@ async fn a_hosted_cluster_gets_its_control_plane_objects_and_honest_conditions()
         ensure!(
             Api::<Secret>::namespaced(infra.clone(), NS).get_opt("hosted1-admin-kubeconfig").await?.is_none(),
             "admin kubeconfig left behind"
+        );
+        Ok(())
+    }
+    .await;
+    let log = log_of(&manager);
+    manager.terminate(Duration::from_secs(5)).await?;
+    lab.shutdown().await?;
+    result.with_context(|| format!("manager log:\n{log}"))
+}
+
+/// A kubeconfig of the hosted cluster reaching its endpoint through `via`
+/// (a loopback forward): the serving certificate names 127.0.0.1 too.
+fn through(kubeconfig: &str, endpoint: &str, via: std::net::SocketAddr) -> String {
+    kubeconfig.replace(&format!("https://{endpoint}"), &format!("https://{via}"))
+}
+
+fn kubectl(kubeconfig: &Path, args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new("kubectl")
+        .arg(format!("--kubeconfig={}", kubeconfig.display()))
+        .args(args)
+        .output()
+        .context("run kubectl")?;
+    ensure!(
+        out.status.success(),
+        "kubectl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hosted_control_plane_runs_and_serves_through_its_endpoint() -> anyhow::Result<()> {
+    let lab = management_lab().await?;
+    let mut manager = start_manager_in_netns(&lab, &[]).await?;
+    let infra = lab.infra_client();
+    let hcs = hosted_clusters(&infra);
+
+    let result = async {
+        hcs.create(&PostParams::default(), &hosted("hosted1", Some("1.32.13"))?)
+            .await?;
+        let hc = until_available(&lab, "hosted1").await?;
+        for c in ["EtcdAvailable", "KubeAPIServerAvailable"] {
+            ensure!(
+                condition(&hc, c).is_some_and(|(s, _)| s == "True"),
+                "{c}: {:?}",
+                hc.data["status"]
+            );
+        }
+        ensure!(condition_message(&hc, "EtcdAvailable") == "1 of 1 etcd members ready");
+        let status = &hc.data["status"];
+        let port = status["controlPlaneEndpoint"]["port"]
+            .as_u64()
+            .context("port")? as u16;
+        let endpoint = format!("{NODE_ADDRESS}:{port}");
+
+        // etcd runs as a pod with an address of its own.
+        let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(infra.clone(), CP);
+        let etcd = pods.get("etcd-0").await?;
+        let ip = etcd.status.and_then(|s| s.pod_ip).unwrap_or_default();
+        ensure!(ip.starts_with("10.131."), "etcd-0 at {ip:?}");
+
+        // kubectl with the admin kubeconfig, through a loopback forward.
+        let forward = lab_net::bridge::Bridge::from_host(
+            lab.net.clone(),
+            "127.0.0.1:0".parse()?,
+            endpoint.parse()?,
+        )
+        .await?;
+        let admin = Api::<Secret>::namespaced(infra.clone(), NS)
+            .get("hosted1-admin-kubeconfig")
+            .await?;
+        let text = String::from_utf8(admin.data.context("data")?["kubeconfig"].0.clone())?;
+        let kubeconfig = lab.dir.join("hosted1.kubeconfig");
+        std::fs::write(&kubeconfig, through(&text, &endpoint, forward.local_addr()))?;
+        ensure!(kubectl(&kubeconfig, &["get", "--raw", "/readyz"])?.trim() == "ok");
+        kubectl(&kubeconfig, &["create", "namespace", "made-by-kubectl"])?;
+        let namespaces = kubectl(&kubeconfig, &["get", "namespaces", "-o", "name"])?;
+        ensure!(
+            namespaces.contains("namespace/made-by-kubectl"),
+            "{namespaces}"
+        );
+        // The manager's guest objects are there (through the same endpoint).
+        let drivers = kubectl(&kubeconfig, &["get", "csidrivers", "-o", "name"])?;
+        ensure!(drivers.contains("csi.kubevirt.io"), "{drivers}");
+
+        // Deletion stops the control plane and removes its claims.
+        hcs.delete("hosted1", &DeleteParams::default()).await?;
+        until_dynamic(&hcs, "hosted1", "HostedCluster gone", |hc| {
+            hc.is_none().then_some(())
+        })
+        .await?;
+        let claims: Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> =
+            Api::namespaced(infra.clone(), CP);
+        ensure!(
+            claims.list(&Default::default()).await?.items.is_empty(),
+            "claims left behind"
+        );
+        ensure!(
+            kubectl(
+                &kubeconfig,
+                &["get", "--raw", "/readyz", "--request-timeout=2s"]
+            )
+            .is_err(),
+            "still serving"
         );
         Ok(())
     }

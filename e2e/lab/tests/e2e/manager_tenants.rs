@@ -249,26 +249,31 @@ async fn start_daemons(lab: &Lab, t: &mut Tenant) -> anyhow::Result<()> {
     let deployments: Api<Deployment> = Api::namespaced(lab.infra_client(), &cp);
     let csi = deployments.get("kubevirt-csi-controller").await?;
     let ccm = deployments.get("kubevirt-cloud-controller-manager").await?;
-    let controller = PodRun {
-        dir: &lab.dir,
-        server: &lab.infra,
-        deployment: &csi,
-        container: "csi-driver",
-        binary: "kubevirt-csi-driver",
-        extra_args: Vec::new(),
-    }
+    let csi_pod = format!("{}-lab", csi.name_any());
+    let controller = PodRun::of_deployment(
+        &lab.dir,
+        &lab.infra,
+        &csi,
+        &csi_pod,
+        "csi-driver",
+        "kubevirt-csi-driver",
+    )?
     .start()
     .await?;
     let socket = controller.volume("socket-dir")?.join("csi.sock");
     t.pods.push(controller);
+    let ccm_pod = format!("{}-lab", ccm.name_any());
     let ccm = PodRun {
-        dir: &lab.dir,
-        server: &lab.infra,
-        deployment: &ccm,
-        container: "cloud-controller-manager",
-        binary: "kubevirt-cloud-controller-manager",
         // The health port: every pod has its own; here they share a host.
         extra_args: vec!["--secure-port=0".to_string()],
+        ..PodRun::of_deployment(
+            &lab.dir,
+            &lab.infra,
+            &ccm,
+            &ccm_pod,
+            "cloud-controller-manager",
+            "kubevirt-cloud-controller-manager",
+        )?
     }
     .start()
     .await?;

@@ -126,7 +126,7 @@ pub fn statefulset(inp: &HostedInputs, config_hash: &str) -> Result<StatefulSet,
                             ],
                             "readinessProbe": {
                                 "httpGet": {"path": "/health", "port": ETCD_HEALTH_PORT},
-                                "periodSeconds": 5,
+                                "periodSeconds": 2,
                                 "failureThreshold": 3,
                             },
                             "livenessProbe": {

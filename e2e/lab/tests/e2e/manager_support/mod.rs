@@ -59,6 +59,40 @@ pub async fn lab() -> anyhow::Result<Lab> {
     Ok(lab)
 }
 
+/// A lab whose infra cluster is a management cluster: kube-scheduler, and
+/// the management kubelet running the hosted control planes' images.
+pub async fn management_lab() -> anyhow::Result<Lab> {
+    let binaries = lab_cluster::Binaries::find()?;
+    let cfg = LabConfig {
+        vms: 0,
+        devices: false,
+        management: Some(kubevirt_lab::kubelet::ImageMap::standard(&binaries)),
+        dir: std::env::var_os("DEBUG_LAB_DIR")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_default(),
+        ..LabConfig::default()
+    };
+    let lab = crate::common::start_lab_for(BINARY, "kubevirt-hcp-manager", cfg).await?;
+    install_crds(&lab.infra_client()).await?;
+    ensure_namespace(&lab.infra_client(), MANAGER_NAMESPACE).await?;
+    ensure_namespace(&lab.infra_client(), NS).await?;
+    Ok(lab)
+}
+
+/// Starts the manager inside the lab's network, as a pod of the management
+/// cluster runs (it then reaches hosted control planes' endpoints).
+pub async fn start_manager_in_netns(lab: &Lab, extra: &[&str]) -> anyhow::Result<Daemon> {
+    let mut args = vec!["--supported-versions=0.1,0.2"];
+    args.extend_from_slice(extra);
+    Ok(hcp::start_manager_in_netns(
+        lab,
+        &args,
+        "info,kube=warn",
+        &lab.dir.join("hcp-manager.log"),
+    )
+    .await?)
+}
+
 /// Starts the manager against the lab's infra cluster (the management
 /// cluster here), with `extra` flags.
 pub async fn start_manager(lab: &Lab, extra: &[&str]) -> anyhow::Result<Daemon> {

@@ -1,0 +1,278 @@
+//! One pod's life on the management kubelet: address, claims, containers
+//! started and kept running, readiness probed, status reported, and on
+//! deletion the processes stopped and the pod object removed.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use kube::ResourceExt;
+use kube::api::{Api, Patch, PatchParams};
+use tokio_util::sync::CancellationToken;
+
+use super::status::{ContainerState, all_ready, pod_status};
+use super::{Shared, probe, remove};
+use crate::LabError;
+use crate::pod::{PodNetwork, PodRun, RunningPod};
+
+/// How often the worker looks at its processes (the kubelet's PLEG relist).
+const RELIST: Duration = Duration::from_secs(1);
+/// The longest a crashing container waits to be started again.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// The longest grace a deleted pod's processes get here.
+const MAX_GRACE: Duration = Duration::from_secs(10);
+
+/// One container: its process and what is known of it.
+struct Container {
+    name: String,
+    process: Option<RunningPod>,
+    state: ContainerState,
+    /// When to start it (again).
+    start_at: Instant,
+    backoff: Duration,
+    next_probe: Instant,
+    failures: i32,
+}
+
+pub(crate) async fn run(
+    shared: Arc<Shared>,
+    pod: Pod,
+    deleted: CancellationToken,
+    shutdown: CancellationToken,
+) {
+    let name = format!("{}/{}", pod.namespace().unwrap_or_default(), pod.name_any());
+    let Some(ip) = shared.allocate() else {
+        tracing::warn!(pod = %name, "management pod network exhausted");
+        return;
+    };
+    let mut containers: Vec<Container> = pod
+        .spec
+        .iter()
+        .flat_map(|s| s.containers.iter())
+        .map(|c| Container {
+            name: c.name.clone(),
+            process: None,
+            state: ContainerState::default(),
+            start_at: Instant::now(),
+            backoff: Duration::from_secs(1),
+            next_probe: Instant::now(),
+            failures: 0,
+        })
+        .collect();
+    let node = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.node_name.clone())
+        .unwrap_or_default();
+    let host_ip = shared.cfg.nodes.get(&node).copied().unwrap_or(ip);
+    let started = jiff::Timestamp::now().to_string();
+    let mut ready = false;
+    let mut ready_since = started.clone();
+    let mut reported = None;
+    let mut tick = tokio::time::interval(RELIST);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => {
+                stop_all(&mut containers, Duration::ZERO).await;
+                return;
+            }
+            _ = deleted.cancelled() => {
+                stop_all(&mut containers, grace(&pod)).await;
+                remove(&shared.client, &pod).await;
+                return;
+            }
+            _ = tick.tick() => {}
+        }
+        let claims = match claims(&shared, &pod).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!(pod = %name, "claims not ready: {e}");
+                continue;
+            }
+        };
+        for c in containers.iter_mut() {
+            step(&shared, &pod, ip, host_ip, &node, &claims, c).await;
+        }
+        let states: BTreeMap<String, ContainerState> = containers
+            .iter()
+            .map(|c| (c.name.clone(), c.state.clone()))
+            .collect();
+        if all_ready(&states) != ready {
+            ready = !ready;
+            ready_since = jiff::Timestamp::now().to_string();
+        }
+        if reported.as_ref() != Some(&states) {
+            let body = pod_status(&pod, ip, host_ip, &started, &ready_since, &states);
+            let api: Api<Pod> =
+                Api::namespaced(shared.client.clone(), &pod.namespace().unwrap_or_default());
+            match api
+                .patch_status(
+                    &pod.name_any(),
+                    &PatchParams::default(),
+                    &Patch::Merge(&serde_json::json!({"status": body})),
+                )
+                .await
+            {
+                Ok(_) => reported = Some(states),
+                Err(e) => tracing::debug!(pod = %name, "pod status: {e}"),
+            }
+        }
+    }
+}
+
+/// The host directory of each claim the pod mounts: `DIR/pv-data/<pv>`.
+async fn claims(shared: &Shared, pod: &Pod) -> Result<BTreeMap<String, PathBuf>, LabError> {
+    let ns = pod.namespace().unwrap_or_default();
+    let api: Api<PersistentVolumeClaim> = Api::namespaced(shared.client.clone(), &ns);
+    let mut out = BTreeMap::new();
+    for v in pod.spec.iter().flat_map(|s| s.volumes.iter().flatten()) {
+        let Some(claim) = &v.persistent_volume_claim else {
+            continue;
+        };
+        let pv = api
+            .get(&claim.claim_name)
+            .await?
+            .spec
+            .and_then(|s| s.volume_name)
+            .filter(|n| !n.is_empty())
+            .ok_or_else(|| {
+                LabError::Invalid(format!("claim {ns}/{} is not bound", claim.claim_name))
+            })?;
+        out.insert(
+            claim.claim_name.clone(),
+            shared.cfg.dir.join("pv-data").join(pv),
+        );
+    }
+    Ok(out)
+}
+
+/// One relist of one container: start it when due, notice an exit, probe.
+async fn step(
+    shared: &Shared,
+    pod: &Pod,
+    ip: IpAddr,
+    host_ip: IpAddr,
+    node: &str,
+    claims: &BTreeMap<String, PathBuf>,
+    c: &mut Container,
+) {
+    let Some(spec) = pod.spec.as_ref() else {
+        return;
+    };
+    let Some(container) = spec.containers.iter().find(|k| k.name == c.name) else {
+        return;
+    };
+    let ns = pod.namespace().unwrap_or_default();
+    let pod_name = pod.name_any();
+    let now = Instant::now();
+
+    if let Some(p) = c.process.as_mut()
+        && let Ok(Some(exit)) = p.daemon.try_wait()
+    {
+        tracing::warn!(pod = %pod_name, container = %c.name, %exit, log = %p.daemon.log_path().display(), "container exited; restarting after back-off");
+        c.process = None;
+        c.state.running = false;
+        c.state.ready = false;
+        c.state.restarts += 1;
+        c.state.waiting = Some((
+            "CrashLoopBackOff".into(),
+            format!(
+                "back-off {:?} restarting failed container {}",
+                c.backoff, c.name
+            ),
+        ));
+        c.start_at = now + c.backoff;
+        c.backoff = (c.backoff * 2).min(MAX_BACKOFF);
+    }
+
+    if c.process.is_none() && now >= c.start_at {
+        let Some(program) = container
+            .image
+            .as_deref()
+            .and_then(|i| shared.cfg.images.program(i))
+        else {
+            return;
+        };
+        let run = PodRun {
+            dir: &shared.cfg.dir,
+            server: &shared.cfg.server,
+            namespace: &ns,
+            pod_name: &pod_name,
+            spec,
+            container: &c.name,
+            program: program.to_path_buf(),
+            extra_args: Vec::new(),
+            network: Some(PodNetwork {
+                netns: shared.cfg.netns.path(),
+                pod_ip: ip,
+                host_ip,
+                node_name: node,
+                dns: shared.cfg.dns,
+            }),
+            claims: claims.clone(),
+        };
+        match run.start().await {
+            Ok(p) => {
+                c.process = Some(p);
+                c.state.running = true;
+                c.state.waiting = None;
+                c.state.ready = container.readiness_probe.is_none();
+                let delay = container
+                    .readiness_probe
+                    .as_ref()
+                    .and_then(|p| p.initial_delay_seconds)
+                    .unwrap_or(0);
+                c.next_probe = now + Duration::from_secs(delay.max(0) as u64);
+                c.failures = 0;
+            }
+            Err(e) => {
+                c.state.waiting = Some(("CreateContainerError".into(), e.to_string()));
+                c.start_at = now + c.backoff;
+                c.backoff = (c.backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+        return;
+    }
+
+    if let (Some(_), Some(probe_spec)) = (&c.process, &container.readiness_probe)
+        && now >= c.next_probe
+    {
+        let period = Duration::from_secs(probe_spec.period_seconds.unwrap_or(10).max(1) as u64);
+        c.next_probe = now + period;
+        if probe::http(&shared.cfg.netns, ip, container, probe_spec).await {
+            c.failures = 0;
+            c.state.ready = true;
+            c.backoff = Duration::from_secs(1);
+        } else {
+            c.failures += 1;
+            if c.failures >= probe_spec.failure_threshold.unwrap_or(3) {
+                c.state.ready = false;
+            }
+        }
+    }
+}
+
+/// The grace a deleted pod's processes get.
+fn grace(pod: &Pod) -> Duration {
+    let seconds = pod
+        .metadata
+        .deletion_grace_period_seconds
+        .or(pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.termination_grace_period_seconds))
+        .unwrap_or(30)
+        .max(0) as u64;
+    Duration::from_secs(seconds).min(MAX_GRACE)
+}
+
+async fn stop_all(containers: &mut [Container], grace: Duration) {
+    for c in containers.iter_mut() {
+        if let Some(mut p) = c.process.take() {
+            let _ = p.daemon.terminate(grace).await;
+        }
+    }
+}
