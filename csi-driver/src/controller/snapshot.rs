@@ -141,29 +141,26 @@ pub(super) async fn create_snapshot(
         }
     }
 
-    // Block until cut (or failed), as the spec requires.
-    let outcome = svc
+    // Block until cut, as the spec requires. An error in the snapshot's
+    // status is not the end: the snapshot controller keeps retrying (a
+    // source claim not created yet, say) and clears it on success, so it is
+    // reported only with the deadline.
+    let cut = svc
         .index
         .wait_for(deadline, |s| {
-            let e = s.snapshot(name)?;
-            if e.is_cut() {
-                return Some(Ok(e.clone()));
-            }
-            e.error.as_ref().map(|m| Err(m.clone()))
+            s.snapshot(name).filter(|e| e.is_cut()).cloned()
         })
         .await;
-    let entry = match outcome {
-        Some(Ok(e)) => e,
-        Some(Err(msg)) => {
-            return Err(Error::Internal(format!(
-                "infra snapshot {name} failed: {msg}"
-            )));
-        }
-        None => {
-            return Err(Error::DeadlineExceeded(format!(
-                "infra snapshot {name} was not cut before the deadline"
-            )));
-        }
+    let Some(entry) = cut else {
+        let last = svc
+            .index
+            .read(|s| s.snapshot(name).and_then(|e| e.error.clone()));
+        return Err(Error::DeadlineExceeded(match last {
+            Some(msg) => {
+                format!("infra snapshot {name} was not cut before the deadline; last error: {msg}")
+            }
+            None => format!("infra snapshot {name} was not cut before the deadline"),
+        }));
     };
     Ok(CreateSnapshotResponse {
         snapshot: Some(csi_snapshot(name, &entry, volume.and_then(|v| v.size))),

@@ -196,7 +196,7 @@ pub struct Lab {
     virt_api: Option<VirtApi>,
     _virt_api_bridge: Bridge,
     /// The management cluster's kubelet ([`LabConfig::management`]).
-    kubelet: Option<ManagementKubelet>,
+    pub kubelet: Option<ManagementKubelet>,
     /// The etcd of every cluster of the lab.
     etcd: Arc<Etcd>,
     tasks: JoinSet<()>,

@@ -2,14 +2,17 @@
 //! bound PVC gets a VolumeSnapshotContent (driver and deletion policy from its
 //! class, or the default class, or the configured default driver) and a sparse
 //! copy of the claim's backing file, then reports readyToUse with its restore
-//! size. A snapshot of a missing claim or class gets `status.error`.
+//! size. A snapshot of a missing claim or class gets `status.error`, and is
+//! tried again after a back-off (doubling from one second to a minute, as
+//! the snapshot controller's work queue does); success clears the error.
 //!
 //! When the snapshot goes, its content goes too if the policy is Delete; the
 //! content's finalizer removes the data file.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{ObjectReference, PersistentVolumeClaim};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -51,7 +54,13 @@ pub struct SnapshotConfig {
 struct Ctx {
     client: Client,
     cfg: SnapshotConfig,
+    /// The next retry delay of each failing snapshot (by uid).
+    backoff: Mutex<HashMap<String, Duration>>,
 }
+
+/// The first and the longest delay before a failed snapshot is tried again.
+const RETRY_FIRST: Duration = Duration::from_secs(1);
+const RETRY_MAX: Duration = Duration::from_secs(60);
 
 /// Runs the snapshot and content controllers until the future is dropped.
 pub async fn run(client: Client, cfg: SnapshotConfig) -> Result<(), Error> {
@@ -59,6 +68,7 @@ pub async fn run(client: Client, cfg: SnapshotConfig) -> Result<(), Error> {
     let ctx = Arc::new(Ctx {
         client: client.clone(),
         cfg,
+        backoff: Default::default(),
     });
     let snapshots: Api<VolumeSnapshot> = Api::all(client.clone());
     let contents: Api<VolumeSnapshotContent> = Api::all(client.clone());
@@ -124,28 +134,47 @@ async fn reconcile_snapshot(snap: Arc<VolumeSnapshot>, ctx: Arc<Ctx>) -> Result<
     let snapshots: Api<VolumeSnapshot> = Api::namespaced(ctx.client.clone(), &ns);
     let contents: Api<VolumeSnapshotContent> = Api::all(ctx.client.clone());
 
+    let uid = snap.uid().unwrap_or_default();
+    let mut next = Action::await_change();
     let status = match take_snapshot(&snap, &ns, &ctx, &contents).await? {
-        Outcome::Content(content) => status_from_content(&content),
-        Outcome::Failed(message) => VolumeSnapshotStatus {
-            ready_to_use: Some(false),
-            error: Some(SnapshotError {
-                message: Some(message),
-                time: Some(now_rfc3339()),
-            }),
-            ..snap.status.clone().unwrap_or_default()
-        },
+        Outcome::Content(content) => {
+            ctx.backoff
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&uid);
+            status_from_content(&content)
+        }
+        Outcome::Failed(message) => {
+            let mut backoff = ctx.backoff.lock().unwrap_or_else(|p| p.into_inner());
+            let delay = backoff.entry(uid).or_insert(RETRY_FIRST);
+            next = Action::requeue(*delay);
+            *delay = (*delay * 2).min(RETRY_MAX);
+            VolumeSnapshotStatus {
+                ready_to_use: Some(false),
+                error: Some(SnapshotError {
+                    message: Some(message),
+                    time: Some(now_rfc3339()),
+                }),
+                ..snap.status.clone().unwrap_or_default()
+            }
+        }
         Outcome::Waiting => return Ok(Action::await_change()),
     };
     if !same_status(snap.status.as_ref(), &status) {
+        let mut body = serde_json::to_value(&status)?;
+        // Success clears an earlier error.
+        if status.error.is_none() {
+            body["error"] = serde_json::Value::Null;
+        }
         snapshots
             .patch_status(
                 &snap.name_any(),
                 &PatchParams::default(),
-                &Patch::Merge(&json!({"status": status})),
+                &Patch::Merge(&json!({"status": body})),
             )
             .await?;
     }
-    Ok(Action::await_change())
+    Ok(next)
 }
 
 enum Outcome {

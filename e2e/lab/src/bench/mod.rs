@@ -11,10 +11,13 @@
 //! - [`controller`]: CreateVolume bursts on the controller socket and the
 //!   controller's memory holding many volumes;
 //! - [`manager`]: the hosted-control-plane manager with many HostedClusters;
+//! - [`hosted`]: hosted control planes that really run (etcd and the
+//!   Kubernetes binaries), created to Available, and their memory;
 //! - [`network`]: real requests through the lab network, from an outside
 //!   client to a guest pod.
 
 pub mod controller;
+pub mod hosted;
 pub mod load_balancer;
 pub mod manager;
 pub mod network;
@@ -47,6 +50,8 @@ pub struct Params {
     pub vms: usize,
     /// HostedClusters the manager is given at once (0: no manager rows).
     pub hosted_clusters: usize,
+    /// Hosted control planes run one after another (0: none).
+    pub hosted_control_planes: usize,
 }
 
 /// Resident set size of a process, in MiB.

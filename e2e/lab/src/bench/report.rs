@@ -139,6 +139,7 @@ mod tests {
             held_services: 1,
             vms: 1,
             hosted_clusters: 1,
+            hosted_control_planes: 0,
         }
     }
 

@@ -12,7 +12,9 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use kubevirt_lab::bench::{Params, Report, controller, load_balancer, manager, network, storage};
+use kubevirt_lab::bench::{
+    Params, Report, controller, hosted, load_balancer, manager, network, storage,
+};
 use kubevirt_lab::suite::{Suite, SuiteConfig};
 use kubevirt_lab::{Lab, LabConfig, LabError};
 
@@ -44,6 +46,10 @@ struct Cli {
     /// each has a guest control plane of its own (~300 MB).
     #[arg(long, default_value_t = 12)]
     hosted_clusters: usize,
+    /// Hosted control planes (real etcd and Kubernetes binaries) created
+    /// one after another in a management lab (0 skips them).
+    #[arg(long, default_value_t = 3)]
+    hosted_control_planes: usize,
     /// Print JSON instead of the table.
     #[arg(long)]
     json: bool,
@@ -68,6 +74,7 @@ async fn main() -> ExitCode {
         held_services: cli.held_services,
         vms: cli.vms.max(1),
         hosted_clusters: cli.hosted_clusters,
+        hosted_control_planes: cli.hosted_control_planes,
     };
     match run(params).await {
         Ok(report) => {
@@ -114,6 +121,13 @@ async fn run(params: Params) -> Result<Report, LabError> {
             params.hosted_clusters
         );
         manager::clusters(params.hosted_clusters, &mut report).await?;
+    }
+    if params.hosted_control_planes > 0 {
+        eprintln!(
+            "bench: {} hosted control planes",
+            params.hosted_control_planes
+        );
+        hosted::control_planes(params.hosted_control_planes, &mut report).await?;
     }
     Ok(report)
 }

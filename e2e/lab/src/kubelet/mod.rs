@@ -65,6 +65,9 @@ pub(crate) struct Shared {
     pub cfg: ManagementKubeletConfig,
     pub client: Client,
     addresses: Mutex<Addresses>,
+    /// The processes of each running pod (`namespace/name`), for
+    /// measurements.
+    pub processes: Mutex<BTreeMap<String, Vec<u32>>>,
 }
 
 /// Pod addresses handed out, never reused while the lab runs (a stale
@@ -109,6 +112,7 @@ impl Shared {
 pub struct ManagementKubelet {
     stop: CancellationToken,
     task: JoinHandle<()>,
+    shared: Arc<Shared>,
 }
 
 impl ManagementKubelet {
@@ -122,15 +126,30 @@ impl ManagementKubelet {
             client: cfg.server.client(),
             cfg,
             addresses: Mutex::new(Addresses { next: first, last }),
+            processes: Mutex::new(BTreeMap::new()),
         });
         let stop = CancellationToken::new();
         let stop_for_run = stop.clone();
         let heartbeat = tokio::spawn(heartbeat(shared.clone(), stop.clone()));
+        let for_run = shared.clone();
         let task = tokio::spawn(async move {
-            run(shared, stop_for_run).await;
+            run(for_run, stop_for_run).await;
             let _ = heartbeat.await;
         });
-        Ok(ManagementKubelet { stop, task })
+        Ok(ManagementKubelet { stop, task, shared })
+    }
+
+    /// The process ids of the containers running in `namespace`.
+    pub fn pids(&self, namespace: &str) -> Vec<u32> {
+        let prefix = format!("{namespace}/");
+        self.shared
+            .processes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|(pod, _)| pod.starts_with(&prefix))
+            .flat_map(|(_, pids)| pids.iter().copied())
+            .collect()
     }
 
     /// Stops every pod's processes (without touching the pod objects).

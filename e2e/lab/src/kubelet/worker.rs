@@ -77,10 +77,12 @@ pub(crate) async fn run(
         tokio::select! {
             _ = shutdown.cancelled() => {
                 stop_all(&mut containers, Duration::ZERO).await;
+                forget(&shared, &name);
                 return;
             }
             _ = deleted.cancelled() => {
                 stop_all(&mut containers, grace(&pod)).await;
+                forget(&shared, &name);
                 remove(&shared.client, &pod).await;
                 return;
             }
@@ -100,6 +102,15 @@ pub(crate) async fn run(
             .iter()
             .map(|c| (c.name.clone(), c.state.clone()))
             .collect();
+        let pids: Vec<u32> = containers
+            .iter()
+            .filter_map(|c| c.process.as_ref().and_then(|p| p.daemon.pid()))
+            .collect();
+        shared
+            .processes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.clone(), pids);
         if all_ready(&states) != ready {
             ready = !ready;
             ready_since = jiff::Timestamp::now().to_string();
@@ -253,6 +264,14 @@ async fn step(
             }
         }
     }
+}
+
+fn forget(shared: &Shared, pod: &str) {
+    shared
+        .processes
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(pod);
 }
 
 /// The grace a deleted pod's processes get.

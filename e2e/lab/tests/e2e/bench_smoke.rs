@@ -26,12 +26,13 @@ async fn bench_runs_every_scenario_and_reports_json() -> anyhow::Result<()> {
             "--held-volumes=5",
             "--held-services=5",
             "--hosted-clusters=2",
+            "--hosted-control-planes=1",
             "--json",
         ],
         [("RUST_LOG", "error")],
         &log,
     )?;
-    let status = bench.wait(Duration::from_secs(180)).await?;
+    let status = bench.wait(Duration::from_secs(240)).await?;
     let out = bench.log();
     ensure!(status.success(), "bench failed with {status}:\n{out}");
     let json_line = out
@@ -68,6 +69,11 @@ async fn bench_runs_every_scenario_and_reports_json() -> anyhow::Result<()> {
         ("CSI controller", "controller RSS holding "),
         ("manager", "2 HostedClusters created -> all Available"),
         ("manager", "manager RSS holding 2 HostedClusters"),
+        (
+            "hosted control planes",
+            "HostedCluster created -> Available, p50 of 1",
+        ),
+        ("hosted control planes", "memory per hosted control plane"),
         ("manager", "writes per reconcile with nothing changed"),
     ] {
         let row = rows
