@@ -3,7 +3,9 @@
 //! questions for `<service>.<namespace>.svc.<domain>` with the Service's
 //! ClusterIPs (the ready endpoint addresses for a headless Service) and for
 //! `<hostname>.<service>.<namespace>.svc.<domain>` with that endpoint's
-//! addresses (a StatefulSet's pods), over UDP and TCP. Names under the cluster domain that name nothing get
+//! addresses (a StatefulSet's pods), and PTR questions for endpoint and
+//! ClusterIP addresses with those names (etcd checks its peers' certificates
+//! by them), over UDP and TCP. Names under the cluster domain that name nothing get
 //! NXDOMAIN; anything else is REFUSED (there is no upstream to forward to).
 //!
 //! Like CoreDNS it runs as a pod behind the `kube-system/kube-dns` Service:
@@ -29,7 +31,7 @@ use tokio::task::JoinSet;
 
 use crate::proxy::desired::SERVICE_NAME_LABEL;
 use crate::{Error, Netns};
-use wire::{Question, Rcode};
+use wire::{Question, Rcode, Record};
 
 /// The cluster domain.
 pub const DOMAIN: &str = "cluster.local";
@@ -94,9 +96,75 @@ struct Records {
 }
 
 impl Records {
-    /// The answer to one question: rcode and addresses.
-    fn answer(&self, q: &Question) -> (Rcode, Vec<IpAddr>) {
+    /// The answer to one question: rcode and records.
+    fn answer(&self, q: &Question) -> (Rcode, Vec<Record>) {
         let name = q.name.trim_end_matches('.').to_ascii_lowercase();
+        if let Some(ip) = reverse_address(&name) {
+            let names = self.names_of(ip);
+            return match (q.kind, names.is_empty()) {
+                (_, true) => (Rcode::NxDomain, Vec::new()),
+                (wire::PTR, false) => (
+                    Rcode::NoError,
+                    names.into_iter().map(Record::Name).collect(),
+                ),
+                (_, false) => (Rcode::NoError, Vec::new()),
+            };
+        }
+        let (rcode, addresses) = self.addresses(q, &name);
+        (rcode, addresses.into_iter().map(Record::Address).collect())
+    }
+
+    /// The names of a cluster address, as CoreDNS answers a reverse
+    /// lookup: for each endpoint with that address,
+    /// `<hostname>.<service>.<namespace>.svc.<domain>` (the address dashed
+    /// when it has no hostname); else the Service whose ClusterIP it is.
+    fn names_of(&self, ip: IpAddr) -> Vec<String> {
+        let text = ip.to_string();
+        let mut names = Vec::new();
+        for slice in self.slices.state() {
+            let Some(service) = slice.labels().get(SERVICE_NAME_LABEL).cloned() else {
+                continue;
+            };
+            let ns = slice.namespace().unwrap_or_default();
+            for e in slice
+                .endpoints
+                .iter()
+                .filter(|e| e.addresses.contains(&text))
+            {
+                let host = e
+                    .hostname
+                    .clone()
+                    .unwrap_or_else(|| text.replace(['.', ':'], "-"));
+                names.push(format!("{host}.{service}.{ns}.svc.{DOMAIN}"));
+            }
+        }
+        if !names.is_empty() {
+            names.sort();
+            names.dedup();
+            return names;
+        }
+        self.services
+            .state()
+            .iter()
+            .filter_map(|s| {
+                let spec = s.spec.as_ref()?;
+                let ips = spec
+                    .cluster_ips
+                    .clone()
+                    .or(spec.cluster_ip.clone().map(|ip| vec![ip]))?;
+                ips.iter().any(|a| a == &text).then(|| {
+                    format!(
+                        "{}.{}.svc.{DOMAIN}",
+                        s.name_any(),
+                        s.namespace().unwrap_or_default()
+                    )
+                })
+            })
+            .collect()
+    }
+
+    /// The addresses a forward question asks for.
+    fn addresses(&self, q: &Question, name: &str) -> (Rcode, Vec<IpAddr>) {
         let Some(local) = name.strip_suffix(&format!(".svc.{DOMAIN}")) else {
             let ours = name == DOMAIN || name.ends_with(&format!(".{DOMAIN}"));
             return (
@@ -186,13 +254,43 @@ impl Records {
     fn respond(&self, query: &[u8]) -> Option<Vec<u8>> {
         match wire::parse_query(query) {
             Ok(q) => {
-                let (rcode, addresses) = self.answer(&q.question);
-                Some(wire::response(&q, rcode, &addresses, TTL))
+                let (rcode, records) = self.answer(&q.question);
+                Some(wire::response(&q, rcode, &records, TTL))
             }
             Err(Some(header)) => Some(wire::error_response(&header, Rcode::FormErr)),
             Err(None) => None,
         }
     }
+}
+
+/// The address a reverse-lookup name (`d.c.b.a.in-addr.arpa`, or 32
+/// nibbles under `ip6.arpa`) stands for.
+fn reverse_address(name: &str) -> Option<IpAddr> {
+    if let Some(v4) = name.strip_suffix(".in-addr.arpa") {
+        let mut octets: Vec<u8> = v4
+            .split('.')
+            .map(|o| o.parse().ok())
+            .collect::<Option<_>>()?;
+        if octets.len() != 4 {
+            return None;
+        }
+        octets.reverse();
+        let octets: [u8; 4] = octets.try_into().ok()?;
+        return Some(IpAddr::from(octets));
+    }
+    let v6 = name.strip_suffix(".ip6.arpa")?;
+    let nibbles: Vec<u8> = v6
+        .split('.')
+        .map(|n| u8::from_str_radix(n, 16).ok().filter(|_| n.len() == 1))
+        .collect::<Option<_>>()?;
+    if nibbles.len() != 32 {
+        return None;
+    }
+    let mut bytes = [0u8; 16];
+    for (i, pair) in nibbles.rchunks(2).enumerate() {
+        bytes[i] = (pair[1] << 4) | pair[0];
+    }
+    Some(IpAddr::from(bytes))
 }
 
 /// The addresses of the question's family.
@@ -310,4 +408,33 @@ fn rand_id(name: &str, kind: u16) -> u16 {
         h = h.rotate_left(5) ^ u16::from(b);
     }
     h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reverse_names_give_their_address() {
+        assert_eq!(
+            reverse_address("10.0.131.10.in-addr.arpa"),
+            Some(IpAddr::from([10, 131, 0, 10]))
+        );
+        let v6: IpAddr = "fd10:128::5".parse().expect("v6");
+        let nibbles: Vec<String> = match v6 {
+            IpAddr::V6(a) => a
+                .octets()
+                .iter()
+                .rev()
+                .flat_map(|b| [format!("{:x}", b & 0xf), format!("{:x}", b >> 4)])
+                .collect(),
+            IpAddr::V4(_) => Vec::new(),
+        };
+        assert_eq!(
+            reverse_address(&format!("{}.ip6.arpa", nibbles.join("."))),
+            Some(v6)
+        );
+        assert_eq!(reverse_address("1.2.3.in-addr.arpa"), None);
+        assert_eq!(reverse_address("web.default.svc.cluster.local"), None);
+    }
 }

@@ -66,7 +66,8 @@ pub async fn control_planes(n: usize, report: &mut Report) -> Result<(), LabErro
         for i in 0..n {
             let name = format!("hcp{i}");
             let started = Instant::now();
-            hcs.create(&PostParams::default(), &hosted_cluster(&name)?).await?;
+            hcs.create(&PostParams::default(), &hosted_cluster(&name)?)
+                .await?;
             // The earlier clusters are Available already: i + 1 means this one.
             tokio::time::timeout(WAIT, hcp::all_available(&hcs, i + 1))
                 .await
@@ -85,7 +86,12 @@ pub async fn control_planes(n: usize, report: &mut Report) -> Result<(), LabErro
             "ms",
             "<= 10000",
         );
-        report.add(SECTION, format!("... max of {n}"), took[took.len() - 1], "ms");
+        report.add(
+            SECTION,
+            format!("... max of {n}"),
+            took[took.len() - 1],
+            "ms",
+        );
 
         if let Some(kubelet) = &lab.kubelet {
             let rss: f64 = (0..n)
@@ -94,13 +100,18 @@ pub async fn control_planes(n: usize, report: &mut Report) -> Result<(), LabErro
                 .sum();
             report.add(
                 SECTION,
-                "memory per hosted control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler RSS)",
+                "memory per hosted control plane (RSS of its four processes)",
                 rss / n.max(1) as f64,
                 "MiB",
             );
         }
         if let Some(rss) = manager.as_ref().and_then(|m| m.pid()).and_then(rss_mib) {
-            report.add(SECTION, format!("manager RSS holding {n} hosted control planes"), rss, "MiB");
+            report.add(
+                SECTION,
+                format!("manager RSS holding {n} hosted control planes"),
+                rss,
+                "MiB",
+            );
         }
 
         let before = lab.infra.counters().writes_by(hcp::USER);

@@ -30,6 +30,7 @@ use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{Namespace, Secret, Service};
 use kube::api::{Api, DeleteParams, PostParams};
 use kube::core::DynamicObject;
+use kubevirt_lab::hcp;
 use serde_json::json;
 
 const CP: &str = "clusters-hosted1";
@@ -301,6 +302,125 @@ async fn a_hosted_control_plane_runs_and_serves_through_its_endpoint() -> anyhow
             )
             .is_err(),
             "still serving"
+        );
+        Ok(())
+    }
+    .await;
+    let log = log_of(&manager);
+    manager.terminate(Duration::from_secs(5)).await?;
+    lab.shutdown().await?;
+    result.with_context(|| format!("manager log:\n{log}"))
+}
+
+/// Waits until HostedCluster `name` is Available, for a control plane that
+/// starts several members (longer than [`WAIT`]).
+async fn until_available_within(
+    hcs: &Api<DynamicObject>,
+    name: &str,
+    within: Duration,
+) -> anyhow::Result<DynamicObject> {
+    let watch = hcp::all_available(hcs, 1);
+    tokio::time::timeout(within, watch)
+        .await
+        .with_context(|| format!("HostedCluster {name} not Available within {within:?}"))??;
+    Ok(hcs.get(name).await?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_highly_available_control_plane_spreads_and_survives_a_lost_member() -> anyhow::Result<()>
+{
+    let lab = management_lab().await?;
+    let mut manager = start_manager_in_netns(&lab, &[]).await?;
+    let infra = lab.infra_client();
+    let hcs = hosted_clusters(&infra);
+
+    let result = async {
+        let mut hc = hosted("ha1", Some("1.32.13"))?;
+        hc.data["spec"]["controllerAvailabilityPolicy"] = json!("HighlyAvailable");
+        hcs.create(&PostParams::default(), &hc).await?;
+        until_available_within(&hcs, "ha1", Duration::from_secs(240)).await?;
+        // Available with the first API server; the others follow.
+        let hc = until_dynamic(&hcs, "ha1", "every member and API server", |hc| {
+            hc.filter(|hc| {
+                condition_message(hc, "EtcdAvailable") == "3 of 3 etcd members ready"
+                    && condition_message(hc, "KubeAPIServerAvailable")
+                        .starts_with("3 of 3 API servers available")
+            })
+            .cloned()
+        })
+        .await?;
+
+        // One member per node, etcd and API servers alike.
+        let pods: Api<k8s_openapi::api::core::v1::Pod> =
+            Api::namespaced(infra.clone(), "clusters-ha1");
+        for app in ["etcd", "kube-apiserver"] {
+            let list = pods
+                .list(&kube::api::ListParams::default().labels(&format!("app={app}")))
+                .await?;
+            let nodes: std::collections::BTreeSet<_> = list
+                .items
+                .iter()
+                .filter_map(|p| p.spec.as_ref().and_then(|s| s.node_name.clone()))
+                .collect();
+            ensure!(
+                list.items.len() == 3 && nodes.len() == 3,
+                "{app} on {nodes:?}"
+            );
+        }
+        let budgets: Api<k8s_openapi::api::policy::v1::PodDisruptionBudget> =
+            Api::namespaced(infra.clone(), "clusters-ha1");
+        for name in ["etcd", "kube-apiserver"] {
+            ensure!(
+                budgets.get_opt(name).await?.is_some(),
+                "PodDisruptionBudget {name}"
+            );
+        }
+
+        // A lost etcd member: the cluster keeps serving writes.
+        let port = hc.data["status"]["controlPlaneEndpoint"]["port"]
+            .as_u64()
+            .context("port")? as u16;
+        let endpoint = format!("{NODE_ADDRESS}:{port}");
+        let forward = lab_net::bridge::Bridge::from_host(
+            lab.net.clone(),
+            "127.0.0.1:0".parse()?,
+            endpoint.parse()?,
+        )
+        .await?;
+        let admin = Api::<Secret>::namespaced(infra.clone(), NS)
+            .get("ha1-admin-kubeconfig")
+            .await?;
+        let text = String::from_utf8(admin.data.context("data")?["kubeconfig"].0.clone())?;
+        let kubeconfig = lab.dir.join("ha1.kubeconfig");
+        std::fs::write(&kubeconfig, through(&text, &endpoint, forward.local_addr()))?;
+        let lost = pods.get("etcd-1").await?.metadata.uid;
+        pods.delete("etcd-1", &DeleteParams::default()).await?;
+        for i in 0..5 {
+            kubectl(
+                &kubeconfig,
+                &[
+                    "create",
+                    "namespace",
+                    &format!("written-while-degraded-{i}"),
+                ],
+            )?;
+        }
+        // The StatefulSet replaces the member; it rejoins with its claim.
+        until(&pods, "etcd-1", "etcd-1 replaced and Ready", |p| {
+            p.filter(|p| p.metadata.uid != lost)
+                .and_then(|p| kubevirt_lab::wait::pod_ready(Some(p)))
+        })
+        .await?;
+        let hc = until_dynamic(&hcs, "ha1", "etcd whole again", |hc| {
+            hc.filter(|hc| condition_message(hc, "EtcdAvailable") == "3 of 3 etcd members ready")
+                .cloned()
+        })
+        .await?;
+        ensure!(condition(&hc, "Available").is_some_and(|(s, _)| s == "True"));
+        let namespaces = kubectl(&kubeconfig, &["get", "namespaces", "-o", "name"])?;
+        ensure!(
+            namespaces.contains("written-while-degraded-4"),
+            "{namespaces}"
         );
         Ok(())
     }

@@ -1,5 +1,5 @@
 //! The DNS wire format (RFC 1035), as much as a cluster DNS needs: one
-//! question in, A/AAAA answers out.
+//! question in, A/AAAA (or PTR) answers out.
 
 use std::net::IpAddr;
 
@@ -7,6 +7,7 @@ use crate::Error;
 
 pub const A: u16 = 1;
 pub const AAAA: u16 = 28;
+pub const PTR: u16 = 12;
 const CLASS_IN: u16 = 1;
 const HEADER: usize = 12;
 
@@ -83,10 +84,33 @@ fn read_name(msg: &[u8], mut at: usize) -> Option<(String, usize)> {
     Some((labels.join("."), at))
 }
 
+/// One answer: an address (A/AAAA) or a name (PTR).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Record {
+    Address(IpAddr),
+    Name(String),
+}
+
+/// A name in wire form (uncompressed labels).
+fn encode_name(name: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    for label in name
+        .trim_end_matches('.')
+        .split('.')
+        .filter(|l| !l.is_empty())
+    {
+        let bytes = &label.as_bytes()[..label.len().min(63)];
+        out.push(bytes.len() as u8);
+        out.extend_from_slice(bytes);
+    }
+    out.push(0);
+    out
+}
+
 /// The response to `q`: authoritative, recursion not available.
-pub fn response(q: &Query, rcode: Rcode, addresses: &[IpAddr], ttl: u32) -> Vec<u8> {
-    let answers: Vec<&IpAddr> = if q.question.class == CLASS_IN {
-        addresses.iter().collect()
+pub fn response(q: &Query, rcode: Rcode, records: &[Record], ttl: u32) -> Vec<u8> {
+    let answers: Vec<&Record> = if q.question.class == CLASS_IN {
+        records.iter().collect()
     } else {
         Vec::new()
     };
@@ -98,11 +122,12 @@ pub fn response(q: &Query, rcode: Rcode, addresses: &[IpAddr], ttl: u32) -> Vec<
     out.extend_from_slice(&u16::try_from(answers.len()).unwrap_or(0).to_be_bytes());
     out.extend_from_slice(&[0, 0, 0, 0]);
     out.extend_from_slice(&q.raw_question);
-    for ip in answers {
+    for record in answers {
         out.extend_from_slice(&[0xc0, HEADER as u8]); // the question's name
-        let (kind, data): (u16, Vec<u8>) = match ip {
-            IpAddr::V4(v4) => (A, v4.octets().to_vec()),
-            IpAddr::V6(v6) => (AAAA, v6.octets().to_vec()),
+        let (kind, data): (u16, Vec<u8>) = match record {
+            Record::Address(IpAddr::V4(v4)) => (A, v4.octets().to_vec()),
+            Record::Address(IpAddr::V6(v6)) => (AAAA, v6.octets().to_vec()),
+            Record::Name(name) => (PTR, encode_name(name)),
         };
         out.extend_from_slice(&kind.to_be_bytes());
         out.extend_from_slice(&CLASS_IN.to_be_bytes());
@@ -127,16 +152,7 @@ pub fn query(id: u16, name: &str, kind: u16) -> Vec<u8> {
     let mut out = Vec::new();
     out.extend_from_slice(&id.to_be_bytes());
     out.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
-    for label in name
-        .trim_end_matches('.')
-        .split('.')
-        .filter(|l| !l.is_empty())
-    {
-        let bytes = &label.as_bytes()[..label.len().min(63)];
-        out.push(bytes.len() as u8);
-        out.extend_from_slice(bytes);
-    }
-    out.push(0);
+    out.extend_from_slice(&encode_name(name));
     out.extend_from_slice(&kind.to_be_bytes());
     out.extend_from_slice(&CLASS_IN.to_be_bytes());
     out
@@ -204,11 +220,25 @@ mod tests {
         assert_eq!(parsed.question.name, "web.default.svc.cluster.local");
         assert_eq!(parsed.question.kind, A);
         let ips: Vec<IpAddr> = vec![IpAddr::from([10, 96, 16, 10])];
-        let r = response(&parsed, Rcode::NoError, &ips, 5);
+        let records: Vec<Record> = ips.iter().map(|ip| Record::Address(*ip)).collect();
+        let r = response(&parsed, Rcode::NoError, &records, 5);
         assert_eq!(parse_response(&r, 7)?, (Rcode::NoError, ips));
         let nx = response(&parsed, Rcode::NxDomain, &[], 5);
         assert_eq!(parse_response(&nx, 7)?, (Rcode::NxDomain, vec![]));
         assert!(parse_response(&nx, 8).is_err(), "wrong id");
+        Ok(())
+    }
+
+    #[test]
+    fn a_ptr_answer_carries_the_name() -> Result<(), Error> {
+        let q = query(9, "10.0.131.10.in-addr.arpa", PTR);
+        let parsed = parse_query(&q).map_err(|_| Error::Invalid("parse".into()))?;
+        let name = "etcd-0.etcd-discovery.ns.svc.cluster.local";
+        let r = response(&parsed, Rcode::NoError, &[Record::Name(name.into())], 5);
+        let tail = encode_name(name);
+        assert!(r.ends_with(&tail));
+        assert_eq!(parse_response(&r, 9)?, (Rcode::NoError, vec![]));
+        assert_eq!(u16::from_be_bytes([r[6], r[7]]), 1, "one answer");
         Ok(())
     }
 
