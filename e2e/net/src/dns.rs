@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Service;
-use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::discovery::v1::{Endpoint, EndpointSlice};
 use kube::api::Api;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -213,10 +213,8 @@ impl Records {
         (Rcode::NoError, of_kind(addresses, q.kind))
     }
 
-    /// The addresses of a Service's endpoint named `host` (a StatefulSet
-    /// pod: `<pod>.<service>.<namespace>.svc`), ready or not, as CoreDNS
-    /// answers for a Service that publishes not-ready addresses.
-    fn hostname_endpoints(&self, namespace: &str, service: &str, host: &str) -> Vec<IpAddr> {
+    /// The endpoints of a Service, from its EndpointSlices.
+    fn endpoints(&self, namespace: &str, service: &str) -> Vec<Endpoint> {
         self.slices
             .state()
             .iter()
@@ -225,6 +223,15 @@ impl Records {
                     && s.labels().get(SERVICE_NAME_LABEL).map(String::as_str) == Some(service)
             })
             .flat_map(|s| s.endpoints.clone())
+            .collect()
+    }
+
+    /// The addresses of a Service's endpoint named `host` (a StatefulSet
+    /// pod: `<pod>.<service>.<namespace>.svc`), ready or not, as CoreDNS
+    /// answers for a Service that publishes not-ready addresses.
+    fn hostname_endpoints(&self, namespace: &str, service: &str, host: &str) -> Vec<IpAddr> {
+        self.endpoints(namespace, service)
+            .into_iter()
             .filter(|e| e.hostname.as_deref() == Some(host))
             .flat_map(|e| e.addresses)
             .filter_map(|a| a.parse().ok())
@@ -234,14 +241,8 @@ impl Records {
     /// A headless Service's ready endpoint addresses.
     fn ready_endpoints(&self, namespace: &str, service: &str) -> Vec<IpAddr> {
         let mut out: Vec<IpAddr> = self
-            .slices
-            .state()
-            .iter()
-            .filter(|s| {
-                s.namespace().as_deref() == Some(namespace)
-                    && s.labels().get(SERVICE_NAME_LABEL).map(String::as_str) == Some(service)
-            })
-            .flat_map(|s| s.endpoints.clone())
+            .endpoints(namespace, service)
+            .into_iter()
             .filter(|e| e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true))
             .flat_map(|e| e.addresses)
             .filter_map(|a| a.parse().ok())

@@ -208,10 +208,31 @@ async fn a_hosted_cluster_gets_its_control_plane_objects_and_honest_conditions()
     result.with_context(|| format!("manager log:\n{log}"))
 }
 
-/// A kubeconfig of the hosted cluster reaching its endpoint through `via`
-/// (a loopback forward): the serving certificate names 127.0.0.1 too.
-fn through(kubeconfig: &str, endpoint: &str, via: std::net::SocketAddr) -> String {
-    kubeconfig.replace(&format!("https://{endpoint}"), &format!("https://{via}"))
+/// The admin kubeconfig of hosted cluster `name` (from its status), written
+/// for the host: it reaches `endpoint` through the returned loopback
+/// forward (the serving certificate names 127.0.0.1 too).
+async fn admin_kubeconfig(
+    lab: &kubevirt_lab::Lab,
+    name: &str,
+    endpoint: &str,
+) -> anyhow::Result<(lab_net::bridge::Bridge, std::path::PathBuf)> {
+    let forward = lab_net::bridge::Bridge::from_host(
+        lab.net.clone(),
+        "127.0.0.1:0".parse()?,
+        endpoint.parse()?,
+    )
+    .await?;
+    let admin = Api::<Secret>::namespaced(lab.infra_client(), NS)
+        .get(&format!("{name}-admin-kubeconfig"))
+        .await?;
+    let text = String::from_utf8(admin.data.context("data")?["kubeconfig"].0.clone())?;
+    let kubeconfig = lab.dir.join(format!("{name}.kubeconfig"));
+    let via = forward.local_addr();
+    std::fs::write(
+        &kubeconfig,
+        text.replace(&format!("https://{endpoint}"), &format!("https://{via}")),
+    )?;
+    Ok((forward, kubeconfig))
 }
 
 fn kubectl(kubeconfig: &Path, args: &[&str]) -> anyhow::Result<String> {
@@ -260,18 +281,7 @@ async fn a_hosted_control_plane_runs_and_serves_through_its_endpoint() -> anyhow
         ensure!(ip.starts_with("10.131."), "etcd-0 at {ip:?}");
 
         // kubectl with the admin kubeconfig, through a loopback forward.
-        let forward = lab_net::bridge::Bridge::from_host(
-            lab.net.clone(),
-            "127.0.0.1:0".parse()?,
-            endpoint.parse()?,
-        )
-        .await?;
-        let admin = Api::<Secret>::namespaced(infra.clone(), NS)
-            .get("hosted1-admin-kubeconfig")
-            .await?;
-        let text = String::from_utf8(admin.data.context("data")?["kubeconfig"].0.clone())?;
-        let kubeconfig = lab.dir.join("hosted1.kubeconfig");
-        std::fs::write(&kubeconfig, through(&text, &endpoint, forward.local_addr()))?;
+        let (_forward, kubeconfig) = admin_kubeconfig(&lab, "hosted1", &endpoint).await?;
         ensure!(kubectl(&kubeconfig, &["get", "--raw", "/readyz"])?.trim() == "ok");
         kubectl(&kubeconfig, &["create", "namespace", "made-by-kubectl"])?;
         let namespaces = kubectl(&kubeconfig, &["get", "namespaces", "-o", "name"])?;
@@ -381,18 +391,7 @@ async fn a_highly_available_control_plane_spreads_and_survives_a_lost_member() -
             .as_u64()
             .context("port")? as u16;
         let endpoint = format!("{NODE_ADDRESS}:{port}");
-        let forward = lab_net::bridge::Bridge::from_host(
-            lab.net.clone(),
-            "127.0.0.1:0".parse()?,
-            endpoint.parse()?,
-        )
-        .await?;
-        let admin = Api::<Secret>::namespaced(infra.clone(), NS)
-            .get("ha1-admin-kubeconfig")
-            .await?;
-        let text = String::from_utf8(admin.data.context("data")?["kubeconfig"].0.clone())?;
-        let kubeconfig = lab.dir.join("ha1.kubeconfig");
-        std::fs::write(&kubeconfig, through(&text, &endpoint, forward.local_addr()))?;
+        let (_forward, kubeconfig) = admin_kubeconfig(&lab, "ha1", &endpoint).await?;
         let lost = pods.get("etcd-1").await?.metadata.uid;
         pods.delete("etcd-1", &DeleteParams::default()).await?;
         for i in 0..5 {

@@ -18,10 +18,9 @@ use super::pki::{
     ETCD_CLIENT, FRONT_PROXY_CLIENT, KAS_AGGREGATOR, KAS_KUBELET_CLIENT, KAS_SERVER, SA_SIGNING_KEY,
 };
 use super::{
-    APISERVER_PORT, ETCD_CLIENT_PORT, HostedInputs, Publishing, placement, pod_env, secret_volume,
-    typed,
+    APISERVER_PORT, ETCD_CLIENT_PORT, HostedInputs, Publishing, container, pod_template,
+    secret_volume, typed,
 };
-use crate::desired::csi::CONFIG_HASH_ANNOTATION;
 use crate::desired::object::SerializeError;
 use crate::names;
 use crate::pki::{SA_KEY, SA_PUB};
@@ -69,20 +68,38 @@ pub fn args(inp: &HostedInputs) -> Vec<String> {
 
 /// The Deployment. `config_hash` changes with the certificates.
 pub fn deployment(inp: &HostedInputs, config_hash: &str) -> Result<Deployment, SerializeError> {
-    let app = HostedInputs::app_labels(names::KUBE_APISERVER);
-    let mut pod_labels = inp.labels();
-    pod_labels.extend(app.clone());
-    let (affinity, spread) = placement(inp, names::KUBE_APISERVER);
-    let probe =
-        |path: &str| json!({"httpGet": {"path": path, "port": APISERVER_PORT, "scheme": "HTTPS"}});
-    let mut readiness = probe("/readyz");
-    readiness["periodSeconds"] = json!(1);
-    readiness["failureThreshold"] = json!(3);
-    let mut liveness = probe("/livez");
-    liveness["initialDelaySeconds"] = json!(10);
-    liveness["periodSeconds"] = json!(10);
-    liveness["failureThreshold"] = json!(8);
+    let probe = |path: &str| json!({"path": path, "port": APISERVER_PORT, "scheme": "HTTPS"});
     let mount = |name: &str, dir: &str| json!({"name": name, "mountPath": format!("{PKI}/{dir}"), "readOnly": true});
+    let kas = container(
+        names::KUBE_APISERVER,
+        &inp.images.kube_apiserver,
+        args(inp),
+        json!({
+            "ports": [{"name": "https", "containerPort": APISERVER_PORT}],
+            "readinessProbe": {"httpGet": probe("/readyz"), "periodSeconds": 1, "failureThreshold": 3},
+            "livenessProbe": {
+                "httpGet": probe("/livez"),
+                "initialDelaySeconds": 10,
+                "periodSeconds": 10,
+                "failureThreshold": 8,
+            },
+            "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}},
+            "volumeMounts": [
+                mount("server", "server"),
+                mount("etcd-client", "etcd"),
+                mount("kubelet-client", "kubelet-client"),
+                mount("aggregator", "aggregator"),
+                mount("sa", "sa"),
+            ],
+        }),
+    );
+    let volumes = vec![
+        secret_volume("server", KAS_SERVER, &[]),
+        secret_volume("etcd-client", ETCD_CLIENT, &[]),
+        secret_volume("kubelet-client", KAS_KUBELET_CLIENT, &[]),
+        secret_volume("aggregator", KAS_AGGREGATOR, &[]),
+        secret_volume("sa", SA_SIGNING_KEY, &[]),
+    ];
     typed(
         "Deployment",
         names::KUBE_APISERVER,
@@ -90,47 +107,9 @@ pub fn deployment(inp: &HostedInputs, config_hash: &str) -> Result<Deployment, S
             "metadata": {"name": names::KUBE_APISERVER, "namespace": inp.namespace, "labels": inp.labels()},
             "spec": {
                 "replicas": inp.replicas(),
-                "selector": {"matchLabels": app},
+                "selector": {"matchLabels": HostedInputs::app_labels(names::KUBE_APISERVER)},
                 "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
-                "template": {
-                    "metadata": {
-                        "labels": pod_labels,
-                        "annotations": {CONFIG_HASH_ANNOTATION: config_hash},
-                    },
-                    "spec": {
-                        "automountServiceAccountToken": false,
-                        "affinity": affinity,
-                        "topologySpreadConstraints": spread,
-                        "containers": [{
-                            "name": "kube-apiserver",
-                            "image": inp.images.kube_apiserver,
-                            "imagePullPolicy": "IfNotPresent",
-                            "command": ["kube-apiserver"],
-                            "args": args(inp),
-                            "env": pod_env(),
-                            "ports": [{"name": "https", "containerPort": APISERVER_PORT}],
-                            "readinessProbe": readiness,
-                            "livenessProbe": liveness,
-                            "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}},
-                            "securityContext": {"readOnlyRootFilesystem": true},
-                            "terminationMessagePolicy": "FallbackToLogsOnError",
-                            "volumeMounts": [
-                                mount("server", "server"),
-                                mount("etcd-client", "etcd"),
-                                mount("kubelet-client", "kubelet-client"),
-                                mount("aggregator", "aggregator"),
-                                mount("sa", "sa"),
-                            ],
-                        }],
-                        "volumes": [
-                            secret_volume("server", KAS_SERVER, &[]),
-                            secret_volume("etcd-client", ETCD_CLIENT, &[]),
-                            secret_volume("kubelet-client", KAS_KUBELET_CLIENT, &[]),
-                            secret_volume("aggregator", KAS_AGGREGATOR, &[]),
-                            secret_volume("sa", SA_SIGNING_KEY, &[]),
-                        ],
-                    },
-                },
+                "template": pod_template(inp, names::KUBE_APISERVER, config_hash, kas, volumes),
             },
         }),
     )

@@ -9,8 +9,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use serde_json::{Value, json};
 
 use super::pki::{KCM_KUBECONFIG, ROOT_CA, SA_SIGNING_KEY, SCHEDULER_KUBECONFIG};
-use super::{HostedInputs, placement, pod_env, secret_volume, typed};
-use crate::desired::csi::CONFIG_HASH_ANNOTATION;
+use super::{HostedInputs, container, pod_template, secret_volume, typed};
 use crate::desired::object::SerializeError;
 use crate::names;
 use crate::pki::{CA_CERT, CA_KEY, SA_KEY};
@@ -86,14 +85,26 @@ fn component(
         mut mounts,
         mut volumes,
     } = c;
-    let app = HostedInputs::app_labels(name);
-    let mut pod_labels = inp.labels();
-    pod_labels.extend(app.clone());
-    let (affinity, spread) = placement(inp, name);
     mounts.push(
         json!({"name": "kubeconfig", "mountPath": "/etc/kubernetes/kubeconfig", "readOnly": true}),
     );
     volumes.push(secret_volume("kubeconfig", kubeconfig, &[]));
+    let c = container(
+        name,
+        image,
+        args,
+        json!({
+            "ports": [{"name": "https", "containerPort": port}],
+            "livenessProbe": {
+                "httpGet": {"path": "/healthz", "port": port, "scheme": "HTTPS"},
+                "initialDelaySeconds": 10,
+                "periodSeconds": 10,
+                "failureThreshold": 8,
+            },
+            "resources": {"requests": {"cpu": "20m", "memory": "64Mi"}},
+            "volumeMounts": mounts,
+        }),
+    );
     typed(
         "Deployment",
         name,
@@ -101,38 +112,8 @@ fn component(
             "metadata": {"name": name, "namespace": inp.namespace, "labels": inp.labels()},
             "spec": {
                 "replicas": replicas(inp),
-                "selector": {"matchLabels": app},
-                "template": {
-                    "metadata": {
-                        "labels": pod_labels,
-                        "annotations": {CONFIG_HASH_ANNOTATION: config_hash},
-                    },
-                    "spec": {
-                        "automountServiceAccountToken": false,
-                        "affinity": affinity,
-                        "topologySpreadConstraints": spread,
-                        "containers": [{
-                            "name": name,
-                            "image": image,
-                            "imagePullPolicy": "IfNotPresent",
-                            "command": [name],
-                            "args": args,
-                            "env": pod_env(),
-                            "ports": [{"name": "https", "containerPort": port}],
-                            "livenessProbe": {
-                                "httpGet": {"path": "/healthz", "port": port, "scheme": "HTTPS"},
-                                "initialDelaySeconds": 10,
-                                "periodSeconds": 10,
-                                "failureThreshold": 8,
-                            },
-                            "resources": {"requests": {"cpu": "20m", "memory": "64Mi"}},
-                            "securityContext": {"readOnlyRootFilesystem": true},
-                            "terminationMessagePolicy": "FallbackToLogsOnError",
-                            "volumeMounts": mounts,
-                        }],
-                        "volumes": volumes,
-                    },
-                },
+                "selector": {"matchLabels": HostedInputs::app_labels(name)},
+                "template": pod_template(inp, name, config_hash, c, volumes),
             },
         }),
     )

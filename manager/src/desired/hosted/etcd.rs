@@ -16,10 +16,9 @@ use serde_json::{Value, json};
 
 use super::pki::{ETCD_PEER, ETCD_SERVER};
 use super::{
-    ETCD_CLIENT_PORT, ETCD_HEALTH_PORT, ETCD_PEER_PORT, HostedInputs, placement, pod_env,
+    ETCD_CLIENT_PORT, ETCD_HEALTH_PORT, ETCD_PEER_PORT, HostedInputs, container, pod_template,
     secret_volume, typed,
 };
-use crate::desired::csi::CONFIG_HASH_ANNOTATION;
 use crate::desired::object::SerializeError;
 use crate::names;
 
@@ -73,10 +72,6 @@ pub fn args(inp: &HostedInputs) -> Vec<String> {
 /// The StatefulSet. `config_hash` changes with the certificates, which
 /// rolls the members.
 pub fn statefulset(inp: &HostedInputs, config_hash: &str) -> Result<StatefulSet, SerializeError> {
-    let app = HostedInputs::app_labels(names::ETCD);
-    let mut pod_labels = inp.labels();
-    pod_labels.extend(app.clone());
-    let (affinity, spread) = placement(inp, names::ETCD);
     let mut claim = json!({
         "metadata": {"name": "data"},
         "spec": {
@@ -87,69 +82,52 @@ pub fn statefulset(inp: &HostedInputs, config_hash: &str) -> Result<StatefulSet,
     if let Some(class) = &inp.etcd_storage_class {
         claim["spec"]["storageClassName"] = json!(class);
     }
+    let etcd = container(
+        names::ETCD,
+        &inp.images.etcd,
+        args(inp),
+        json!({
+            "ports": [
+                {"name": "client", "containerPort": ETCD_CLIENT_PORT},
+                {"name": "peer", "containerPort": ETCD_PEER_PORT},
+                {"name": "health", "containerPort": ETCD_HEALTH_PORT},
+            ],
+            "readinessProbe": {
+                "httpGet": {"path": "/health", "port": ETCD_HEALTH_PORT},
+                "periodSeconds": 2,
+                "failureThreshold": 3,
+            },
+            "livenessProbe": {
+                "httpGet": {"path": "/health", "port": ETCD_HEALTH_PORT},
+                "initialDelaySeconds": 30,
+                "periodSeconds": 10,
+                "failureThreshold": 8,
+            },
+            "resources": {"requests": {"cpu": "50m", "memory": "128Mi"}},
+            "volumeMounts": [
+                {"name": "data", "mountPath": DATA_DIR},
+                {"name": "server-tls", "mountPath": SERVER_TLS},
+                {"name": "peer-tls", "mountPath": PEER_TLS},
+            ],
+        }),
+    );
+    let volumes = vec![
+        secret_volume("server-tls", ETCD_SERVER, &[]),
+        secret_volume("peer-tls", ETCD_PEER, &[]),
+    ];
     typed(
         "StatefulSet",
         names::ETCD,
         json!({
-            "metadata": {
-                "name": names::ETCD,
-                "namespace": inp.namespace,
-                "labels": inp.labels(),
-            },
+            "metadata": {"name": names::ETCD, "namespace": inp.namespace, "labels": inp.labels()},
             "spec": {
                 "replicas": inp.replicas(),
                 "serviceName": names::ETCD_DISCOVERY,
                 "podManagementPolicy": "Parallel",
-                "selector": {"matchLabels": app},
+                "selector": {"matchLabels": HostedInputs::app_labels(names::ETCD)},
                 "updateStrategy": {"type": "RollingUpdate"},
                 "persistentVolumeClaimRetentionPolicy": {"whenDeleted": "Delete", "whenScaled": "Retain"},
-                "template": {
-                    "metadata": {
-                        "labels": pod_labels,
-                        "annotations": {CONFIG_HASH_ANNOTATION: config_hash},
-                    },
-                    "spec": {
-                        "automountServiceAccountToken": false,
-                        "affinity": affinity,
-                        "topologySpreadConstraints": spread,
-                        "containers": [{
-                            "name": "etcd",
-                            "image": inp.images.etcd,
-                            "imagePullPolicy": "IfNotPresent",
-                            "command": ["etcd"],
-                            "args": args(inp),
-                            "env": pod_env(),
-                            "ports": [
-                                {"name": "client", "containerPort": ETCD_CLIENT_PORT},
-                                {"name": "peer", "containerPort": ETCD_PEER_PORT},
-                                {"name": "health", "containerPort": ETCD_HEALTH_PORT},
-                            ],
-                            "readinessProbe": {
-                                "httpGet": {"path": "/health", "port": ETCD_HEALTH_PORT},
-                                "periodSeconds": 2,
-                                "failureThreshold": 3,
-                            },
-                            "livenessProbe": {
-                                "httpGet": {"path": "/health", "port": ETCD_HEALTH_PORT},
-                                "initialDelaySeconds": 30,
-                                "periodSeconds": 10,
-                                "failureThreshold": 8,
-                            },
-                            "resources": {"requests": {"cpu": "50m", "memory": "128Mi"}},
-                            "securityContext": {"readOnlyRootFilesystem": true},
-                            "terminationMessagePolicy": "FallbackToLogsOnError",
-                            "volumeMounts": [
-                                {"name": "data", "mountPath": DATA_DIR},
-                                {"name": "server-tls", "mountPath": SERVER_TLS},
-                                {"name": "peer-tls", "mountPath": PEER_TLS},
-                            ],
-                        }],
-                        "volumes": [
-                            secret_volume("server-tls", ETCD_SERVER, &[]),
-                            secret_volume("peer-tls", ETCD_PEER, &[]),
-                        ],
-                    },
-                },
+                "template": pod_template(inp, names::ETCD, config_hash, etcd, volumes),
                 "volumeClaimTemplates": [claim],
             },
         }),

@@ -260,6 +260,54 @@ pub(crate) fn typed<K: DeserializeOwned>(
     })
 }
 
+/// A control-plane container: the program named as the container, the
+/// pod's env, a read-only root, logs as the termination message; `extra`
+/// adds what differs (ports, probes, resources, mounts).
+pub(crate) fn container(name: &str, image: &str, args: Vec<String>, extra: Value) -> Value {
+    let mut c = serde_json::json!({
+        "name": name,
+        "image": image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": [name],
+        "args": args,
+        "env": pod_env(),
+        "securityContext": {"readOnlyRootFilesystem": true},
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    });
+    if let (Some(c), Value::Object(extra)) = (c.as_object_mut(), extra) {
+        c.extend(extra);
+    }
+    c
+}
+
+/// The pod template of component `app`: its labels, the hash that rolls it
+/// when the configuration it reads at start changes, no ServiceAccount
+/// token, spread over nodes in HA.
+pub(crate) fn pod_template(
+    inp: &HostedInputs,
+    app: &str,
+    config_hash: &str,
+    container: Value,
+    volumes: Vec<Value>,
+) -> Value {
+    let mut labels = inp.labels();
+    labels.extend(HostedInputs::app_labels(app));
+    let (affinity, spread) = placement(inp, app);
+    serde_json::json!({
+        "metadata": {
+            "labels": labels,
+            "annotations": {crate::desired::csi::CONFIG_HASH_ANNOTATION: config_hash},
+        },
+        "spec": {
+            "automountServiceAccountToken": false,
+            "affinity": affinity,
+            "topologySpreadConstraints": spread,
+            "containers": [container],
+            "volumes": volumes,
+        },
+    })
+}
+
 /// Environment every control-plane container gets: its pod's name, address
 /// and namespace.
 pub(crate) fn pod_env() -> Value {
@@ -283,7 +331,7 @@ pub(crate) fn secret_volume(name: &str, secret: &str, keys: &[&str]) -> Value {
 }
 
 /// Spread over nodes (and zones): required for HA, nothing otherwise.
-pub(crate) fn placement(inp: &HostedInputs, app: &str) -> (Value, Value) {
+fn placement(inp: &HostedInputs, app: &str) -> (Value, Value) {
     if !inp.highly_available() {
         return (Value::Null, Value::Null);
     }

@@ -52,11 +52,7 @@ pub async fn lab() -> anyhow::Result<Lab> {
         devices: false,
         ..LabConfig::default()
     };
-    let lab = crate::common::start_lab_for(BINARY, "kubevirt-hcp-manager", cfg).await?;
-    install_crds(&lab.infra_client()).await?;
-    ensure_namespace(&lab.infra_client(), MANAGER_NAMESPACE).await?;
-    ensure_namespace(&lab.infra_client(), NS).await?;
-    Ok(lab)
+    manager_lab(cfg).await
 }
 
 /// A lab whose infra cluster is a management cluster: kube-scheduler, and
@@ -72,6 +68,11 @@ pub async fn management_lab() -> anyhow::Result<Lab> {
             .unwrap_or_default(),
         ..LabConfig::default()
     };
+    manager_lab(cfg).await
+}
+
+/// A lab of `cfg` with the manager's CRDs and namespaces.
+async fn manager_lab(cfg: LabConfig) -> anyhow::Result<Lab> {
     let lab = crate::common::start_lab_for(BINARY, "kubevirt-hcp-manager", cfg).await?;
     install_crds(&lab.infra_client()).await?;
     ensure_namespace(&lab.infra_client(), MANAGER_NAMESPACE).await?;
