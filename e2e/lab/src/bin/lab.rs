@@ -210,16 +210,6 @@ async fn up(cfg: LabConfig, with_suite: bool) -> Result<(), LabError> {
     } else {
         None
     };
-    let ready = lab.dir.join("ready");
-    std::fs::write(
-        &ready,
-        format!(
-            "infra={}\nguest={}\n",
-            lab.infra.https_url(),
-            lab.guest.https_url()
-        ),
-    )
-    .map_err(LabError::io("write", &ready))?;
     println!("lab serving in {}", lab.dir.display());
     println!(
         "  infra cluster: {} (kubeconfig {})",
@@ -273,6 +263,17 @@ async fn up(cfg: LabConfig, with_suite: bool) -> Result<(), LabError> {
             lab.net.path().display()
         );
     }
+    // Last, so that whoever waits for it finds everything above printed.
+    let ready = lab.dir.join("ready");
+    std::fs::write(
+        &ready,
+        format!(
+            "infra={}\nguest={}\n",
+            lab.infra.https_url(),
+            lab.guest.https_url()
+        ),
+    )
+    .map_err(LabError::io("write", &ready))?;
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
         _ = int.recv() => tracing::info!("SIGINT: shutting down"),

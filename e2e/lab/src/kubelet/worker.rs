@@ -72,6 +72,7 @@ pub(crate) async fn run(
     let mut ready = false;
     let mut ready_since = started.clone();
     let mut reported = None;
+    let mut claims: Option<BTreeMap<String, PathBuf>> = None;
     let mut tick = tokio::time::interval(RELIST);
     loop {
         tokio::select! {
@@ -88,15 +89,19 @@ pub(crate) async fn run(
             }
             _ = tick.tick() => {}
         }
-        let claims = match claims(&shared, &pod).await {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::debug!(pod = %name, "claims not ready: {e}");
-                continue;
+        // A claim's volume never changes once bound: looked up once.
+        if claims.is_none() {
+            match claims_of(&shared, &pod).await {
+                Ok(c) => claims = Some(c),
+                Err(e) => {
+                    tracing::debug!(pod = %name, "claims not ready: {e}");
+                    continue;
+                }
             }
-        };
+        }
+        let Some(claims) = &claims else { continue };
         for c in containers.iter_mut() {
-            step(&shared, &pod, ip, host_ip, &node, &claims, c).await;
+            step(&shared, &pod, ip, host_ip, &node, claims, c).await;
         }
         let states: BTreeMap<String, ContainerState> = containers
             .iter()
@@ -135,7 +140,7 @@ pub(crate) async fn run(
 }
 
 /// The host directory of each claim the pod mounts: `DIR/pv-data/<pv>`.
-async fn claims(shared: &Shared, pod: &Pod) -> Result<BTreeMap<String, PathBuf>, LabError> {
+async fn claims_of(shared: &Shared, pod: &Pod) -> Result<BTreeMap<String, PathBuf>, LabError> {
     let ns = pod.namespace().unwrap_or_default();
     let api: Api<PersistentVolumeClaim> = Api::namespaced(shared.client.clone(), &ns);
     let mut out = BTreeMap::new();
