@@ -155,15 +155,28 @@ pub fn ensure(
                 Some(s) => keep(s, &[SA_KEY, SA_PUB]),
                 None => signing_key().map_err(fail)?,
             },
-            Request::Certificate { issuer, .. } => {
+            Request::Certificate {
+                cn,
+                orgs,
+                sans,
+                usage,
+                issuer,
+                ..
+            } => {
                 let ca = out.get(issuer).ok_or_else(|| PkiError::UnknownIssuer {
                     secret: name.to_string(),
                     issuer: issuer.clone(),
                 })?;
-                let fingerprint = fingerprint(request, ca);
+                let leaf = Leaf {
+                    cn,
+                    orgs,
+                    sans,
+                    usage: *usage,
+                };
+                let fingerprint = fingerprint(&leaf, ca);
                 match current.filter(|s| is_current(s, &fingerprint, now)) {
                     Some(s) => keep(s, &[TLS_CERT, TLS_KEY, CA_CERT]),
-                    None => certificate(request, ca, &fingerprint, now).map_err(fail)?,
+                    None => certificate(&leaf, ca, &fingerprint, now).map_err(fail)?,
                 }
             }
         };
@@ -211,18 +224,24 @@ fn is_current(s: &Stored, fingerprint: &str, now: Timestamp) -> bool {
         && renew_after(s).is_some_and(|at| now < at)
 }
 
-/// The request and its CA certificate, hashed: any change issues again.
-fn fingerprint(request: &Request, ca: &Stored) -> String {
-    let Request::Certificate {
+/// What a certificate says about its subject: the fields of a
+/// [`Request::Certificate`] that go into it.
+struct Leaf<'a> {
+    cn: &'a str,
+    orgs: &'a [String],
+    sans: &'a [String],
+    usage: Usage,
+}
+
+/// The certificate's subject and its CA certificate, hashed: any change
+/// issues again.
+fn fingerprint(leaf: &Leaf<'_>, ca: &Stored) -> String {
+    let Leaf {
         cn,
         orgs,
         sans,
         usage,
-        ..
-    } = request
-    else {
-        return String::new();
-    };
+    } = leaf;
     let usage = format!("{usage:?}");
     let mut parts: Vec<&[u8]> = vec![cn.as_bytes(), usage.as_bytes()];
     parts.push(b"orgs");
@@ -277,21 +296,17 @@ fn signing_key() -> Result<Stored, rcgen::Error> {
 }
 
 fn certificate(
-    request: &Request,
+    leaf: &Leaf<'_>,
     ca: &Stored,
     fingerprint: &str,
     now: Timestamp,
 ) -> Result<Stored, rcgen::Error> {
-    let Request::Certificate {
+    let Leaf {
         cn,
         orgs,
         sans,
         usage,
-        ..
-    } = request
-    else {
-        return Err(rcgen::Error::CouldNotParseCertificate);
-    };
+    } = leaf;
     let text = |key: &str| {
         String::from_utf8_lossy(ca.data.get(key).map(Vec::as_slice).unwrap_or_default())
             .into_owned()
@@ -299,11 +314,9 @@ fn certificate(
     let ca_cert = text(CA_CERT);
     let issuer = Issuer::from_ca_cert_pem(&ca_cert, KeyPair::from_pem(&text(CA_KEY))?)?;
 
-    let mut params = CertificateParams::new(sans.clone())?;
-    params
-        .distinguished_name
-        .push(DnType::CommonName, cn.as_str());
-    for org in orgs {
+    let mut params = CertificateParams::new(sans.to_vec())?;
+    params.distinguished_name.push(DnType::CommonName, *cn);
+    for org in orgs.iter() {
         params
             .distinguished_name
             .push(DnType::OrganizationName, org.as_str());

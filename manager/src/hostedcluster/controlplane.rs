@@ -225,35 +225,27 @@ pub async fn converge(hc: &HostedCluster, ctx: &Context) -> Result<ControlPlane>
     applied.extend(workloads);
 
     // What runs.
-    let etcd = Api::<StatefulSet>::namespaced(client.clone(), &inp.namespace)
-        .get_opt(names::ETCD)
-        .await
-        .map_err(Error::kube(Target::Management, "get StatefulSet etcd"))?
-        .and_then(|s| s.status)
-        .map(|s| Readiness {
-            ready: s.ready_replicas.unwrap_or(0),
-            desired: inp.replicas(),
-        })
-        .unwrap_or(Readiness {
-            ready: 0,
-            desired: inp.replicas(),
-        });
-    let apiserver = Api::<Deployment>::namespaced(client.clone(), &inp.namespace)
-        .get_opt(names::KUBE_APISERVER)
-        .await
-        .map_err(Error::kube(
-            Target::Management,
-            "get Deployment kube-apiserver",
-        ))?
-        .and_then(|d| d.status)
-        .map(|s| Readiness {
-            ready: s.available_replicas.unwrap_or(0),
-            desired: inp.replicas(),
-        })
-        .unwrap_or(Readiness {
-            ready: 0,
-            desired: inp.replicas(),
-        });
+    let of = |ready: Option<i32>| Readiness {
+        ready: ready.unwrap_or(0),
+        desired: inp.replicas(),
+    };
+    let etcd = of(
+        Api::<StatefulSet>::namespaced(client.clone(), &inp.namespace)
+            .get_opt(names::ETCD)
+            .await
+            .map_err(Error::kube(Target::Management, "get StatefulSet etcd"))?
+            .and_then(|s| s.status?.ready_replicas),
+    );
+    let apiserver = of(
+        Api::<Deployment>::namespaced(client.clone(), &inp.namespace)
+            .get_opt(names::KUBE_APISERVER)
+            .await
+            .map_err(Error::kube(
+                Target::Management,
+                "get Deployment kube-apiserver",
+            ))?
+            .and_then(|d| d.status?.available_replicas),
+    );
     let admin_kubeconfig = endpoint.as_ref().map(|ep| {
         hpki::kubeconfig(
             &material,
