@@ -84,6 +84,8 @@ pub enum Error {
     Lease(String),
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    #[error(transparent)]
+    SharedEtcd(#[from] crate::shared_etcd::EtcdError),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -158,6 +160,7 @@ impl Error {
                 _ => reason::APPLY_FAILED,
             },
             Error::Serialize(_) | Error::Lease(_) | Error::Io(_) => reason::APPLY_FAILED,
+            Error::SharedEtcd(_) => reason::SHARED_ETCD_UNAVAILABLE,
         }
     }
 
@@ -176,6 +179,7 @@ impl Error {
             Error::Finalizer(_) => "finalizer",
             Error::Lease(_) => "lease",
             Error::Io(_) => "io",
+            Error::SharedEtcd(_) => "etcd",
         }
     }
 }

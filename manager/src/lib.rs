@@ -24,5 +24,6 @@ pub mod pki;
 pub mod reconcile;
 pub mod rollout;
 pub mod run;
+pub mod shared_etcd;
 pub mod version;
 pub mod watches;

@@ -70,6 +70,9 @@ pub enum Request {
     },
     /// A bare key pair (the ServiceAccount token signing key).
     SigningKey { secret: String },
+    /// A CA someone else owns (a shared etcd's), named `secret` for the
+    /// certificates it issues: used to issue, never stored with the rest.
+    Given { secret: String, ca: Stored },
 }
 
 impl Request {
@@ -78,7 +81,8 @@ impl Request {
         match self {
             Request::Authority { secret, .. }
             | Request::Certificate { secret, .. }
-            | Request::SigningKey { secret } => secret,
+            | Request::SigningKey { secret }
+            | Request::Given { secret, .. } => secret,
         }
     }
 }
@@ -94,6 +98,8 @@ pub struct Stored {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Material {
     pub secrets: Vec<(String, Stored)>,
+    /// The given CAs (not to be stored).
+    pub given: Vec<(String, Stored)>,
     /// When the next certificate is due to be issued again.
     pub renew_at: Option<Timestamp>,
     /// How many items were made in this call.
@@ -103,7 +109,11 @@ pub struct Material {
 impl Material {
     /// The stored item of Secret `name`.
     pub fn get(&self, name: &str) -> Option<&Stored> {
-        self.secrets.iter().find(|(n, _)| n == name).map(|(_, s)| s)
+        self.secrets
+            .iter()
+            .chain(&self.given)
+            .find(|(n, _)| n == name)
+            .map(|(_, s)| s)
     }
 
     /// Key `key` of Secret `name` as text (PEM), empty when absent.
@@ -136,6 +146,7 @@ pub fn ensure(
 ) -> Result<Material, PkiError> {
     let mut out = Material {
         secrets: Vec::with_capacity(requests.len()),
+        given: Vec::new(),
         renew_at: None,
         made: 0,
     };
@@ -147,6 +158,11 @@ pub fn ensure(
         };
         let current = stored.get(name);
         let item = match request {
+            Request::Given { ca, .. } => {
+                out.given
+                    .push((name.to_string(), keep(ca, &[CA_CERT, CA_KEY])));
+                continue;
+            }
             Request::Authority { cn, .. } => match current.filter(|s| has(s, &[CA_CERT, CA_KEY])) {
                 Some(s) => keep(s, &[CA_CERT, CA_KEY]),
                 None => authority(cn, now).map_err(fail)?,
@@ -453,5 +469,40 @@ mod tests {
             e.to_string(),
             "certificate kas-server names CA root-ca, which is not requested before it"
         );
+    }
+
+    #[test]
+    fn a_given_ca_issues_but_is_not_stored() {
+        let theirs = ensure(&requests(&["a"])[..1], &BTreeMap::new(), now()).expect("ca");
+        let ca = theirs.get("root-ca").expect("ca").clone();
+        let r = vec![
+            Request::Given {
+                secret: "shared-etcd-ca".into(),
+                ca: ca.clone(),
+            },
+            Request::Certificate {
+                secret: "etcd-client".into(),
+                cn: "clusters-a".into(),
+                orgs: vec![],
+                sans: vec![],
+                usage: Usage::Client,
+                issuer: "shared-etcd-ca".into(),
+            },
+        ];
+        let m = ensure(&r, &BTreeMap::new(), now()).expect("issue");
+        assert_eq!(m.made, 1);
+        assert_eq!(
+            m.secrets
+                .iter()
+                .map(|(n, _)| n.as_str())
+                .collect::<Vec<_>>(),
+            ["etcd-client"]
+        );
+        assert_eq!(
+            m.pem("etcd-client", CA_CERT),
+            m.pem("shared-etcd-ca", CA_CERT)
+        );
+        let again = ensure(&r, &stored(&m), now()).expect("keep");
+        assert_eq!(again.made, 0);
     }
 }

@@ -1,6 +1,7 @@
 //! The Container Storage Interface (CSI v1.12.0) as Rust types: prost messages
 //! and tonic clients/servers generated at build time from our own
-//! wire-compatible transcription of the spec's `csi.proto`.
+//! wire-compatible transcription of the spec's `csi.proto`; and, in
+//! [`etcd`], the few calls of etcd's v3 API that administer a shared etcd.
 //!
 //! Everything lives in [`v1`], mirroring the protobuf package `csi.v1`, e.g.
 //! `v1::node_server::{Node, NodeServer}`, `v1::identity_client::IdentityClient`
@@ -13,6 +14,14 @@
 #[allow(clippy::all, missing_docs)]
 pub mod v1 {
     tonic::include_proto!("csi.v1");
+}
+
+/// Protobuf package `etcdserverpb`: the part of etcd's v3 API that
+/// administers a shared etcd (`auth_client::AuthClient` for users, roles and
+/// permissions; `kv_client::KvClient` to delete a cluster's keys).
+#[allow(clippy::all, missing_docs)]
+pub mod etcd {
+    tonic::include_proto!("etcdserverpb");
 }
 
 /// The encoded `google.protobuf.FileDescriptorSet` of `csi.proto` and its

@@ -171,11 +171,29 @@ async fn spawn_manager(
     args.extend(extra.iter().map(|s| s.to_string()));
     let env = [("RUST_LOG", rust_log), ("RUST_BACKTRACE", "1")];
     if in_netns {
+        // As a pod of the management cluster: its network, and the cluster
+        // DNS in /etc/resolv.conf (a private mount).
         let mut nsenter = vec![
             format!("--net={}", lab.net.path().display()),
             "--".to_string(),
-            daemon::binary(BINARY).display().to_string(),
         ];
+        if let Some(dns) = Lab::cluster_dns(&lab.infra) {
+            let resolv = lab.dir.join("hcp-manager.resolv.conf");
+            std::fs::write(&resolv, crate::pod::resolv_conf(MANAGER_NAMESPACE, dns))
+                .map_err(LabError::io("write", &resolv))?;
+            nsenter.extend([
+                "/usr/bin/unshare".to_string(),
+                "--mount".to_string(),
+                "--propagation".to_string(),
+                "private".to_string(),
+                "--".to_string(),
+                "/bin/sh".to_string(),
+                "-c".to_string(),
+                r#"mount --bind "$0" /etc/resolv.conf && exec "$@""#.to_string(),
+                resolv.display().to_string(),
+            ]);
+        }
+        nsenter.push(daemon::binary(BINARY).display().to_string());
         nsenter.extend(args);
         daemon::spawn("/usr/bin/nsenter", nsenter, env, log)
     } else {

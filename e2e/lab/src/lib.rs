@@ -22,6 +22,7 @@ pub mod kubelet;
 pub mod lab;
 pub mod mounts;
 pub mod pod;
+pub mod shared_etcd;
 pub mod suite;
 pub mod wait;
 

@@ -214,11 +214,7 @@ impl<'a> PodRun<'a> {
             && let Some(dns) = net.dns
         {
             let resolv = root.join("resolv.conf");
-            let text = format!(
-                "search {ns}.svc.{d} svc.{d} {d}\nnameserver {dns}\noptions ndots:5\n",
-                d = lab_net::dns::DOMAIN
-            );
-            write(&resolv, text.as_bytes())?;
+            write(&resolv, resolv_conf(&ns, dns).as_bytes())?;
             mounts.push((resolv, "/etc/resolv.conf".to_string()));
         }
         let fields = Fields {
@@ -273,6 +269,15 @@ impl<'a> PodRun<'a> {
         };
         Ok(RunningPod { daemon, volumes })
     }
+}
+
+/// The `/etc/resolv.conf` a kubelet's `ClusterFirst` policy writes for a
+/// pod in `namespace`, with the cluster DNS at `dns`.
+pub fn resolv_conf(namespace: &str, dns: IpAddr) -> String {
+    format!(
+        "search {namespace}.svc.{d} svc.{d} {d}\nnameserver {dns}\noptions ndots:5\n",
+        d = lab_net::dns::DOMAIN
+    )
 }
 
 /// `$0 program src dst src dst ... -- args...`: bind every source at its

@@ -53,6 +53,11 @@ pub mod reason {
     pub const QUORUM_AVAILABLE: &str = "QuorumAvailable";
     pub const WAITING_FOR_QUORUM: &str = "WaitingForQuorum";
     pub const WAITING_FOR_API_SERVER: &str = "WaitingForAPIServer";
+    /// A shared etcd cannot be reached, refuses the manager, or its
+    /// credentials are incomplete.
+    pub const SHARED_ETCD_UNAVAILABLE: &str = "SharedEtcdUnavailable";
+    /// The cluster's user and prefix are in place in its shared etcd.
+    pub const SHARED_ETCD_READY: &str = "SharedEtcdReady";
 }
 
 pub const TRUE: &str = "True";

@@ -33,12 +33,17 @@ impl AvailabilityPolicy {
 #[serde(rename_all = "camelCase")]
 pub struct EtcdSpec {
     /// Who runs the cluster's etcd. `Managed`: the manager, a StatefulSet in
-    /// the control-plane namespace.
+    /// the control-plane namespace. `Shared`: an etcd the administrator runs
+    /// for many clusters, each under its own key prefix and etcd user.
+    /// Immutable.
     #[serde(default)]
     pub management_type: EtcdManagementType,
     /// Settings of a `Managed` etcd.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub managed: Option<ManagedEtcdSpec>,
+    /// Where the `Shared` etcd is and the credentials to administer it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shared: Option<SharedEtcdSpec>,
 }
 
 /// `spec.etcd.managementType`.
@@ -46,6 +51,28 @@ pub struct EtcdSpec {
 pub enum EtcdManagementType {
     #[default]
     Managed,
+    Shared,
+}
+
+/// `spec.etcd.shared`: an etcd serving many clusters, as Kamaji's shared
+/// datastores do. It must run with client-certificate authentication and
+/// auth enabled (`--client-cert-auth`, `etcdctl auth enable`), and compact
+/// itself (`--auto-compaction-retention`): a cluster's API server may only
+/// touch its own prefix, so it does not compact.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SharedEtcdSpec {
+    /// The etcd's client URLs (`https://host:port`), as the cluster's API
+    /// server and the manager reach it.
+    #[schemars(length(min = 1, max = 9))]
+    pub endpoints: Vec<String>,
+    /// A Secret in the HostedCluster's namespace with the etcd's CA
+    /// (`ca.crt`, and `ca.key` to issue each cluster's client certificate)
+    /// and a client certificate of its `root` user (`tls.crt`, `tls.key`).
+    /// The manager gives each cluster an etcd user and role limited to the
+    /// prefix `/<control-plane namespace>/`, and removes both, with the
+    /// cluster's keys, when the cluster is deleted.
+    pub credentials_secret: LocalObjectReference,
 }
 
 /// `spec.etcd.managed`.
@@ -173,7 +200,8 @@ pub struct ApiEndpoint {
     pub port: i32,
 }
 
-/// A Secret in the HostedCluster's namespace (`status.kubeconfig`).
+/// A Secret in the HostedCluster's namespace, by name (`status.kubeconfig`,
+/// `etcd.shared.credentialsSecret`).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 pub struct LocalObjectReference {
     pub name: String,

@@ -33,6 +33,8 @@ use super::{Release, SecretKeyRef};
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("has(self.kubeconfig) || has(self.release.kubernetesVersion)").message("release.kubernetesVersion is required when the manager hosts the control plane (no kubeconfig)"))]
+#[x_kube(validation = Rule::new("!has(self.etcd) || !has(self.etcd.managementType) || self.etcd.managementType != 'Shared' || has(self.etcd.shared)").message("etcd.shared is required when etcd.managementType is Shared"))]
+#[x_kube(validation = Rule::new("(has(self.etcd) && has(self.etcd.managementType) && self.etcd.managementType == 'Shared') == (has(oldSelf.etcd) && has(oldSelf.etcd.managementType) && oldSelf.etcd.managementType == 'Shared')").message("etcd.managementType cannot change: the cluster's data stays in the etcd it was made in"))]
 #[x_kube(validation = Rule::new("has(self.kubeconfig) == has(oldSelf.kubeconfig)").message("kubeconfig cannot be added or removed: a cluster is hosted, or external, for its whole life"))]
 pub struct HostedClusterSpec {
     /// The suite release the cluster's components run.

@@ -5,7 +5,8 @@
 //! manager put into the guest (best effort: the guest may be gone; nothing
 //! for a hosted control plane, which the guest goes with), and the
 //! control-plane namespace (with a hosted control plane's etcd and its
-//! claims) and the hosted admin kubeconfig. Waits are watches with a bound; a cleanup that
+//! claims), the hosted admin kubeconfig, and a hosted cluster's keys, user
+//! and role in its shared etcd. Waits are watches with a bound; a cleanup that
 //! is not finished reports itself pending and is retried.
 
 use std::collections::BTreeSet;
@@ -21,18 +22,43 @@ use kubevirt_infra::cdi::DataVolume;
 use kubevirt_infra::kubevirt::VirtualMachine;
 use kubevirt_infra::snapshot::VolumeSnapshot;
 
+use super::controlplane::credentials;
 use super::converge::{guest_kinds, infra_kinds, management_kinds};
 use crate::api::{HostedCluster, NodePool};
 use crate::apply::Applier;
 use crate::clients::key_of;
 use crate::context::Context;
+use crate::desired::hosted::SharedEtcd;
 use crate::desired::owner_selector_of;
 use crate::desired::sets::side;
 use crate::error::{Error, Result, Target, is_not_found};
 use crate::names;
+use crate::shared_etcd::{self, EtcdError};
 
 fn ar<K: Resource<DynamicType = ()>>() -> ApiResource {
     ApiResource::erase::<K>(&())
+}
+
+/// Deletes the cluster's keys, etcd user and role from its shared etcd. A
+/// spec that names no usable shared etcd, or credentials that are gone,
+/// leave them behind (with a warning): deletion is not blocked forever.
+async fn remove_from_shared_etcd(hc: &HostedCluster, ctx: &Context) -> Result<()> {
+    let Ok(Some(shared)) = SharedEtcd::of(hc) else {
+        return Ok(());
+    };
+    let ns = hc.metadata.namespace.as_deref().unwrap_or_default();
+    match credentials(&ctx.client, ns, &shared.credentials_secret).await {
+        Ok(creds) => Ok(shared_etcd::remove(&shared, &creds).await?),
+        Err(Error::SharedEtcd(EtcdError::SecretMissing(secret))) => {
+            tracing::warn!(
+                secret,
+                user = shared.user,
+                "shared etcd credentials are gone; the cluster's keys, user and role are left behind"
+            );
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Remove everything `hc` made.
@@ -195,6 +221,11 @@ pub async fn cleanup(hc: &HostedCluster, ctx: &Context) -> Result<Action> {
                 "waiting for namespace {cp_ns} to be deleted"
             )));
         }
+    }
+
+    // 5. Its place in a shared etcd, once no API server of it runs.
+    if hc.is_hosted() {
+        remove_from_shared_etcd(hc, ctx).await?;
     }
 
     ctx.clients.forget(&key);

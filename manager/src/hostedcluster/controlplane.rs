@@ -25,6 +25,7 @@ use crate::desired::hosted::{self, HostedInputs, Publishing, pki as hpki};
 use crate::desired::object::{Object, ObjectKey};
 use crate::desired::sets::{side, tag};
 use crate::error::{Error, Result, Target};
+use crate::shared_etcd::{self, EtcdError};
 use crate::{hash, names, pki};
 
 /// Ready members or replicas of a component, against those it should have.
@@ -41,12 +42,45 @@ impl Readiness {
     }
 }
 
+/// What a pass found of the cluster's etcd.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EtcdState {
+    /// Its own members.
+    Members(Readiness),
+    /// Its user, role and prefix are in place in the shared etcd at
+    /// `endpoints`.
+    Shared { endpoints: String, prefix: String },
+}
+
+impl EtcdState {
+    /// The API server can use it: a quorum of members, or its place in the
+    /// shared etcd.
+    pub fn is_available(&self) -> bool {
+        match self {
+            EtcdState::Members(r) => r.has_quorum(),
+            EtcdState::Shared { .. } => true,
+        }
+    }
+
+    /// In words, for the EtcdAvailable condition.
+    pub fn describe(&self) -> String {
+        match self {
+            EtcdState::Members(r) => format!("{} of {} etcd members ready", r.ready, r.desired),
+            EtcdState::Shared { endpoints, prefix } => {
+                format!(
+                    "the cluster's etcd user and prefix {prefix} are in place in the shared etcd at {endpoints}"
+                )
+            }
+        }
+    }
+}
+
 /// What a pass over the control plane found.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ControlPlane {
     /// Where the API server is published, once known.
     pub endpoint: Option<ApiEndpoint>,
-    pub etcd: Readiness,
+    pub etcd: EtcdState,
     pub apiserver: Readiness,
     /// `/readyz` through the endpoint: `Ok` when it answered ok, otherwise
     /// why not (in words for the condition message).
@@ -138,7 +172,10 @@ pub async fn converge(hc: &HostedCluster, ctx: &Context) -> Result<ControlPlane>
         ..Namespace::default()
     };
     let mut first = objects([ns])?;
-    let mut services = hosted::etcd::services(&inp)?;
+    let mut services = match inp.shared_etcd {
+        Some(_) => Vec::new(),
+        None => hosted::etcd::services(&inp)?,
+    };
     services.push(hosted::apiserver::service(&inp)?);
     first.extend(objects(services)?);
     management.apply_all(&first).await?;
@@ -179,8 +216,20 @@ pub async fn converge(hc: &HostedCluster, ctx: &Context) -> Result<ControlPlane>
             (name, stored)
         })
         .collect();
+    // A shared etcd: the cluster's place in it, and its CA for the PKI.
+    let shared_ca = match &inp.shared_etcd {
+        Some(shared) => {
+            let creds = credentials(client, &inp.hc_namespace, &shared.credentials_secret).await?;
+            let writes = shared_etcd::ensure(shared, &creds).await?;
+            if writes > 0 {
+                tracing::info!(user = %shared.user, writes, "placed the cluster in the shared etcd");
+            }
+            Some(creds.authority())
+        }
+        None => None,
+    };
     let material = pki::ensure(
-        &hpki::requests(&inp, endpoint.as_ref()),
+        &hpki::requests(&inp, endpoint.as_ref(), shared_ca.as_ref()),
         &stored,
         jiff::Timestamp::now(),
     )
@@ -194,10 +243,13 @@ pub async fn converge(hc: &HostedCluster, ctx: &Context) -> Result<ControlPlane>
     management.apply_all(&pki_objects).await?;
     applied.extend(pki_objects);
 
-    // etcd; the rest once the endpoint is known.
-    let etcd_hash = config_hash(&material, &[hpki::ETCD_SERVER, hpki::ETCD_PEER]);
-    let mut workloads = objects([hosted::etcd::statefulset(&inp, &etcd_hash)?])?;
-    workloads.extend(objects(hosted::etcd::disruption_budget(&inp)?)?);
+    // etcd (unless shared); the rest once the endpoint is known.
+    let mut workloads = Vec::new();
+    if inp.shared_etcd.is_none() {
+        let etcd_hash = config_hash(&material, &[hpki::ETCD_SERVER, hpki::ETCD_PEER]);
+        workloads.extend(objects([hosted::etcd::statefulset(&inp, &etcd_hash)?])?);
+        workloads.extend(objects(hosted::etcd::disruption_budget(&inp)?)?);
+    }
     if endpoint.is_some() {
         let kas_hash = config_hash(
             &material,
@@ -229,13 +281,20 @@ pub async fn converge(hc: &HostedCluster, ctx: &Context) -> Result<ControlPlane>
         ready: ready.unwrap_or(0),
         desired: inp.replicas(),
     };
-    let etcd = of(
-        Api::<StatefulSet>::namespaced(client.clone(), &inp.namespace)
-            .get_opt(names::ETCD)
-            .await
-            .map_err(Error::kube(Target::Management, "get StatefulSet etcd"))?
-            .and_then(|s| s.status?.ready_replicas),
-    );
+    let etcd = match &inp.shared_etcd {
+        Some(shared) => EtcdState::Shared {
+            endpoints: shared.endpoints.join(","),
+            prefix: shared.prefix(),
+        },
+        None => EtcdState::Members(of(Api::<StatefulSet>::namespaced(
+            client.clone(),
+            &inp.namespace,
+        )
+        .get_opt(names::ETCD)
+        .await
+        .map_err(Error::kube(Target::Management, "get StatefulSet etcd"))?
+        .and_then(|s| s.status?.ready_replicas))),
+    };
     let apiserver = of(
         Api::<Deployment>::namespaced(client.clone(), &inp.namespace)
             .get_opt(names::KUBE_APISERVER)
@@ -279,6 +338,32 @@ pub async fn converge(hc: &HostedCluster, ctx: &Context) -> Result<ControlPlane>
         renew_at: material.renew_at,
         keys: keys(&applied),
     })
+}
+
+/// The shared etcd's credentials, from Secret `name` in `namespace`.
+pub async fn credentials(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+) -> Result<shared_etcd::Credentials> {
+    let secret = Api::<Secret>::namespaced(client.clone(), namespace)
+        .get_opt(name)
+        .await
+        .map_err(Error::kube(
+            Target::Management,
+            format!("get Secret {name}"),
+        ))?
+        .ok_or_else(|| EtcdError::SecretMissing(format!("{namespace}/{name}")))?;
+    let data = secret
+        .data
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, v.0))
+        .collect();
+    Ok(shared_etcd::Credentials::from_data(
+        &format!("{namespace}/{name}"),
+        &data,
+    )?)
 }
 
 /// `GET /readyz` through the published endpoint.

@@ -18,7 +18,7 @@ use kube::runtime::controller::Action;
 use kube::{Api, Resource};
 use kubevirt_infra::snapshot::VolumeSnapshotClass;
 
-use super::controlplane::{self, ControlPlane};
+use super::controlplane::{self, ControlPlane, EtcdState};
 use super::tokens;
 use crate::api::conditions::{self, Desired, kind, reason};
 use crate::api::controlplane::LocalObjectReference;
@@ -188,23 +188,18 @@ fn control_plane_conditions(
     match (cp, outcome) {
         (Some(cp), _) => {
             let etcd = &cp.etcd;
-            let members = format!("{} of {} etcd members ready", etcd.ready, etcd.desired);
+            let reason = match etcd {
+                EtcdState::Shared { .. } => reason::SHARED_ETCD_READY,
+                EtcdState::Members(_) if etcd.is_available() => reason::QUORUM_AVAILABLE,
+                EtcdState::Members(_) => reason::WAITING_FOR_QUORUM,
+            };
             [
-                if etcd.has_quorum() {
-                    Desired::new(
-                        kind::ETCD_AVAILABLE,
-                        true,
-                        reason::QUORUM_AVAILABLE,
-                        members,
-                    )
-                } else {
-                    Desired::new(
-                        kind::ETCD_AVAILABLE,
-                        false,
-                        reason::WAITING_FOR_QUORUM,
-                        members,
-                    )
-                },
+                Desired::new(
+                    kind::ETCD_AVAILABLE,
+                    etcd.is_available(),
+                    reason,
+                    etcd.describe(),
+                ),
                 match &cp.serving {
                     Ok(()) => Desired::new(
                         kind::KUBE_APISERVER_AVAILABLE,
@@ -248,11 +243,8 @@ fn control_plane_conditions(
 /// What a hosted cluster waits for while its control plane comes up.
 pub fn waiting_for(cp: &ControlPlane) -> Error {
     let mut parts = Vec::new();
-    if !cp.etcd.has_quorum() {
-        parts.push(format!(
-            "{} of {} etcd members ready",
-            cp.etcd.ready, cp.etcd.desired
-        ));
+    if !cp.etcd.is_available() {
+        parts.push(cp.etcd.describe());
     }
     if let Err(why) = &cp.serving {
         parts.push(why.clone());
@@ -373,7 +365,7 @@ pub async fn write_status(
 pub async fn apply(hc: &HostedCluster, ctx: &Context) -> Result<Action> {
     let (cp, outcome) = if hc.is_hosted() {
         match controlplane::converge(hc, ctx).await {
-            Ok(cp) if cp.is_serving() && cp.etcd.has_quorum() => {
+            Ok(cp) if cp.is_serving() && cp.etcd.is_available() => {
                 let outcome = converge(hc, ctx, cp.keys.clone()).await;
                 (Some(cp), outcome)
             }
@@ -510,7 +502,7 @@ mod tests {
 
     #[test]
     fn a_hosted_cluster_reports_its_control_plane_as_it_is() {
-        use super::controlplane::Readiness;
+        use super::controlplane::{EtcdState, Readiness};
         use crate::api::controlplane::ApiEndpoint;
         let hc = crate::desired::hosted::fixtures::hosted();
         let cp = ControlPlane {
@@ -518,10 +510,10 @@ mod tests {
                 host: "192.168.100.10".into(),
                 port: 30443,
             }),
-            etcd: Readiness {
+            etcd: EtcdState::Members(Readiness {
                 ready: 0,
                 desired: 1,
-            },
+            }),
             apiserver: Readiness {
                 ready: 0,
                 desired: 1,
@@ -562,10 +554,10 @@ mod tests {
         assert_eq!(s.control_plane_endpoint.map(|e| e.port), Some(30443));
 
         let up = ControlPlane {
-            etcd: Readiness {
+            etcd: EtcdState::Members(Readiness {
                 ready: 1,
                 desired: 1,
-            },
+            }),
             apiserver: Readiness {
                 ready: 1,
                 desired: 1,
@@ -579,5 +571,36 @@ mod tests {
             &s.conditions,
             kind::KUBE_APISERVER_AVAILABLE
         ));
+
+        let shared = ControlPlane {
+            etcd: EtcdState::Shared {
+                endpoints: "https://etcd.shared-etcd.svc:2379".into(),
+                prefix: "/clusters-guest1/".into(),
+            },
+            ..up
+        };
+        let s = status_after(&hc, Some(&shared), &Err(Error::Pending("x".into())), &now());
+        let etcd = get_in(&s, kind::ETCD_AVAILABLE);
+        assert_eq!(
+            (
+                etcd.status.as_str(),
+                etcd.reason.as_str(),
+                etcd.message.as_str()
+            ),
+            (
+                "True",
+                "SharedEtcdReady",
+                "the cluster's etcd user and prefix /clusters-guest1/ are in place in the shared etcd at https://etcd.shared-etcd.svc:2379"
+            )
+        );
+    }
+
+    fn get_in(
+        s: &HostedClusterStatus,
+        t: &str,
+    ) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+        conditions::find(&s.conditions, t)
+            .expect("condition")
+            .clone()
     }
 }

@@ -7,6 +7,12 @@
 //! (from the host, through a loopback forward to the endpoint). Deleting it
 //! stops the control plane and removes its claims.
 //!
+//! Two clusters on a shared etcd (deployed in the management cluster as an
+//! administrator would, auth enabled): each is Available without an etcd
+//! of its own, what one writes the other never sees, every key lies under
+//! a cluster's prefix, a cluster's etcd user is refused the other's prefix,
+//! and deleting a cluster removes its keys and its etcd user.
+//!
 //! Without a kubelet in the management cluster: a HostedCluster
 //! without a kubeconfig becomes its control plane's objects in the
 //! control-plane namespace, accepted by the real kube-apiserver: the PKI
@@ -110,6 +116,16 @@ async fn a_hosted_cluster_gets_its_control_plane_objects_and_honest_conditions()
             message.contains("release.kubernetesVersion is required when the manager hosts the control plane"),
             "{message}"
         );
+        let mut shared = hosted("noshared", Some("1.32.13"))?;
+        shared.data["spec"]["etcd"] = json!({"managementType": "Shared"});
+        let message = match hcs.create(&PostParams::default(), &shared).await {
+            Err(kube::Error::Api(s)) => s.message,
+            other => anyhow::bail!("a Shared etcd without etcd.shared was not refused: {other:?}"),
+        };
+        ensure!(
+            message.contains("etcd.shared is required when etcd.managementType is Shared"),
+            "{message}"
+        );
 
         // The examples apply as they are (the server validates them).
         let examples = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples");
@@ -117,7 +133,11 @@ async fn a_hosted_cluster_gets_its_control_plane_objects_and_honest_conditions()
             dry_run: true,
             ..PostParams::default()
         };
-        for (file, api) in [("hostedcluster.yaml", hcs.clone()), ("nodepool.yaml", node_pools(&infra))] {
+        for (file, api) in [
+            ("hostedcluster.yaml", hcs.clone()),
+            ("hostedcluster-shared-etcd.yaml", hcs.clone()),
+            ("nodepool.yaml", node_pools(&infra)),
+        ] {
             let text = std::fs::read_to_string(examples.join(file))?;
             let obj: DynamicObject = serde_yaml::from_str(&text)?;
             api.create(&dry_run, &obj).await.with_context(|| format!("examples/{file}"))?;
@@ -421,6 +441,124 @@ async fn a_highly_available_control_plane_spreads_and_survives_a_lost_member() -
             namespaces.contains("written-while-degraded-4"),
             "{namespaces}"
         );
+        Ok(())
+    }
+    .await;
+    let log = log_of(&manager);
+    manager.terminate(Duration::from_secs(5)).await?;
+    lab.shutdown().await?;
+    result.with_context(|| format!("manager log:\n{log}"))
+}
+
+/// A hosted cluster's endpoint (`host:port`) from its status.
+fn endpoint_of(hc: &DynamicObject) -> anyhow::Result<String> {
+    let ep = &hc.data["status"]["controlPlaneEndpoint"];
+    Ok(format!(
+        "{}:{}",
+        ep["host"].as_str().context("host")?,
+        ep["port"].as_u64().context("port")?
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clusters_on_a_shared_etcd_keep_to_their_own_prefix() -> anyhow::Result<()> {
+    let lab = management_lab().await?;
+    let mut manager = start_manager_in_netns(&lab, &[]).await?;
+    let infra = lab.infra_client();
+    let hcs = hosted_clusters(&infra);
+
+    let result = async {
+        let etcd = kubevirt_lab::shared_etcd::SharedEtcd::deploy(&lab, "shared-etcd").await?;
+        let credentials: Secret = serde_json::from_value(json!({
+            "metadata": {"name": "shared-etcd-root", "namespace": NS},
+            "data": etcd.credentials(),
+        }))?;
+        Api::<Secret>::namespaced(infra.clone(), NS)
+            .create(&PostParams::default(), &credentials)
+            .await?;
+        for name in ["tenant-a", "tenant-b"] {
+            let mut hc = hosted(name, Some("1.32.13"))?;
+            hc.data["spec"]["etcd"] = json!({
+                "managementType": "Shared",
+                "shared": {
+                    "endpoints": [etcd.endpoint],
+                    "credentialsSecret": {"name": "shared-etcd-root"},
+                },
+            });
+            hcs.create(&PostParams::default(), &hc).await?;
+        }
+        tokio::time::timeout(Duration::from_secs(240), hcp::all_available(&hcs, 2))
+            .await
+            .context("two clusters on a shared etcd not Available within 240 s")??;
+
+        // No etcd of their own; the condition names their place.
+        let a = hcs.get("tenant-a").await?;
+        ensure!(
+            condition_message(&a, "EtcdAvailable").contains("prefix /clusters-tenant-a/"),
+            "{}",
+            condition_message(&a, "EtcdAvailable")
+        );
+        let sets: Api<StatefulSet> = Api::namespaced(infra.clone(), "clusters-tenant-a");
+        ensure!(sets.get_opt("etcd").await?.is_none(), "an etcd of its own");
+
+        // What one cluster writes, the other never sees.
+        let (_fa, ka) = admin_kubeconfig(&lab, "tenant-a", &endpoint_of(&a)?).await?;
+        let b = hcs.get("tenant-b").await?;
+        let (_fb, kb) = admin_kubeconfig(&lab, "tenant-b", &endpoint_of(&b)?).await?;
+        kubectl(&ka, &["create", "namespace", "only-in-a"])?;
+        let in_b = kubectl(&kb, &["get", "namespaces", "-o", "name"])?;
+        ensure!(!in_b.contains("only-in-a"), "{in_b}");
+
+        // In etcd: each cluster's keys under its prefix, and a cluster's
+        // user cannot read the other's.
+        let keys = etcd.keys("/").await?;
+        ensure!(
+            keys.iter()
+                .all(|k| k.starts_with("/clusters-tenant-a/")
+                    || k.starts_with("/clusters-tenant-b/")),
+            "keys outside the prefixes: {keys:?}"
+        );
+        ensure!(
+            keys.iter()
+                .any(|k| k == "/clusters-tenant-a/namespaces/only-in-a"),
+            "{keys:?}"
+        );
+        let a_client = Api::<Secret>::namespaced(infra.clone(), "clusters-tenant-a")
+            .get("etcd-client-tls")
+            .await?;
+        let pem = |k: &str| -> anyhow::Result<String> {
+            Ok(String::from_utf8(
+                a_client.data.as_ref().context("data")?[k].0.clone(),
+            )?)
+        };
+        let (cert, key) = (pem("tls.crt")?, pem("tls.key")?);
+        let own = etcd.keys_as(&cert, &key, "/clusters-tenant-a/").await?;
+        ensure!(
+            own.is_ok_and(|k| !k.is_empty()),
+            "tenant-a cannot read its own keys"
+        );
+        match etcd.keys_as(&cert, &key, "/clusters-tenant-b/").await? {
+            Err(s) => ensure!(s.message().contains("permission denied"), "{s:?}"),
+            Ok(keys) => anyhow::bail!("tenant-a read tenant-b's keys: {keys:?}"),
+        }
+
+        // Deleting a cluster removes its keys, user and role; the other
+        // keeps serving.
+        hcs.delete("tenant-a", &DeleteParams::default()).await?;
+        until_dynamic(&hcs, "tenant-a", "HostedCluster gone", |hc| {
+            hc.is_none().then_some(())
+        })
+        .await?;
+        let left = etcd.keys("/clusters-tenant-a/").await?;
+        ensure!(left.is_empty(), "keys left behind: {left:?}");
+        ensure!(
+            etcd.keys_as(&cert, &key, "/clusters-tenant-a/")
+                .await?
+                .is_err(),
+            "the deleted cluster's etcd user still reads"
+        );
+        ensure!(kubectl(&kb, &["get", "--raw", "/readyz"])?.trim() == "ok");
+        ensure!(!etcd.keys("/clusters-tenant-b/").await?.is_empty());
         Ok(())
     }
     .await;

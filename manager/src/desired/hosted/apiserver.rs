@@ -29,11 +29,14 @@ const PKI: &str = "/etc/kubernetes/pki";
 
 /// kube-apiserver's arguments.
 pub fn args(inp: &HostedInputs) -> Vec<String> {
-    let etcd = format!(
-        "https://{}:{ETCD_CLIENT_PORT}",
-        inp.service_host(names::ETCD_CLIENT)
-    );
-    vec![
+    let etcd = match &inp.shared_etcd {
+        Some(shared) => shared.endpoints.join(","),
+        None => format!(
+            "https://{}:{ETCD_CLIENT_PORT}",
+            inp.service_host(names::ETCD_CLIENT)
+        ),
+    };
+    let mut args: Vec<String> = vec![
         "--advertise-address=$(POD_IP)".into(),
         "--bind-address=$(POD_IP)".into(),
         format!("--secure-port={APISERVER_PORT}"),
@@ -63,7 +66,14 @@ pub fn args(inp: &HostedInputs) -> Vec<String> {
         format!("--service-account-key-file={PKI}/sa/{SA_PUB}"),
         format!("--service-account-signing-key-file={PKI}/sa/{SA_KEY}"),
         format!("--service-cluster-ip-range={}", inp.service_cidr),
-    ]
+    ];
+    if let Some(shared) = &inp.shared_etcd {
+        // Its own prefix, where its etcd user may write; the shared etcd
+        // compacts itself (compaction needs etcd's root).
+        args.push(format!("--etcd-prefix=/{}", shared.user));
+        args.push("--etcd-compaction-interval=0".into());
+    }
+    args
 }
 
 /// The Deployment. `config_hash` changes with the certificates.
@@ -190,6 +200,20 @@ mod tests {
                 .iter()
                 .all(|m| volumes.iter().any(|v| v.name == m.name))
         );
+    }
+
+    #[test]
+    fn with_a_shared_etcd_the_api_server_keeps_to_its_prefix() {
+        let args = args(&inputs(&shared(hosted())));
+        for want in [
+            "--etcd-servers=https://etcd.shared-etcd.svc:2379",
+            "--etcd-prefix=/clusters-guest1",
+            "--etcd-compaction-interval=0",
+        ] {
+            assert!(args.contains(&want.to_string()), "{want}");
+        }
+        let own = super::args(&inputs(&hosted()));
+        assert!(!own.iter().any(|a| a.starts_with("--etcd-prefix")));
     }
 
     #[test]

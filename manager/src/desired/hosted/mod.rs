@@ -26,7 +26,7 @@ use super::object::SerializeError;
 use super::owner_labels_of;
 use crate::api::HostedCluster;
 use crate::api::controlplane::{
-    ApiEndpoint, AvailabilityPolicy, PublishedService, PublishingStrategyType,
+    ApiEndpoint, AvailabilityPolicy, EtcdManagementType, PublishedService, PublishingStrategyType,
 };
 use crate::names;
 
@@ -109,6 +109,45 @@ pub struct HostedInputs {
     pub publishing: Publishing,
     pub etcd_storage_class: Option<String>,
     pub etcd_size: Quantity,
+    /// The shared etcd the cluster keeps its data in, instead of its own.
+    pub shared_etcd: Option<SharedEtcd>,
+}
+
+/// A cluster's place in a shared etcd.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SharedEtcd {
+    pub endpoints: Vec<String>,
+    /// The Secret (in the HostedCluster's namespace) with the etcd's CA and
+    /// its root user's client certificate.
+    pub credentials_secret: String,
+    /// The cluster's etcd user and role: the control-plane namespace.
+    pub user: String,
+}
+
+impl SharedEtcd {
+    /// Where `hc` keeps its data, if in a shared etcd.
+    pub fn of(hc: &HostedCluster) -> Result<Option<SharedEtcd>, InputError> {
+        let etcd = &hc.spec.etcd;
+        match etcd.management_type {
+            EtcdManagementType::Managed => Ok(None),
+            EtcdManagementType::Shared => {
+                let shared = etcd.shared.as_ref().ok_or(InputError::NoSharedEtcd)?;
+                Ok(Some(SharedEtcd {
+                    endpoints: shared.endpoints.clone(),
+                    credentials_secret: shared.credentials_secret.name.clone(),
+                    user: names::control_plane_namespace(
+                        hc.metadata.namespace.as_deref().unwrap_or_default(),
+                        hc.metadata.name.as_deref().unwrap_or_default(),
+                    ),
+                }))
+            }
+        }
+    }
+
+    /// The keys the cluster may touch: `/<user>/`.
+    pub fn prefix(&self) -> String {
+        format!("/{}/", self.user)
+    }
 }
 
 /// Why a HostedCluster cannot be hosted as it is.
@@ -120,6 +159,8 @@ pub enum InputError {
     Cidr { field: &'static str, value: String },
     #[error("service APIServer is published as NodePort without nodePort.address")]
     NoNodePortAddress,
+    #[error("etcd.managementType is Shared without etcd.shared")]
+    NoSharedEtcd,
 }
 
 impl HostedInputs {
@@ -177,6 +218,7 @@ impl HostedInputs {
             },
             None => Publishing::LoadBalancer { hostname: None },
         };
+        let shared_etcd = SharedEtcd::of(hc)?;
         let pv = hc
             .spec
             .etcd
@@ -198,6 +240,7 @@ impl HostedInputs {
             etcd_size: pv
                 .size
                 .unwrap_or_else(|| Quantity(DEFAULT_ETCD_SIZE.to_string())),
+            shared_etcd,
             hc_namespace,
             hc_name,
         })
@@ -379,6 +422,18 @@ pub(crate) mod fixtures {
         HostedInputs::new(hc, "registry.k8s.io").expect("inputs")
     }
 
+    /// `hc` with its data in a shared etcd.
+    pub fn shared(mut hc: HostedCluster) -> HostedCluster {
+        hc.spec.etcd.management_type = EtcdManagementType::Shared;
+        hc.spec.etcd.shared = Some(crate::api::controlplane::SharedEtcdSpec {
+            endpoints: vec!["https://etcd.shared-etcd.svc:2379".into()],
+            credentials_secret: crate::api::controlplane::LocalObjectReference {
+                name: "shared-etcd-root".into(),
+            },
+        });
+        hc
+    }
+
     pub fn ha(mut hc: HostedCluster) -> HostedCluster {
         hc.spec.controller_availability_policy = AvailabilityPolicy::HighlyAvailable;
         hc
@@ -436,6 +491,22 @@ mod tests {
             HostedInputs::new(&hc, "r").expect_err("cidr").to_string(),
             "networking.serviceNetwork \"10.0.0.0/33\" is not a CIDR"
         );
+        let mut hc = hosted();
+        hc.spec.etcd.management_type = EtcdManagementType::Shared;
+        assert_eq!(
+            HostedInputs::new(&hc, "r").expect_err("shared").to_string(),
+            "etcd.managementType is Shared without etcd.shared"
+        );
+    }
+
+    #[test]
+    fn a_shared_etcd_gives_the_cluster_a_user_and_prefix_of_its_own() {
+        let inp = inputs(&shared(hosted()));
+        let shared = inp.shared_etcd.expect("shared");
+        assert_eq!(shared.user, "clusters-guest1");
+        assert_eq!(shared.prefix(), "/clusters-guest1/");
+        assert_eq!(shared.credentials_secret, "shared-etcd-root");
+        assert_eq!(inputs(&hosted()).shared_etcd, None);
     }
 
     #[test]

@@ -36,6 +36,8 @@ pub const KCM_KUBECONFIG: &str = "kube-controller-manager-kubeconfig";
 pub const SCHEDULER_KUBECONFIG: &str = "kube-scheduler-kubeconfig";
 /// The admin kubeconfig in the control-plane namespace.
 pub const ADMIN_KUBECONFIG: &str = "admin-kubeconfig";
+/// The shared etcd's CA (given, never stored in the control plane).
+pub const SHARED_ETCD_CA: &str = "shared-etcd-ca";
 /// The only name kube-apiserver takes identity headers from.
 pub const FRONT_PROXY_CLIENT: &str = "front-proxy-client";
 
@@ -69,7 +71,14 @@ fn service_names(inp: &HostedInputs, service: &str) -> Vec<String> {
 
 /// The PKI of the control plane, CAs first. `endpoint` is where the API
 /// server is published (its serving certificate names it), once known.
-pub fn requests(inp: &HostedInputs, endpoint: Option<&ApiEndpoint>) -> Vec<Request> {
+/// With a shared etcd, `shared_etcd_ca` is its CA: it issues the API
+/// server's client certificate for the cluster's etcd user, and the
+/// cluster has no etcd CA or etcd server certificates of its own.
+pub fn requests(
+    inp: &HostedInputs,
+    endpoint: Option<&ApiEndpoint>,
+    shared_etcd_ca: Option<&Stored>,
+) -> Vec<Request> {
     let authority = |secret: &str, cn: &str| Request::Authority {
         secret: secret.to_string(),
         cn: cn.to_string(),
@@ -103,37 +112,59 @@ pub fn requests(inp: &HostedInputs, endpoint: Option<&ApiEndpoint>) -> Vec<Reque
         kas.push(ep.host.clone());
     }
 
-    vec![
+    let mut out = vec![
         authority(ROOT_CA, "kubernetes"),
-        authority(ETCD_CA, "etcd-ca"),
         authority(FRONT_PROXY_CA, "front-proxy-ca"),
         Request::SigningKey {
             secret: SA_SIGNING_KEY.to_string(),
         },
-        leaf(
-            ETCD_SERVER,
-            "etcd-server",
-            &[],
-            etcd_server,
-            Usage::ServerAndClient,
-            ETCD_CA,
-        ),
-        leaf(
-            ETCD_PEER,
-            "etcd-peer",
-            &[],
-            members,
-            Usage::ServerAndClient,
-            ETCD_CA,
-        ),
-        leaf(
-            ETCD_CLIENT,
-            "kube-apiserver-etcd-client",
-            &[],
-            vec![],
-            Usage::Client,
-            ETCD_CA,
-        ),
+    ];
+    match (&inp.shared_etcd, shared_etcd_ca) {
+        (Some(shared), ca) => {
+            if let Some(ca) = ca {
+                out.push(Request::Given {
+                    secret: SHARED_ETCD_CA.to_string(),
+                    ca: ca.clone(),
+                });
+            }
+            out.push(leaf(
+                ETCD_CLIENT,
+                &shared.user,
+                &[],
+                vec![],
+                Usage::Client,
+                SHARED_ETCD_CA,
+            ));
+        }
+        (None, _) => out.extend([
+            authority(ETCD_CA, "etcd-ca"),
+            leaf(
+                ETCD_SERVER,
+                "etcd-server",
+                &[],
+                etcd_server,
+                Usage::ServerAndClient,
+                ETCD_CA,
+            ),
+            leaf(
+                ETCD_PEER,
+                "etcd-peer",
+                &[],
+                members,
+                Usage::ServerAndClient,
+                ETCD_CA,
+            ),
+            leaf(
+                ETCD_CLIENT,
+                "kube-apiserver-etcd-client",
+                &[],
+                vec![],
+                Usage::Client,
+                ETCD_CA,
+            ),
+        ]),
+    }
+    out.extend([
         leaf(
             KAS_SERVER,
             "kube-apiserver",
@@ -182,7 +213,8 @@ pub fn requests(inp: &HostedInputs, endpoint: Option<&ApiEndpoint>) -> Vec<Reque
             Usage::Client,
             ROOT_CA,
         ),
-    ]
+    ]);
+    out
 }
 
 /// A Secret of the control-plane namespace from stored PKI material.
@@ -326,8 +358,8 @@ mod tests {
             host: "192.168.100.10".into(),
             port: 30443,
         };
-        let without = sans(&requests(&inp, None), KAS_SERVER);
-        let with = sans(&requests(&inp, Some(&ep)), KAS_SERVER);
+        let without = sans(&requests(&inp, None, None), KAS_SERVER);
+        let with = sans(&requests(&inp, Some(&ep), None), KAS_SERVER);
         for name in [
             "kube-apiserver.clusters-guest1.svc",
             "kubernetes.default.svc",
@@ -338,9 +370,45 @@ mod tests {
         assert!(!without.contains(&ep.host));
         assert!(with.contains(&ep.host));
         assert!(
-            sans(&requests(&inp, None), ETCD_PEER)
+            sans(&requests(&inp, None, None), ETCD_PEER)
                 .contains(&"*.etcd-discovery.clusters-guest1.svc".to_string())
         );
+    }
+
+    #[test]
+    fn with_a_shared_etcd_its_ca_issues_the_clusters_etcd_user() {
+        let inp = inputs(&shared(hosted()));
+        let now = jiff::Timestamp::from_second(1_800_000_000).expect("ts");
+        let theirs = pki::ensure(
+            &[Request::Authority {
+                secret: "ca".into(),
+                cn: "shared-etcd-ca".into(),
+            }],
+            &BTreeMap::new(),
+            now,
+        )
+        .expect("ca");
+        let ca = theirs.get("ca").expect("ca");
+        let material =
+            pki::ensure(&requests(&inp, None, Some(ca)), &BTreeMap::new(), now).expect("issue");
+        let names: Vec<_> = secrets(&inp, &material)
+            .into_iter()
+            .filter_map(|s| s.metadata.name)
+            .collect();
+        for own in [ETCD_CA, ETCD_SERVER, ETCD_PEER, SHARED_ETCD_CA] {
+            assert!(!names.iter().any(|n| n == own), "{own} in {names:?}");
+        }
+        assert_eq!(
+            material.pem(ETCD_CLIENT, pki::CA_CERT),
+            theirs.pem("ca", pki::CA_CERT)
+        );
+        let cn = requests(&inp, None, Some(ca))
+            .into_iter()
+            .find_map(|r| match r {
+                Request::Certificate { secret, cn, .. } if secret == ETCD_CLIENT => Some(cn),
+                _ => None,
+            });
+        assert_eq!(cn.as_deref(), Some("clusters-guest1"));
     }
 
     #[test]
@@ -351,7 +419,7 @@ mod tests {
             port: 30443,
         };
         let material = pki::ensure(
-            &requests(&inp, Some(&ep)),
+            &requests(&inp, Some(&ep), None),
             &BTreeMap::new(),
             jiff::Timestamp::from_second(1_800_000_000).expect("ts"),
         )
