@@ -289,17 +289,23 @@ pub fn is_true(obj: &DynamicObject, type_: &str) -> bool {
         })
 }
 
-/// Watches until `n` HostedClusters report Available.
-pub async fn all_available(hcs: &Api<DynamicObject>, n: usize) -> Result<(), LabError> {
-    let mut available = std::collections::BTreeSet::new();
+/// Watches until `n` HostedClusters report Available; returns when each
+/// was first seen Available.
+pub async fn all_available(
+    hcs: &Api<DynamicObject>,
+    n: usize,
+) -> Result<BTreeMap<String, std::time::Instant>, LabError> {
+    let mut available = BTreeMap::new();
     let mut events = std::pin::pin!(watcher::watcher(hcs.clone(), watcher::Config::default()));
     while let Some(event) = events.next().await {
         if let Ok(Event::Apply(hc) | Event::InitApply(hc)) = event
             && is_true(&hc, "Available")
         {
-            available.insert(hc.name_any());
+            available
+                .entry(hc.name_any())
+                .or_insert_with(std::time::Instant::now);
             if available.len() == n {
-                return Ok(());
+                return Ok(available);
             }
         }
     }

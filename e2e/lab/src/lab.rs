@@ -132,6 +132,8 @@ pub struct LabConfig {
     /// and a kubelet on its Nodes running the pods whose images this map
     /// names (hosted control planes).
     pub management: Option<ImageMap>,
+    /// Nodes of the infra (management) cluster, three zones round-robin.
+    pub infra_nodes: usize,
 }
 
 impl Default for LabConfig {
@@ -148,6 +150,7 @@ impl Default for LabConfig {
                 "demo".to_string(),
             )]),
             management: None,
+            infra_nodes: 3,
         }
     }
 }
@@ -263,7 +266,7 @@ impl Lab {
         let infra_ref = &infra;
         let sim = move |user: &'static str| actor_client(infra_ref, user);
         let mut tasks = JoinSet::new();
-        let infra_nodes = InfraNode::standard(3);
+        let infra_nodes = InfraNode::standard(cfg.infra_nodes.max(1));
         lab_sim::kubevirt::ensure_nodes(&client, &infra_nodes).await?;
         let kubelet = match &cfg.management {
             Some(images) => Some(ManagementKubelet::start(ManagementKubeletConfig {

@@ -1,21 +1,31 @@
 //! Hosted control planes, in a management lab of their own (kube-scheduler
 //! and the management kubelet run the real etcd and Kubernetes binaries
-//! from the manager's manifests): `n` SingleReplica HostedClusters created
-//! one after another, each timed from creation to Available (the API server
-//! answering `/readyz` through its published endpoint, watched); the memory
-//! of one hosted control plane (its pods' processes); the manager's writes
-//! to the management cluster when every cluster is reconciled once more
-//! with nothing changed.
+//! from the manager's manifests).
+//!
+//! [`control_planes`]: `n` SingleReplica HostedClusters created one after
+//! another, each timed from creation to Available (the API server answering
+//! `/readyz` through its published endpoint, watched); the memory of one
+//! hosted control plane (its pods' processes); the manager's writes to the
+//! management cluster when every cluster is reconciled once more with
+//! nothing changed.
+//!
+//! [`shared_etcd`]: `n` SingleReplica HostedClusters on one shared etcd,
+//! created at once: each one's creation to Available, the memory of one
+//! control plane (no etcd of its own) and of the shared etcd.
 
 use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Secret;
 
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::core::DynamicObject;
 use serde_json::json;
 
 use super::{Report, rss_mib};
+use crate::daemon::Daemon;
 use crate::hcp::{self, MANAGER_NAMESPACE, NS, hosted_clusters};
 use crate::kubelet::ImageMap;
+use crate::shared_etcd::SharedEtcd;
 use crate::{Lab, LabConfig, LabError};
 
 const SECTION: &str = "hosted control planes";
@@ -36,8 +46,9 @@ fn hosted_cluster(name: &str) -> Result<DynamicObject, LabError> {
     .map_err(|e| LabError::Invalid(format!("HostedCluster {name}: {e}")))
 }
 
-/// `n` hosted control planes, one after another.
-pub async fn control_planes(n: usize, report: &mut Report) -> Result<(), LabError> {
+/// A management lab with the manager's CRDs and the manager running in
+/// the lab network.
+async fn management_lab() -> Result<(Lab, Option<Daemon>), LabError> {
     let binaries = lab_cluster::Binaries::find()?;
     let lab = Lab::start(LabConfig {
         vms: 0,
@@ -46,21 +57,63 @@ pub async fn control_planes(n: usize, report: &mut Report) -> Result<(), LabErro
         ..LabConfig::default()
     })
     .await?;
-    let mut manager = None;
-    let result = async {
+    let started = async {
         let management = lab.infra_client();
         hcp::install_crds(&management).await?;
         hcp::ensure_namespace(&management, MANAGER_NAMESPACE).await?;
         hcp::ensure_namespace(&management, NS).await?;
-        manager = Some(
-            hcp::start_manager_in_netns(
-                &lab,
-                &["--supported-versions=0.1"],
-                "warn",
-                &lab.dir.join("logs").join("hcp-manager.log"),
-            )
-            .await?,
-        );
+        hcp::start_manager_in_netns(
+            &lab,
+            &["--supported-versions=0.1"],
+            "warn",
+            &lab.dir.join("logs").join("hcp-manager.log"),
+        )
+        .await
+    }
+    .await;
+    match started {
+        Ok(manager) => Ok((lab, Some(manager))),
+        Err(e) => {
+            let _ = lab.shutdown().await;
+            Err(e)
+        }
+    }
+}
+
+/// Stops the manager and the lab, keeping the first error.
+async fn finish(
+    lab: Lab,
+    manager: Option<Daemon>,
+    result: Result<(), LabError>,
+) -> Result<(), LabError> {
+    if let Some(mut m) = manager {
+        let _ = m.terminate(Duration::from_secs(5)).await;
+    }
+    let shutdown = lab.shutdown().await;
+    result.and(shutdown)
+}
+
+/// The summed RSS of the containers running in each of `namespaces`,
+/// averaged over them.
+fn mean_rss_mib(lab: &Lab, namespaces: impl Iterator<Item = String>) -> Option<f64> {
+    let kubelet = lab.kubelet.as_ref()?;
+    let (mut sum, mut count) = (0.0, 0usize);
+    for ns in namespaces {
+        sum += kubelet
+            .pids(&ns)
+            .into_iter()
+            .filter_map(rss_mib)
+            .sum::<f64>();
+        count += 1;
+    }
+    (count > 0).then(|| sum / count as f64)
+}
+
+/// `n` hosted control planes, one after another.
+pub async fn control_planes(n: usize, report: &mut Report) -> Result<(), LabError> {
+    let (lab, manager) = management_lab().await?;
+    let result = async {
+        let management = lab.infra_client();
         let hcs = hosted_clusters(&management);
         let mut took = Vec::with_capacity(n);
         for i in 0..n {
@@ -93,15 +146,11 @@ pub async fn control_planes(n: usize, report: &mut Report) -> Result<(), LabErro
             "ms",
         );
 
-        if let Some(kubelet) = &lab.kubelet {
-            let rss: f64 = (0..n)
-                .flat_map(|i| kubelet.pids(&format!("{NS}-hcp{i}")))
-                .filter_map(rss_mib)
-                .sum();
+        if let Some(rss) = mean_rss_mib(&lab, (0..n).map(|i| format!("{NS}-hcp{i}"))) {
             report.add(
                 SECTION,
                 "memory per hosted control plane (RSS of its four processes)",
-                rss / n.max(1) as f64,
+                rss,
                 "MiB",
             );
         }
@@ -135,9 +184,86 @@ pub async fn control_planes(n: usize, report: &mut Report) -> Result<(), LabErro
         Ok(())
     }
     .await;
-    if let Some(mut m) = manager {
-        let _ = m.terminate(Duration::from_secs(5)).await;
+    finish(lab, manager, result).await
+}
+
+/// `n` hosted control planes on one shared etcd, created at once.
+pub async fn shared_etcd(n: usize, report: &mut Report) -> Result<(), LabError> {
+    let (lab, manager) = management_lab().await?;
+    let result = async {
+        let management = lab.infra_client();
+        let etcd = SharedEtcd::deploy(&lab, "shared-etcd").await?;
+        let credentials: Secret = serde_json::from_value(json!({
+            "metadata": {"name": "shared-etcd-root", "namespace": NS},
+            "data": etcd.credentials(),
+        }))
+        .map_err(|e| LabError::Invalid(e.to_string()))?;
+        kube::Api::<Secret>::namespaced(management.clone(), NS)
+            .create(&PostParams::default(), &credentials)
+            .await?;
+        let hcs = hosted_clusters(&management);
+        let wait = WAIT + Duration::from_secs(15 * n as u64);
+        let watch = tokio::spawn({
+            let hcs = hcs.clone();
+            async move { tokio::time::timeout(wait, hcp::all_available(&hcs, n)).await }
+        });
+        let mut created = Vec::with_capacity(n);
+        for i in 0..n {
+            let name = format!("shared{i}");
+            let mut hc = hosted_cluster(&name)?;
+            hc.data["spec"]["etcd"] = json!({
+                "managementType": "Shared",
+                "shared": {
+                    "endpoints": [etcd.endpoint],
+                    "credentialsSecret": {"name": "shared-etcd-root"},
+                },
+            });
+            created.push((name, Instant::now()));
+            hcs.create(&PostParams::default(), &hc).await?;
+        }
+        let available = watch
+            .await
+            .map_err(|e| LabError::Invalid(format!("watch task: {e}")))?
+            .map_err(|_| LabError::Timeout {
+                what: format!("{n} HostedClusters on a shared etcd Available"),
+                after: wait,
+            })??;
+        let mut took: Vec<f64> = created
+            .iter()
+            .filter_map(|(name, at)| Some(available.get(name)?.duration_since(*at)))
+            .map(|d| d.as_secs_f64() * 1000.0)
+            .collect();
+        took.sort_by(f64::total_cmp);
+        report.add(
+            SECTION,
+            format!("{n} clusters on one shared etcd, created at once: created -> Available, p50"),
+            took[took.len() / 2],
+            "ms",
+        );
+        report.add(
+            SECTION,
+            format!("... the last of {n}"),
+            took[took.len() - 1],
+            "ms",
+        );
+        if let Some(rss) = mean_rss_mib(&lab, (0..n).map(|i| format!("{NS}-shared{i}"))) {
+            report.add(
+                SECTION,
+                "memory per hosted control plane on a shared etcd (RSS of its three processes)",
+                rss,
+                "MiB",
+            );
+        }
+        if let Some(rss) = mean_rss_mib(&lab, std::iter::once("shared-etcd".to_string())) {
+            report.add(
+                SECTION,
+                format!("shared etcd RSS holding {n} clusters"),
+                rss,
+                "MiB",
+            );
+        }
+        Ok(())
     }
-    let shutdown = lab.shutdown().await;
-    result.and(shutdown)
+    .await;
+    finish(lab, manager, result).await
 }

@@ -52,6 +52,8 @@ pub struct Params {
     pub hosted_clusters: usize,
     /// Hosted control planes run one after another (0: none).
     pub hosted_control_planes: usize,
+    /// Hosted control planes on one shared etcd, created at once (0: none).
+    pub shared_etcd_clusters: usize,
 }
 
 /// Resident set size of a process, in MiB.

@@ -140,6 +140,7 @@ mod tests {
             vms: 1,
             hosted_clusters: 1,
             hosted_control_planes: 0,
+            shared_etcd_clusters: 0,
         }
     }
 

@@ -50,6 +50,10 @@ struct Cli {
     /// one after another in a management lab (0 skips them).
     #[arg(long, default_value_t = 3)]
     hosted_control_planes: usize,
+    /// Hosted control planes on one shared etcd, created at once in a
+    /// management lab (0 skips them).
+    #[arg(long, default_value_t = 20)]
+    shared_etcd_clusters: usize,
     /// Print JSON instead of the table.
     #[arg(long)]
     json: bool,
@@ -75,6 +79,7 @@ async fn main() -> ExitCode {
         vms: cli.vms.max(1),
         hosted_clusters: cli.hosted_clusters,
         hosted_control_planes: cli.hosted_control_planes,
+        shared_etcd_clusters: cli.shared_etcd_clusters,
     };
     match run(params).await {
         Ok(report) => {
@@ -128,6 +133,13 @@ async fn run(params: Params) -> Result<Report, LabError> {
             params.hosted_control_planes
         );
         hosted::control_planes(params.hosted_control_planes, &mut report).await?;
+    }
+    if params.shared_etcd_clusters > 0 {
+        eprintln!(
+            "bench: {} hosted control planes on one shared etcd",
+            params.shared_etcd_clusters
+        );
+        hosted::shared_etcd(params.shared_etcd_clusters, &mut report).await?;
     }
     Ok(report)
 }

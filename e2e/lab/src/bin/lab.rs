@@ -137,6 +137,7 @@ async fn main() -> ExitCode {
                             infra_namespace,
                             infra_labels,
                             management,
+                            ..LabConfig::default()
                         },
                         suite,
                     )

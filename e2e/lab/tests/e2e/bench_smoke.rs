@@ -27,12 +27,13 @@ async fn bench_runs_every_scenario_and_reports_json() -> anyhow::Result<()> {
             "--held-services=5",
             "--hosted-clusters=2",
             "--hosted-control-planes=1",
+            "--shared-etcd-clusters=2",
             "--json",
         ],
         [("RUST_LOG", "error")],
         &log,
     )?;
-    let status = bench.wait(Duration::from_secs(240)).await?;
+    let status = bench.wait(Duration::from_secs(330)).await?;
     let out = bench.log();
     ensure!(status.success(), "bench failed with {status}:\n{out}");
     let json_line = out
@@ -74,6 +75,14 @@ async fn bench_runs_every_scenario_and_reports_json() -> anyhow::Result<()> {
             "HostedCluster created -> Available, p50 of 1",
         ),
         ("hosted control planes", "memory per hosted control plane"),
+        (
+            "hosted control planes",
+            "2 clusters on one shared etcd, created at once",
+        ),
+        (
+            "hosted control planes",
+            "shared etcd RSS holding 2 clusters",
+        ),
         ("manager", "writes per reconcile with nothing changed"),
     ] {
         let row = rows

@@ -7,6 +7,13 @@
 //! (from the host, through a loopback forward to the endpoint). Deleting it
 //! stops the control plane and removes its claims.
 //!
+//! A control-plane upgrade of a HighlyAvailable cluster (on four nodes,
+//! room for the surge API server) rolls etcd one member at a time, never
+//! below quorum, and the API servers by surge, never below three
+//! available, while a client writing throughout loses no write (one retry
+//! allowed). The lab runs the same binaries for every image tag: the
+//! rollout is what is tested.
+//!
 //! Two clusters on a shared etcd (deployed in the management cluster as an
 //! administrator would, auth enabled): each is Available without an etcd
 //! of its own, what one writes the other never sees, every key lies under
@@ -566,4 +573,243 @@ async fn clusters_on_a_shared_etcd_keep_to_their_own_prefix() -> anyhow::Result<
     manager.terminate(Duration::from_secs(5)).await?;
     lab.shutdown().await?;
     result.with_context(|| format!("manager log:\n{log}"))
+}
+
+/// A client of hosted cluster `kubeconfig` (from the host) with a short
+/// read timeout: a request to a stopped API server fails fast.
+async fn guest_client(kubeconfig: &Path) -> anyhow::Result<kube::Client> {
+    let kc = kube::config::Kubeconfig::read_from(kubeconfig)?;
+    let mut config =
+        kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+            .await?;
+    config.read_timeout = Some(Duration::from_secs(5));
+    config.connect_timeout = Some(Duration::from_secs(5));
+    Ok(kube::Client::try_from(config)?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_control_plane_upgrade_rolls_member_by_member_while_a_client_writes() -> anyhow::Result<()>
+{
+    // A fourth node: the surge API server needs a node of its own (required
+    // anti-affinity), as on any management cluster with room to upgrade.
+    let lab = management_lab_of(4).await?;
+    let mut manager = start_manager_in_netns(&lab, &[]).await?;
+    let infra = lab.infra_client();
+    let hcs = hosted_clusters(&infra);
+    let cp = "clusters-up1";
+
+    let result = async {
+        let mut hc = hosted("up1", Some("1.32.13"))?;
+        hc.data["spec"]["controllerAvailabilityPolicy"] = json!("HighlyAvailable");
+        hcs.create(&PostParams::default(), &hc).await?;
+        until_available_within(&hcs, "up1", Duration::from_secs(240)).await?;
+        let hc = until_dynamic(&hcs, "up1", "every member and API server", |hc| {
+            hc.filter(|hc| {
+                condition_message(hc, "EtcdAvailable") == "3 of 3 etcd members ready"
+                    && condition_message(hc, "KubeAPIServerAvailable")
+                        .starts_with("3 of 3 API servers available")
+            })
+            .cloned()
+        })
+        .await?;
+        let (_forward, kubeconfig) = admin_kubeconfig(&lab, "up1", &endpoint_of(&hc)?).await?;
+        let client = guest_client(&kubeconfig).await?;
+
+        // A client writes throughout, retrying a failed write once.
+        let stop = tokio_util::sync::CancellationToken::new();
+        let writer = tokio::spawn({
+            let (client, stop) = (client.clone(), stop.clone());
+            async move {
+                let maps: Api<k8s_openapi::api::core::v1::ConfigMap> =
+                    Api::namespaced(client, "default");
+                let (mut written, mut failed) = (0usize, Vec::new());
+                while !stop.is_cancelled() {
+                    let cm = serde_json::from_value(json!({
+                        "metadata": {"name": format!("w-{written}")},
+                        "data": {"n": written.to_string()},
+                    }))
+                    .expect("ConfigMap");
+                    if maps.create(&PostParams::default(), &cm).await.is_err() {
+                        // One retry, after a client's back-off.
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        if let Err(e) = maps.create(&PostParams::default(), &cm).await {
+                            let retried_after_success =
+                                matches!(&e, kube::Error::Api(s) if s.code == 409);
+                            if !retried_after_success {
+                                failed.push(format!("w-{written}: {e}"));
+                            }
+                        }
+                    }
+                    written += 1;
+                }
+                (written, failed)
+            }
+        });
+
+        // The new version: every component's image changes (etcd's too:
+        // kubeadm pairs 1.33 with another etcd). The lab runs the same
+        // binaries for every tag, so what is tested is the rollout.
+        let images_before = images_of(&infra, cp).await?;
+        let sets: Api<StatefulSet> = Api::namespaced(infra.clone(), cp);
+        let deployments: Api<Deployment> = Api::namespaced(infra.clone(), cp);
+        let etcd_floor = tokio::spawn(lowest(
+            sets.clone(),
+            "etcd",
+            stop.clone(),
+            |s: &StatefulSet| {
+                s.status
+                    .as_ref()
+                    .and_then(|s| s.ready_replicas)
+                    .unwrap_or(0)
+            },
+        ));
+        let kas_floor = tokio::spawn(lowest(
+            deployments.clone(),
+            "kube-apiserver",
+            stop.clone(),
+            |d: &Deployment| {
+                d.status
+                    .as_ref()
+                    .and_then(|s| s.available_replicas)
+                    .unwrap_or(0)
+            },
+        ));
+        hcs.patch(
+            "up1",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(
+                &json!({"spec": {"release": {"kubernetesVersion": "1.33.2"}}}),
+            ),
+        )
+        .await?;
+        until(&sets, "etcd", "etcd rolled to the new version", |s| {
+            let s = s?;
+            let status = s.status.as_ref()?;
+            let image = s.spec.as_ref()?.template.spec.as_ref()?.containers[0]
+                .image
+                .clone()?;
+            (image.ends_with(":3.5.21-0")
+                && status.observed_generation == s.metadata.generation
+                && status.updated_replicas == Some(3)
+                && status.ready_replicas == Some(3)
+                && status.current_revision == status.update_revision)
+                .then_some(())
+        })
+        .await?;
+        let deployments: Api<Deployment> = Api::namespaced(infra.clone(), cp);
+        until(
+            &deployments,
+            "kube-apiserver",
+            "API servers rolled to the new version",
+            |d| {
+                let d = d?;
+                let status = d.status.as_ref()?;
+                (status.observed_generation == d.metadata.generation
+                    && status.updated_replicas == Some(3)
+                    && status.available_replicas == Some(3)
+                    && status.replicas == Some(3))
+                .then_some(())
+            },
+        )
+        .await?;
+        until_dynamic(&hcs, "up1", "Available on the new version", |hc| {
+            hc.filter(|hc| {
+                condition(hc, "Available").is_some_and(|(s, _)| s == "True")
+                    && condition_message(hc, "EtcdAvailable") == "3 of 3 etcd members ready"
+            })
+            .map(|_| ())
+        })
+        .await?;
+        stop.cancel();
+        let (written, failed) = writer.await?;
+        ensure!(
+            failed.is_empty(),
+            "writes failed after one retry: {failed:?}"
+        );
+        ensure!(written >= 10, "only {written} writes during the upgrade");
+        // Quorum all along; never fewer API servers than the policy's.
+        let (etcd_min, kas_min) = (etcd_floor.await??, kas_floor.await??);
+        ensure!(etcd_min >= 2, "etcd fell to {etcd_min} ready members");
+        ensure!(kas_min >= 3, "API servers fell to {kas_min} available");
+
+        // Every pod runs the new images; every write is there.
+        let images_after = images_of(&infra, cp).await?;
+        for image in &images_after {
+            ensure!(
+                image.ends_with(":v1.33.2") || image.ends_with(":3.5.21-0"),
+                "an old image is left: {images_after:?} (before: {images_before:?})"
+            );
+        }
+        let maps: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(client, "default");
+        let count = maps
+            .list(&kube::api::ListParams::default())
+            .await?
+            .items
+            .iter()
+            .filter(|m| {
+                m.metadata
+                    .name
+                    .as_deref()
+                    .is_some_and(|n| n.starts_with("w-"))
+            })
+            .count();
+        ensure!(count == written, "{count} of {written} writes are there");
+        Ok(())
+    }
+    .await;
+    let log = log_of(&manager);
+    manager.terminate(Duration::from_secs(5)).await?;
+    lab.shutdown().await?;
+    result.with_context(|| format!("manager log:\n{log}"))
+}
+
+/// The lowest value `of` gives object `name` until `stop`, watched.
+async fn lowest<K>(
+    api: Api<K>,
+    name: &str,
+    stop: tokio_util::sync::CancellationToken,
+    of: impl Fn(&K) -> i32,
+) -> anyhow::Result<i32>
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + 'static,
+{
+    use futures::StreamExt as _;
+    let config = kube::runtime::watcher::Config::default().fields(&format!("metadata.name={name}"));
+    let mut events =
+        std::pin::pin!(kube::runtime::watcher(api, config).take_until(stop.cancelled_owned()));
+    let mut low = i32::MAX;
+    while let Some(event) = events.next().await {
+        if let kube::runtime::watcher::Event::Apply(k)
+        | kube::runtime::watcher::Event::InitApply(k) = event?
+        {
+            low = low.min(of(&k));
+        }
+    }
+    Ok(low)
+}
+
+/// The control-plane images (etcd, kube-*) of the pods of control-plane
+/// namespace `ns` that are not being deleted.
+async fn images_of(
+    client: &kube::Client,
+    ns: &str,
+) -> anyhow::Result<std::collections::BTreeSet<String>> {
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), ns);
+    Ok(pods
+        .list(&kube::api::ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .flat_map(|p| p.spec.map(|s| s.containers).unwrap_or_default())
+        .filter_map(|c| c.image)
+        .filter(|i| {
+            i.starts_with("registry.k8s.io/etcd:") || i.starts_with("registry.k8s.io/kube-")
+        })
+        .collect())
 }

@@ -58,10 +58,16 @@ pub async fn lab() -> anyhow::Result<Lab> {
 /// A lab whose infra cluster is a management cluster: kube-scheduler, and
 /// the management kubelet running the hosted control planes' images.
 pub async fn management_lab() -> anyhow::Result<Lab> {
+    management_lab_of(3).await
+}
+
+/// [`management_lab`] with `nodes` infra (management) nodes.
+pub async fn management_lab_of(nodes: usize) -> anyhow::Result<Lab> {
     let binaries = lab_cluster::Binaries::find()?;
     let cfg = LabConfig {
         vms: 0,
         devices: false,
+        infra_nodes: nodes,
         management: Some(kubevirt_lab::kubelet::ImageMap::standard(&binaries)),
         dir: std::env::var_os("DEBUG_LAB_DIR")
             .map(std::path::PathBuf::from)
