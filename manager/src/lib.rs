@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod apply;
+pub mod backoff;
 pub mod cli;
 pub mod clients;
 pub mod context;

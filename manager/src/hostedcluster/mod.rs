@@ -18,10 +18,11 @@ use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Config};
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::{Controller, watcher};
+use kube::runtime::watcher;
 use kube::{Api, Resource, ResourceExt};
 
 use crate::api::{HostedCluster, NodePool};
+use crate::backoff;
 use crate::context::Context;
 use crate::desired::sets::side;
 use crate::error::{Error, Result};
@@ -81,7 +82,7 @@ pub async fn controller(
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
     let client = ctx.client.clone();
-    let controller = Controller::new(
+    let controller = backoff::controller(
         Api::<HostedCluster>::all(client.clone()),
         watcher::Config::default(),
     )
@@ -101,9 +102,11 @@ pub async fn controller(
 
     // `Api<PartialObjectMeta<_>>` watches metadata only: small in memory.
     controller
-        .watches(
-            Api::<PartialObjectMeta<Secret>>::all(client.clone()),
-            watcher::Config::default(),
+        .watches_stream(
+            backoff::watch(
+                Api::<PartialObjectMeta<Secret>>::all(client.clone()),
+                watcher::Config::default(),
+            ),
             move |s: PartialObjectMeta<Secret>| {
                 referencing(
                     &store,
@@ -112,33 +115,43 @@ pub async fn controller(
                 )
             },
         )
-        .watches(
-            Api::<NodePool>::all(client.clone()),
-            watcher::Config::default(),
+        .watches_stream(
+            backoff::watch(
+                Api::<NodePool>::all(client.clone()),
+                watcher::Config::default(),
+            ),
             |np: NodePool| {
                 np.namespace()
                     .map(|ns| ObjectRef::new(&np.spec.cluster_name).within(&ns))
             },
         )
-        .watches(
-            Api::<PartialObjectMeta<Deployment>>::all(client.clone()),
-            watcher::Config::default().labels(&managed),
+        .watches_stream(
+            backoff::watch(
+                Api::<PartialObjectMeta<Deployment>>::all(client.clone()),
+                watcher::Config::default().labels(&managed),
+            ),
             |d| owner_of(&d),
         )
-        .watches(
-            Api::<PartialObjectMeta<ConfigMap>>::all(client.clone()),
-            watcher::Config::default().labels(&managed),
+        .watches_stream(
+            backoff::watch(
+                Api::<PartialObjectMeta<ConfigMap>>::all(client.clone()),
+                watcher::Config::default().labels(&managed),
+            ),
             |c| owner_of(&c),
         )
         // A hosted control plane: members and load-balancer addresses.
-        .watches(
-            Api::<PartialObjectMeta<StatefulSet>>::all(client.clone()),
-            watcher::Config::default().labels(&managed),
+        .watches_stream(
+            backoff::watch(
+                Api::<PartialObjectMeta<StatefulSet>>::all(client.clone()),
+                watcher::Config::default().labels(&managed),
+            ),
             |s| owner_of(&s),
         )
-        .watches(
-            Api::<PartialObjectMeta<Service>>::all(client.clone()),
-            watcher::Config::default().labels(&managed),
+        .watches_stream(
+            backoff::watch(
+                Api::<PartialObjectMeta<Service>>::all(client.clone()),
+                watcher::Config::default().labels(&managed),
+            ),
             |s| owner_of(&s),
         )
         .graceful_shutdown_on(shutdown)

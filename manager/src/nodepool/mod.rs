@@ -16,11 +16,12 @@ use std::time::Duration;
 use futures::{Future, StreamExt};
 use kube::runtime::controller::{Action, Config};
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::{Controller, watcher};
+use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::api::{HostedCluster, NodePool};
+use crate::backoff;
 use crate::context::Context;
 use crate::error::{Error, Result};
 
@@ -52,7 +53,7 @@ pub async fn controller(
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
     let client = ctx.client.clone();
-    let controller = Controller::new(
+    let controller = backoff::controller(
         Api::<NodePool>::all(client.clone()),
         watcher::Config::default(),
     )
@@ -64,9 +65,11 @@ pub async fn controller(
     let store = controller.store();
     let triggered = futures::stream::poll_fn(move |cx| triggers.poll_recv(cx));
     controller
-        .watches(
-            Api::<HostedCluster>::all(client),
-            watcher::Config::default(),
+        .watches_stream(
+            backoff::watch(
+                Api::<HostedCluster>::all(client),
+                watcher::Config::default(),
+            ),
             move |hc: HostedCluster| {
                 let ns = hc.namespace();
                 let name = hc.name_any();

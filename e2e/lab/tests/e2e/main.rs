@@ -30,6 +30,7 @@ mod csi_snapshot_api;
 mod fault_api_errors;
 mod fault_ccm;
 mod fault_csi_controller;
+mod fault_hosted;
 mod fault_manager;
 mod lab_start;
 mod lab_up;

@@ -37,6 +37,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use crate::manager_support::hosted::*;
 use crate::manager_support::*;
 use anyhow::{Context as _, ensure};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
@@ -47,36 +48,6 @@ use kubevirt_lab::hcp;
 use serde_json::json;
 
 const CP: &str = "clusters-hosted1";
-/// The first infra node's address.
-const NODE_ADDRESS: &str = "192.168.100.10";
-
-fn hosted(name: &str, kubernetes_version: Option<&str>) -> anyhow::Result<DynamicObject> {
-    let mut release = json!({"version": "0.1.0"});
-    if let Some(v) = kubernetes_version {
-        release["kubernetesVersion"] = json!(v);
-    }
-    Ok(serde_json::from_value(json!({
-        "apiVersion": "hcp.kubevirt-rs.io/v1alpha1",
-        "kind": "HostedCluster",
-        "metadata": {"name": name, "namespace": NS},
-        "spec": {
-            "release": release,
-            "infraID": format!("{name}-id"),
-            "services": [{"service": "APIServer", "servicePublishingStrategy": {
-                "type": "NodePort", "nodePort": {"address": NODE_ADDRESS}
-            }}],
-        }
-    }))?)
-}
-
-fn condition_message(hc: &DynamicObject, type_: &str) -> String {
-    hc.data["status"]["conditions"]
-        .as_array()
-        .and_then(|cs| cs.iter().find(|c| c["type"] == type_))
-        .and_then(|c| c["message"].as_str())
-        .unwrap_or_default()
-        .to_string()
-}
 
 /// Writes key `key` of a Secret to `dir/<secret>-<key>`.
 fn write_key(dir: &Path, secret: &Secret, key: &str) -> anyhow::Result<std::path::PathBuf> {
@@ -235,47 +206,6 @@ async fn a_hosted_cluster_gets_its_control_plane_objects_and_honest_conditions()
     result.with_context(|| format!("manager log:\n{log}"))
 }
 
-/// The admin kubeconfig of hosted cluster `name` (from its status), written
-/// for the host: it reaches `endpoint` through the returned loopback
-/// forward (the serving certificate names 127.0.0.1 too).
-async fn admin_kubeconfig(
-    lab: &kubevirt_lab::Lab,
-    name: &str,
-    endpoint: &str,
-) -> anyhow::Result<(lab_net::bridge::Bridge, std::path::PathBuf)> {
-    let forward = lab_net::bridge::Bridge::from_host(
-        lab.net.clone(),
-        "127.0.0.1:0".parse()?,
-        endpoint.parse()?,
-    )
-    .await?;
-    let admin = Api::<Secret>::namespaced(lab.infra_client(), NS)
-        .get(&format!("{name}-admin-kubeconfig"))
-        .await?;
-    let text = String::from_utf8(admin.data.context("data")?["kubeconfig"].0.clone())?;
-    let kubeconfig = lab.dir.join(format!("{name}.kubeconfig"));
-    let via = forward.local_addr();
-    std::fs::write(
-        &kubeconfig,
-        text.replace(&format!("https://{endpoint}"), &format!("https://{via}")),
-    )?;
-    Ok((forward, kubeconfig))
-}
-
-fn kubectl(kubeconfig: &Path, args: &[&str]) -> anyhow::Result<String> {
-    let out = Command::new("kubectl")
-        .arg(format!("--kubeconfig={}", kubeconfig.display()))
-        .args(args)
-        .output()
-        .context("run kubectl")?;
-    ensure!(
-        out.status.success(),
-        "kubectl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hosted_control_plane_runs_and_serves_through_its_endpoint() -> anyhow::Result<()> {
     let lab = management_lab().await?;
@@ -347,20 +277,6 @@ async fn a_hosted_control_plane_runs_and_serves_through_its_endpoint() -> anyhow
     manager.terminate(Duration::from_secs(5)).await?;
     lab.shutdown().await?;
     result.with_context(|| format!("manager log:\n{log}"))
-}
-
-/// Waits until HostedCluster `name` is Available, for a control plane that
-/// starts several members (longer than [`WAIT`]).
-async fn until_available_within(
-    hcs: &Api<DynamicObject>,
-    name: &str,
-    within: Duration,
-) -> anyhow::Result<DynamicObject> {
-    let watch = hcp::all_available(hcs, 1);
-    tokio::time::timeout(within, watch)
-        .await
-        .with_context(|| format!("HostedCluster {name} not Available within {within:?}"))??;
-    Ok(hcs.get(name).await?)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -455,16 +371,6 @@ async fn a_highly_available_control_plane_spreads_and_survives_a_lost_member() -
     manager.terminate(Duration::from_secs(5)).await?;
     lab.shutdown().await?;
     result.with_context(|| format!("manager log:\n{log}"))
-}
-
-/// A hosted cluster's endpoint (`host:port`) from its status.
-fn endpoint_of(hc: &DynamicObject) -> anyhow::Result<String> {
-    let ep = &hc.data["status"]["controlPlaneEndpoint"];
-    Ok(format!(
-        "{}:{}",
-        ep["host"].as_str().context("host")?,
-        ep["port"].as_u64().context("port")?
-    ))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -575,18 +481,6 @@ async fn clusters_on_a_shared_etcd_keep_to_their_own_prefix() -> anyhow::Result<
     result.with_context(|| format!("manager log:\n{log}"))
 }
 
-/// A client of hosted cluster `kubeconfig` (from the host) with a short
-/// read timeout: a request to a stopped API server fails fast.
-async fn guest_client(kubeconfig: &Path) -> anyhow::Result<kube::Client> {
-    let kc = kube::config::Kubeconfig::read_from(kubeconfig)?;
-    let mut config =
-        kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
-            .await?;
-    config.read_timeout = Some(Duration::from_secs(5));
-    config.connect_timeout = Some(Duration::from_secs(5));
-    Ok(kube::Client::try_from(config)?)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_control_plane_upgrade_rolls_member_by_member_while_a_client_writes() -> anyhow::Result<()>
 {
@@ -616,35 +510,9 @@ async fn a_control_plane_upgrade_rolls_member_by_member_while_a_client_writes() 
         let client = guest_client(&kubeconfig).await?;
 
         // A client writes throughout, retrying a failed write once.
+        let mut writer = Writer::start(client.clone());
+        writer.more(3).await?;
         let stop = tokio_util::sync::CancellationToken::new();
-        let writer = tokio::spawn({
-            let (client, stop) = (client.clone(), stop.clone());
-            async move {
-                let maps: Api<k8s_openapi::api::core::v1::ConfigMap> =
-                    Api::namespaced(client, "default");
-                let (mut written, mut failed) = (0usize, Vec::new());
-                while !stop.is_cancelled() {
-                    let cm = serde_json::from_value(json!({
-                        "metadata": {"name": format!("w-{written}")},
-                        "data": {"n": written.to_string()},
-                    }))
-                    .expect("ConfigMap");
-                    if maps.create(&PostParams::default(), &cm).await.is_err() {
-                        // One retry, after a client's back-off.
-                        tokio::time::sleep(Duration::from_millis(500)).await;
-                        if let Err(e) = maps.create(&PostParams::default(), &cm).await {
-                            let retried_after_success =
-                                matches!(&e, kube::Error::Api(s) if s.code == 409);
-                            if !retried_after_success {
-                                failed.push(format!("w-{written}: {e}"));
-                            }
-                        }
-                    }
-                    written += 1;
-                }
-                (written, failed)
-            }
-        });
 
         // The new version: every component's image changes (etcd's too:
         // kubeadm pairs 1.33 with another etcd). The lab runs the same
@@ -721,12 +589,18 @@ async fn a_control_plane_upgrade_rolls_member_by_member_while_a_client_writes() 
         })
         .await?;
         stop.cancel();
-        let (written, failed) = writer.await?;
+        let written = writer.stop().await?;
         ensure!(
-            failed.is_empty(),
-            "writes failed after one retry: {failed:?}"
+            written.failed.is_empty(),
+            "writes failed after one retry: {:?}",
+            written.failed
         );
-        ensure!(written >= 10, "only {written} writes during the upgrade");
+        ensure!(
+            written.count >= 10,
+            "only {} writes during the upgrade",
+            written.count
+        );
+        let written = written.count;
         // Quorum all along; never fewer API servers than the policy's.
         let (etcd_min, kas_min) = (etcd_floor.await??, kas_floor.await??);
         ensure!(etcd_min >= 2, "etcd fell to {etcd_min} ready members");

@@ -10,6 +10,8 @@
 
 #![allow(dead_code)]
 
+pub mod hosted;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Debug;
 use std::sync::{Arc, Mutex};
