@@ -294,11 +294,12 @@ async fn up(cfg: LabConfig, with_suite: bool) -> Result<(), LabError> {
 async fn run_demo(no_devices: bool) -> Result<(), LabError> {
     let timeline = Timeline::new();
     timeline.section(
-        "starting a lab (infra + guest API servers, simulators, 2 worker VMs) and the suite",
+        "starting a lab (a management and infra cluster, a guest cluster, simulators, 2 worker VMs), the suite and the manager",
     );
     let lab = Lab::start(LabConfig {
         vms: 2,
         devices: !no_devices,
+        management: Some(image_map_of(None)?),
         ..LabConfig::default()
     })
     .await?;
@@ -315,6 +316,14 @@ async fn run_demo(no_devices: bool) -> Result<(), LabError> {
             return Err(e);
         }
     };
+    let mut manager = match start_management(&lab).await {
+        Ok(manager) => manager,
+        Err(e) => {
+            let _ = suite.stop().await;
+            let _ = lab.shutdown().await;
+            return Err(e);
+        }
+    };
     for daemon in suite.daemons() {
         timeline.event(format!(
             "started {} (pid {}), log {}",
@@ -323,12 +332,24 @@ async fn run_demo(no_devices: bool) -> Result<(), LabError> {
             daemon.log_path().display()
         ));
     }
+    timeline.event(format!(
+        "started kubevirt-hcp-manager in the lab network (pid {} of nsenter), log {}",
+        manager.pid().unwrap_or_default(),
+        manager.log_path().display()
+    ));
     let demo = Demo { lab, suite };
     let result = demo::run(&demo, &timeline, &demo::steps()).await;
     if result.is_err() {
         eprintln!("daemon logs (last lines):\n{}", demo.suite.log_tails(30));
+        let log = manager.log();
+        let lines: Vec<&str> = log.lines().collect();
+        eprintln!(
+            "manager log (last lines):\n{}",
+            lines[lines.len().saturating_sub(30)..].join("\n")
+        );
     }
     let Demo { lab, suite } = demo;
+    let _ = manager.terminate(Duration::from_secs(5)).await;
     let stopped = suite.stop().await;
     let shutdown = lab.shutdown().await;
     result.and(stopped).and(shutdown)

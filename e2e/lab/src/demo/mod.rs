@@ -1,4 +1,7 @@
-//! `lab demo`: a narrated run of the suite in a throw-away lab. A guest
+//! `lab demo`: a narrated run of the suite in a throw-away lab. First a
+//! hosted cluster: `examples/hostedcluster.yaml` applied to the management
+//! cluster, its control plane coming up and answering through its
+//! published endpoint. Then, in the lab's guest cluster, a guest
 //! PersistentVolumeClaim becomes an infra DataVolume, is hotplugged into the
 //! worker VM its pod runs on, formatted, mounted and written, then read back
 //! from a pod on the other worker; a guest LoadBalancer Service becomes an
@@ -7,6 +10,7 @@
 //! moves to the other worker (the lab network, `lab_net`). Every [`Step`] follows the objects
 //! through watches and prints what it sees on the [`Timeline`].
 
+pub mod hosted;
 pub mod steps;
 pub mod timeline;
 
@@ -36,6 +40,10 @@ pub struct Step {
 /// The demo's steps, in order.
 pub fn steps() -> Vec<Step> {
     vec![
+        Step {
+            title: "a hosted cluster from examples/hostedcluster.yaml: its control plane comes up and serves through its endpoint",
+            run: |demo, t| Box::pin(hosted::hosted_cluster(demo, t)),
+        },
         Step {
             title: "a guest PersistentVolumeClaim: provisioned, attached, mounted, written, read back",
             run: |demo, t| Box::pin(steps::volume(demo, t)),

@@ -165,10 +165,16 @@ async fn lab_demo_narrates_and_exits_zero() -> anyhow::Result<()> {
         [("RUST_LOG", "warn")],
         &dir.path().join("demo.log"),
     )?;
-    let status = demo.wait(Duration::from_secs(120)).await?;
+    let status = demo.wait(Duration::from_secs(240)).await?;
     let log = demo.log();
     ensure!(status.success(), "lab demo failed with {status}:\n{log}");
     for expected in [
+        "applied examples/hostedcluster.yaml: HostedCluster clusters/example, Kubernetes 1.32.13",
+        "management: EtcdAvailable=True: 1 of 1 etcd members ready",
+        "management: Available=True",
+        "the API server is published at https://192.168.200.",
+        "management: clusters-example/etcd-0 on infra-node-",
+        "hosted cluster: kube-apiserver v1.32.13 answers through the endpoint; namespaces: default",
         "guest: claim Bound to PersistentVolume pvc-",
         "phase Succeeded, labels hypershift.openshift.io/infra-id=demo",
         "volumeStatus pvc-",

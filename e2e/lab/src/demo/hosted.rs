@@ -1,0 +1,192 @@
+//! The demo's first step: a hosted cluster from `examples/hostedcluster.yaml`
+//! applied to the management cluster as it is. The manager hosts its control
+//! plane (the management kubelet runs the real etcd and Kubernetes binaries
+//! from the manager's manifests); the step narrates the conditions as they
+//! change, shows where each control-plane pod runs, and talks to the hosted
+//! API server through its published endpoint with the admin kubeconfig the
+//! status names.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
+use kube::api::{Api, ListParams, PostParams};
+use kube::core::DynamicObject;
+use kube::runtime::watcher::{self, Event};
+use kube::{Client, ResourceExt};
+use lab_net::bridge::Bridge;
+
+use super::{Demo, Timeline};
+use crate::LabError;
+use crate::hcp::{self, hc_resource};
+use crate::lab::ensure_namespace;
+
+/// The example, as the README's quickstart applies it.
+const EXAMPLE: &str = include_str!("../../../../examples/hostedcluster.yaml");
+/// Bound of the wait for Available (a hang guard).
+const TIMEOUT: Duration = Duration::from_secs(180);
+/// The conditions narrated, in the order they come true.
+const CONDITIONS: [&str; 3] = ["EtcdAvailable", "KubeAPIServerAvailable", "Available"];
+
+fn invalid(what: &str) -> impl FnOnce(String) -> LabError + '_ {
+    move |e| LabError::Invalid(format!("{what}: {e}"))
+}
+
+/// Applies the example and follows its control plane up.
+pub async fn hosted_cluster(demo: &Demo, t: &Timeline) -> Result<(), LabError> {
+    let lab = &demo.lab;
+    let management = lab.infra_client();
+    let hc: DynamicObject = serde_yaml::from_str(EXAMPLE)
+        .map_err(|e| invalid("examples/hostedcluster.yaml")(e.to_string()))?;
+    let name = hc.name_any();
+    let ns = hc.namespace().unwrap_or_else(|| hcp::NS.to_string());
+    ensure_namespace(&management, &ns).await?;
+    let hcs: Api<DynamicObject> = Api::namespaced_with(management.clone(), &ns, &hc_resource());
+    hcs.create(&PostParams::default(), &hc).await?;
+    t.event(format!(
+        "management: applied examples/hostedcluster.yaml: HostedCluster {ns}/{name}, Kubernetes {}, {}",
+        hc.data["spec"]["release"]["kubernetesVersion"].as_str().unwrap_or("?"),
+        hc.data["spec"]["controllerAvailabilityPolicy"].as_str().unwrap_or("SingleReplica"),
+    ));
+
+    let hc = tokio::time::timeout(TIMEOUT, narrate_until_available(&hcs, &name, t))
+        .await
+        .map_err(|_| LabError::Timeout {
+            what: format!("HostedCluster {ns}/{name} Available"),
+            after: TIMEOUT,
+        })??;
+    let endpoint = &hc.data["status"]["controlPlaneEndpoint"];
+    let endpoint = format!(
+        "{}:{}",
+        endpoint["host"].as_str().unwrap_or_default(),
+        endpoint["port"].as_u64().unwrap_or_default()
+    );
+    let kubeconfig_secret = hc.data["status"]["kubeconfig"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    t.event(format!(
+        "management: the API server is published at https://{endpoint}; status.kubeconfig names Secret {ns}/{kubeconfig_secret}"
+    ));
+
+    let cp_ns = hc.data["status"]["controlPlaneNamespace"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let pods: Api<Pod> = Api::namespaced(management.clone(), &cp_ns);
+    let mut listed = pods.list(&ListParams::default()).await?.items;
+    listed.sort_by_key(|p| p.name_any());
+    for pod in listed.iter().filter(|p| is_control_plane(p)) {
+        let spec = pod.spec.as_ref();
+        t.event(format!(
+            "management: {cp_ns}/{} on {} at {}",
+            pod.name_any(),
+            spec.and_then(|s| s.node_name.as_deref()).unwrap_or("?"),
+            pod.status
+                .as_ref()
+                .and_then(|s| s.pod_ip.as_deref())
+                .unwrap_or("?"),
+        ));
+    }
+
+    // The admin kubeconfig, from the host through a loopback forward to the
+    // endpoint (its serving certificate names 127.0.0.1 too).
+    let target: SocketAddr = endpoint
+        .parse()
+        .map_err(|e: std::net::AddrParseError| invalid("endpoint")(e.to_string()))?;
+    let forward = Bridge::from_host(lab.net.clone(), ([127, 0, 0, 1], 0).into(), target).await?;
+    let secret = Api::<Secret>::namespaced(management, &ns)
+        .get(&kubeconfig_secret)
+        .await?;
+    let text = secret
+        .data
+        .and_then(|mut d| d.remove("kubeconfig"))
+        .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+        .ok_or_else(|| invalid("admin kubeconfig")("no key kubeconfig".into()))?;
+    let text = text.replace(
+        &format!("https://{endpoint}"),
+        &format!("https://{}", forward.local_addr()),
+    );
+    let kubeconfig = kube::config::Kubeconfig::from_yaml(&text)
+        .map_err(|e| invalid("admin kubeconfig")(e.to_string()))?;
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .map_err(|e| invalid("admin kubeconfig")(e.to_string()))?;
+    let hosted = Client::try_from(config)?;
+    let version = hosted.apiserver_version().await?;
+    let namespaces: Vec<String> = Api::<Namespace>::all(hosted)
+        .list(&ListParams::default())
+        .await?
+        .items
+        .iter()
+        .map(|n| n.name_any())
+        .collect();
+    t.event(format!(
+        "hosted cluster: kube-apiserver {} answers through the endpoint; namespaces: {}",
+        version.git_version,
+        namespaces.join(", ")
+    ));
+    Ok(())
+}
+
+/// An etcd or kube-* pod of the control plane (not the CSI controller or
+/// the CCM, which wait for the cluster's nodes).
+fn is_control_plane(pod: &Pod) -> bool {
+    pod.spec.as_ref().is_some_and(|s| {
+        s.containers.iter().any(|c| {
+            c.image.as_deref().is_some_and(|i| {
+                i.starts_with("registry.k8s.io/etcd:") || i.starts_with("registry.k8s.io/kube-")
+            })
+        })
+    })
+}
+
+/// Watches HostedCluster `name`, printing each narrated condition when it
+/// changes, until Available.
+async fn narrate_until_available(
+    hcs: &Api<DynamicObject>,
+    name: &str,
+    t: &Timeline,
+) -> Result<DynamicObject, LabError> {
+    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    let mut events = std::pin::pin!(watcher::watcher(hcs.clone(), config));
+    let mut seen: BTreeMap<&str, (String, String)> = BTreeMap::new();
+    while let Some(event) = events.next().await {
+        let hc = match event {
+            Ok(Event::Apply(hc) | Event::InitApply(hc)) => hc,
+            Ok(_) => continue,
+            Err(e) => {
+                return Err(LabError::Watch {
+                    what: format!("HostedCluster {name}"),
+                    message: e.to_string(),
+                });
+            }
+        };
+        let conditions = hc.data["status"]["conditions"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        for type_ in CONDITIONS {
+            let Some(c) = conditions.iter().find(|c| c["type"] == type_) else {
+                continue;
+            };
+            let now = (
+                c["status"].as_str().unwrap_or_default().to_string(),
+                c["message"].as_str().unwrap_or_default().to_string(),
+            );
+            if seen.get(type_) != Some(&now) {
+                t.event(format!("management: {type_}={}: {}", now.0, now.1));
+                seen.insert(type_, now);
+            }
+        }
+        if hcp::is_true(&hc, "Available") {
+            return Ok(hc);
+        }
+    }
+    Err(LabError::Watch {
+        what: format!("HostedCluster {name}"),
+        message: "the watch ended".into(),
+    })
+}
