@@ -19,7 +19,7 @@ use kubevirt_csi_proto::etcd::permission::Type as PermissionType;
 use kubevirt_csi_proto::etcd::{
     AuthRoleAddRequest, AuthRoleDeleteRequest, AuthRoleGetRequest, AuthRoleGrantPermissionRequest,
     AuthUserAddRequest, AuthUserDeleteRequest, AuthUserGetRequest, AuthUserGrantRoleRequest,
-    DeleteRangeRequest, Permission, UserAddOptions,
+    DeleteRangeRequest, Permission, UserAddOptions, prefix_end,
 };
 use tonic::Code;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
@@ -164,18 +164,6 @@ fn is_not_found(s: &tonic::Status) -> bool {
     s.code() == Code::FailedPrecondition && s.message().ends_with("not found")
 }
 
-/// The end of the range of keys under `prefix` (etcd's "prefix end").
-fn prefix_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    vec![0]
-}
-
 /// The permission the cluster's role holds: read and write of its prefix.
 fn permission(shared: &SharedEtcd) -> Permission {
     let prefix = shared.prefix().into_bytes();
@@ -304,13 +292,6 @@ pub async fn remove(shared: &SharedEtcd, creds: &Credentials) -> Result<(), Etcd
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn prefix_ends_are_etcds() {
-        assert_eq!(prefix_end(b"/a/"), b"/a0".to_vec());
-        assert_eq!(prefix_end(b"a\xff"), b"b".to_vec());
-        assert_eq!(prefix_end(b"\xff"), vec![0]);
-    }
 
     #[test]
     fn credentials_name_what_is_missing() {

@@ -19,9 +19,26 @@ pub mod v1 {
 /// Protobuf package `etcdserverpb`: the part of etcd's v3 API that
 /// administers a shared etcd (`auth_client::AuthClient` for users, roles and
 /// permissions; `kv_client::KvClient` to delete a cluster's keys).
-#[allow(clippy::all, missing_docs)]
 pub mod etcd {
-    tonic::include_proto!("etcdserverpb");
+    #[allow(clippy::all, missing_docs)]
+    mod generated {
+        tonic::include_proto!("etcdserverpb");
+    }
+    pub use generated::*;
+
+    /// The end of the range of every key starting with `prefix` (what
+    /// `etcdctl --prefix` sends as `range_end`): the prefix with its last
+    /// byte below 0xff incremented, or `\0` (every key) when there is none.
+    pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+        let mut end = prefix.to_vec();
+        while let Some(last) = end.pop() {
+            if last < 0xff {
+                end.push(last + 1);
+                return end;
+            }
+        }
+        vec![0]
+    }
 }
 
 /// The encoded `google.protobuf.FileDescriptorSet` of `csi.proto` and its

@@ -174,3 +174,11 @@ fn descriptor_set_covers_services_options_and_imports() {
     assert_eq!(secret.number(), 1059);
     assert_eq!(secret.extendee(), ".google.protobuf.FieldOptions");
 }
+
+#[test]
+fn etcd_prefix_ends_are_etcdctls() {
+    use crate::etcd::prefix_end;
+    assert_eq!(prefix_end(b"/a/"), b"/a0".to_vec());
+    assert_eq!(prefix_end(b"a\xff"), b"b".to_vec());
+    assert_eq!(prefix_end(b"\xff"), vec![0]);
+}

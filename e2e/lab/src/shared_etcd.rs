@@ -25,6 +25,7 @@ use kubevirt_csi_proto::etcd::auth_client::AuthClient;
 use kubevirt_csi_proto::etcd::kv_client::KvClient;
 use kubevirt_csi_proto::etcd::{
     AuthEnableRequest, AuthUserAddRequest, AuthUserGrantRoleRequest, RangeRequest, UserAddOptions,
+    prefix_end,
 };
 use lab_cluster::pki::{Authority, Issued};
 use lab_net::bridge::Bridge;
@@ -255,16 +256,4 @@ impl SharedEtcd {
                 .collect()
         }))
     }
-}
-
-/// The end of the range of keys under `prefix`.
-fn prefix_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    vec![0]
 }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use crate::manager_support::hosted::*;
 use crate::manager_support::*;
 use anyhow::{Context as _, ensure};
-use kube::api::{Patch, PatchParams, PostParams};
+use kube::api::{Patch, PatchParams};
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -24,10 +24,7 @@ async fn the_hosted_api_outlives_its_management_control_plane() -> anyhow::Resul
     let hcs = hosted_clusters(&infra);
 
     let result = async {
-        let mut hc = hosted("ft1", Some("1.32.13"))?;
-        hc.data["spec"]["controllerAvailabilityPolicy"] = json!("HighlyAvailable");
-        hcs.create(&PostParams::default(), &hc).await?;
-        let hc = until_available_within(&hcs, "ft1", Duration::from_secs(240)).await?;
+        let hc = highly_available(&hcs, "ft1").await?;
         let (_forward, kubeconfig) = admin_kubeconfig(&lab, "ft1", &endpoint_of(&hc)?).await?;
         let mut writer = Writer::start(guest_client(&kubeconfig).await?);
         writer.more(3).await?;

@@ -288,20 +288,7 @@ async fn a_highly_available_control_plane_spreads_and_survives_a_lost_member() -
     let hcs = hosted_clusters(&infra);
 
     let result = async {
-        let mut hc = hosted("ha1", Some("1.32.13"))?;
-        hc.data["spec"]["controllerAvailabilityPolicy"] = json!("HighlyAvailable");
-        hcs.create(&PostParams::default(), &hc).await?;
-        until_available_within(&hcs, "ha1", Duration::from_secs(240)).await?;
-        // Available with the first API server; the others follow.
-        let hc = until_dynamic(&hcs, "ha1", "every member and API server", |hc| {
-            hc.filter(|hc| {
-                condition_message(hc, "EtcdAvailable") == "3 of 3 etcd members ready"
-                    && condition_message(hc, "KubeAPIServerAvailable")
-                        .starts_with("3 of 3 API servers available")
-            })
-            .cloned()
-        })
-        .await?;
+        let hc = highly_available(&hcs, "ha1").await?;
 
         // One member per node, etcd and API servers alike.
         let pods: Api<k8s_openapi::api::core::v1::Pod> =
@@ -493,19 +480,7 @@ async fn a_control_plane_upgrade_rolls_member_by_member_while_a_client_writes() 
     let cp = "clusters-up1";
 
     let result = async {
-        let mut hc = hosted("up1", Some("1.32.13"))?;
-        hc.data["spec"]["controllerAvailabilityPolicy"] = json!("HighlyAvailable");
-        hcs.create(&PostParams::default(), &hc).await?;
-        until_available_within(&hcs, "up1", Duration::from_secs(240)).await?;
-        let hc = until_dynamic(&hcs, "up1", "every member and API server", |hc| {
-            hc.filter(|hc| {
-                condition_message(hc, "EtcdAvailable") == "3 of 3 etcd members ready"
-                    && condition_message(hc, "KubeAPIServerAvailable")
-                        .starts_with("3 of 3 API servers available")
-            })
-            .cloned()
-        })
-        .await?;
+        let hc = highly_available(&hcs, "up1").await?;
         let (_forward, kubeconfig) = admin_kubeconfig(&lab, "up1", &endpoint_of(&hc)?).await?;
         let client = guest_client(&kubeconfig).await?;
 

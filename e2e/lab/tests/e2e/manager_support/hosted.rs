@@ -210,3 +210,25 @@ impl Writer {
 
 /// Bound of [`Writer::more`].
 const WRITE_WAIT: Duration = Duration::from_secs(60);
+
+/// Creates HighlyAvailable hosted cluster `name` and waits until all three
+/// etcd members and API servers are ready.
+pub async fn highly_available(
+    hcs: &Api<DynamicObject>,
+    name: &str,
+) -> anyhow::Result<DynamicObject> {
+    let mut hc = hosted(name, Some("1.32.13"))?;
+    hc.data["spec"]["controllerAvailabilityPolicy"] = json!("HighlyAvailable");
+    hcs.create(&PostParams::default(), &hc).await?;
+    until_available_within(hcs, name, Duration::from_secs(240)).await?;
+    // Available with the first API server; the others follow.
+    super::until_dynamic(hcs, name, "every member and API server", |hc| {
+        hc.filter(|hc| {
+            condition_message(hc, "EtcdAvailable") == "3 of 3 etcd members ready"
+                && condition_message(hc, "KubeAPIServerAvailable")
+                    .starts_with("3 of 3 API servers available")
+        })
+        .cloned()
+    })
+    .await
+}
