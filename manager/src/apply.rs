@@ -126,15 +126,19 @@ impl Applier<'_> {
             .map(|_| ())
     }
 
-    /// Apply objects in order; the number written.
-    pub async fn apply_all(&self, objects: &[Object]) -> Result<usize> {
-        let mut written = 0;
+    /// Apply objects in order. Returns the APIs (`<apiVersion> <kind>`) of
+    /// the optional objects skipped because the cluster does not serve them.
+    pub async fn apply_all(&self, objects: &[Object]) -> Result<BTreeSet<String>> {
+        let mut not_served = BTreeSet::new();
         for obj in objects {
-            if self.apply(obj).await? == Applied::Written {
-                written += 1;
+            if self.apply(obj).await? == Applied::NotServed {
+                not_served.insert(format!(
+                    "{} {}",
+                    obj.resource.api_version, obj.resource.kind
+                ));
             }
         }
-        Ok(written)
+        Ok(not_served)
     }
 
     /// Delete the objects of `kinds` matching `selector` (in `namespace`, or

@@ -14,6 +14,10 @@ pub mod kind {
     /// HostedCluster (hosted control plane): an API server is available and
     /// `/readyz` answers through the published endpoint.
     pub const KUBE_APISERVER_AVAILABLE: &str = "KubeAPIServerAvailable";
+    /// HostedCluster: the guest serves the VolumeSnapshot API and the
+    /// driver's VolumeSnapshotClass is in place. An optional API: False
+    /// blocks nothing else.
+    pub const VOLUME_SNAPSHOTS_AVAILABLE: &str = "VolumeSnapshotsAvailable";
     /// HostedCluster: something keeps the manager from converging; see the reason.
     pub const DEGRADED: &str = "Degraded";
     /// HostedCluster / NodePool: the requested version is one the manager supports
@@ -58,6 +62,8 @@ pub mod reason {
     pub const SHARED_ETCD_UNAVAILABLE: &str = "SharedEtcdUnavailable";
     /// The cluster's user and prefix are in place in its shared etcd.
     pub const SHARED_ETCD_READY: &str = "SharedEtcdReady";
+    /// The guest does not serve the VolumeSnapshot API (no CRDs).
+    pub const SNAPSHOT_API_MISSING: &str = "SnapshotAPIMissing";
 }
 
 pub const TRUE: &str = "True";

@@ -77,6 +77,11 @@ pub fn guest_kinds() -> Vec<(ApiResource, bool)> {
 /// What a successful convergence learned.
 pub struct Converged {
     pub inputs: ClusterInputs,
+    /// Optional guest APIs the guest does not serve (the VolumeSnapshot
+    /// CRDs): what depends on them was skipped.
+    pub guest_apis_missing: BTreeSet<String>,
+    /// The guest objects included VolumeSnapshotClasses.
+    pub snapshots_wanted: bool,
     /// When an infra token needs refreshing.
     pub refresh_at: Option<jiff::Timestamp>,
 }
@@ -135,7 +140,11 @@ pub async fn converge(
         keep_management.extend(token_keys);
         refresh_at = next;
     }
-    guest.apply_all(&set.guest).await?;
+    let guest_apis_missing = guest.apply_all(&set.guest).await?;
+    let snapshots_wanted = set
+        .guest
+        .iter()
+        .any(|o| o.resource.kind == "VolumeSnapshotClass");
 
     // Prune only when the spec changed since the last success: the sets can
     // only shrink then.
@@ -176,7 +185,12 @@ pub async fn converge(
             );
         }
     }
-    Ok(Converged { inputs, refresh_at })
+    Ok(Converged {
+        inputs,
+        refresh_at,
+        guest_apis_missing,
+        snapshots_wanted,
+    })
 }
 
 /// The conditions of a hosted control plane: what a pass found, or why
@@ -314,7 +328,44 @@ pub fn status_after(
     for d in [&available, &degraded, &valid_version] {
         conditions::set(&mut status.conditions, d, generation, now);
     }
+    if let Ok(c) = outcome
+        && let Some(d) = snapshots_condition(c)
+    {
+        conditions::set(&mut status.conditions, &d, generation, now);
+    }
     status
+}
+
+/// VolumeSnapshotsAvailable, when the guest should have a snapshot class:
+/// whether its API is served. Missing, it is reported here alone.
+fn snapshots_condition(c: &Converged) -> Option<Desired> {
+    if !c.snapshots_wanted {
+        return None;
+    }
+    let missing: Vec<&str> = c
+        .guest_apis_missing
+        .iter()
+        .filter(|api| api.ends_with(" VolumeSnapshotClass"))
+        .map(String::as_str)
+        .collect();
+    Some(if missing.is_empty() {
+        Desired::new(
+            kind::VOLUME_SNAPSHOTS_AVAILABLE,
+            true,
+            reason::AS_EXPECTED,
+            "the guest serves the VolumeSnapshot API; the driver's VolumeSnapshotClass is in place",
+        )
+    } else {
+        Desired::new(
+            kind::VOLUME_SNAPSHOTS_AVAILABLE,
+            false,
+            reason::SNAPSHOT_API_MISSING,
+            format!(
+                "the guest cluster does not serve {} (install the VolumeSnapshot CRDs and a snapshot controller there): volume snapshots are unavailable; everything else works",
+                missing.join(", ")
+            ),
+        )
+    })
 }
 
 /// Write the status `compute` gives, if it changed. The object a reconcile
@@ -425,6 +476,8 @@ mod tests {
             &Ok(Converged {
                 inputs,
                 refresh_at: None,
+                guest_apis_missing: BTreeSet::new(),
+                snapshots_wanted: false,
             }),
             &now(),
         );
@@ -441,6 +494,43 @@ mod tests {
                 .iter()
                 .all(|c| c.observed_generation == Some(3))
         );
+    }
+
+    #[test]
+    fn a_missing_snapshot_api_is_its_own_condition_and_blocks_nothing() {
+        let hc = hosted_cluster();
+        let converged = |missing: &[&str]| Converged {
+            inputs: crate::desired::fixtures::inputs(&hc),
+            refresh_at: None,
+            guest_apis_missing: missing.iter().map(|s| s.to_string()).collect(),
+            snapshots_wanted: true,
+        };
+        let s = status_after(
+            &hc,
+            None,
+            &Ok(converged(&[
+                "snapshot.storage.k8s.io/v1 VolumeSnapshotClass",
+            ])),
+            &now(),
+        );
+        assert!(conditions::is_true(&s.conditions, kind::AVAILABLE));
+        let snap = conditions::find(&s.conditions, kind::VOLUME_SNAPSHOTS_AVAILABLE).expect("set");
+        assert_eq!(
+            (snap.status.as_str(), snap.reason.as_str()),
+            ("False", "SnapshotAPIMissing")
+        );
+        assert!(
+            snap.message.starts_with(
+                "the guest cluster does not serve snapshot.storage.k8s.io/v1 VolumeSnapshotClass"
+            ),
+            "{}",
+            snap.message
+        );
+        let s = status_after(&hc, None, &Ok(converged(&[])), &now());
+        assert!(conditions::is_true(
+            &s.conditions,
+            kind::VOLUME_SNAPSHOTS_AVAILABLE
+        ));
     }
 
     #[test]
@@ -482,6 +572,8 @@ mod tests {
             &Ok(Converged {
                 inputs: inputs.clone(),
                 refresh_at: None,
+                guest_apis_missing: BTreeSet::new(),
+                snapshots_wanted: false,
             }),
             &now(),
         );
@@ -494,6 +586,8 @@ mod tests {
             &Ok(Converged {
                 inputs,
                 refresh_at: None,
+                guest_apis_missing: BTreeSet::new(),
+                snapshots_wanted: false,
             }),
             &later,
         );

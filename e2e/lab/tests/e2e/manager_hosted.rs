@@ -225,6 +225,24 @@ async fn a_hosted_control_plane_runs_and_serves_through_its_endpoint() -> anyhow
             );
         }
         ensure!(condition_message(&hc, "EtcdAvailable") == "1 of 1 etcd members ready");
+        // A hosted guest has no VolumeSnapshot CRDs: that optional API is
+        // a condition of its own, and blocks nothing (Available above).
+        let snapshots = until_dynamic(&hcs, "hosted1", "VolumeSnapshotsAvailable", |hc| {
+            let hc = hc?;
+            let c = condition(hc, "VolumeSnapshotsAvailable")?;
+            Some((c, condition_message(hc, "VolumeSnapshotsAvailable")))
+        })
+        .await?;
+        ensure!(
+            snapshots.0 == ("False".to_string(), "SnapshotAPIMissing".to_string()),
+            "{snapshots:?}"
+        );
+        ensure!(
+            snapshots
+                .1
+                .contains("does not serve snapshot.storage.k8s.io/v1 VolumeSnapshotClass"),
+            "{snapshots:?}"
+        );
         let status = &hc.data["status"];
         let port = status["controlPlaneEndpoint"]["port"]
             .as_u64()
