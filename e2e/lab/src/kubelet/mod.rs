@@ -12,6 +12,12 @@
 //! heartbeat, so the node lifecycle controller keeps the nodes Ready (and
 //! lifts the not-ready taint new Nodes get).
 //!
+//! A node can be lost ([`ManagementKubelet::lose_node`]), as a machine
+//! that dies: its pods' processes are killed, its Lease is no longer
+//! renewed, and nothing answers for its pods any more (no status, no
+//! deletion confirmed), so the node lifecycle controller marks the node
+//! and its pods not ready after its grace period, as on a real cluster.
+//!
 //! Per pod ([`worker`]): claims become directories under `DIR/pv-data/<pv>`
 //! that outlive the pod; containers are started, restarted when they exit
 //! (with a doubling back-off, `restartCount` counted), and probed with their
@@ -25,7 +31,7 @@ mod probe;
 mod status;
 mod worker;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -68,6 +74,10 @@ pub(crate) struct Shared {
     /// The processes of each running pod (`namespace/name`), for
     /// measurements.
     pub processes: Mutex<BTreeMap<String, Vec<u32>>>,
+    /// Per node: cancelled when the node is lost, or the kubelet stops.
+    alive: BTreeMap<String, CancellationToken>,
+    /// The nodes lost.
+    lost: Mutex<BTreeSet<String>>,
 }
 
 /// Pod addresses handed out, never reused while the lab runs (a stale
@@ -88,12 +98,19 @@ impl Shared {
         Some(IpAddr::V4(ip))
     }
 
-    /// Whether `pod` is bound to one of this kubelet's nodes.
+    /// Whether `pod` is bound to one of this kubelet's nodes, not lost.
     fn is_ours(&self, pod: &Pod) -> bool {
         pod.spec
             .as_ref()
             .and_then(|s| s.node_name.as_ref())
-            .is_some_and(|n| self.cfg.nodes.contains_key(n))
+            .is_some_and(|n| self.cfg.nodes.contains_key(n) && !self.is_lost(n))
+    }
+
+    fn is_lost(&self, node: &str) -> bool {
+        self.lost
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(node)
     }
 
     /// Whether this kubelet can run `pod`: every image is in the map.
@@ -122,13 +139,19 @@ impl ManagementKubelet {
             .map_err(|e| crate::LabError::Invalid(format!("management pod network: {e}")))?;
         let first = u32::from(net.network()) + 2;
         let last = u32::from(net.broadcast()) - 1;
+        let stop = CancellationToken::new();
         let shared = Arc::new(Shared {
             client: cfg.server.client(),
+            alive: cfg
+                .nodes
+                .keys()
+                .map(|n| (n.clone(), stop.child_token()))
+                .collect(),
             cfg,
             addresses: Mutex::new(Addresses { next: first, last }),
             processes: Mutex::new(BTreeMap::new()),
+            lost: Mutex::new(BTreeSet::new()),
         });
-        let stop = CancellationToken::new();
         let stop_for_run = stop.clone();
         let heartbeat = tokio::spawn(heartbeat(shared.clone(), stop.clone()));
         let for_run = shared.clone();
@@ -150,6 +173,20 @@ impl ManagementKubelet {
             .filter(|(pod, _)| pod.starts_with(&prefix))
             .flat_map(|(_, pids)| pids.iter().copied())
             .collect()
+    }
+
+    /// Loses `node`, as a machine that dies: its pods' processes are
+    /// killed, its Lease is no longer renewed, and nothing answers for its
+    /// pods any more.
+    pub fn lose_node(&self, node: &str) {
+        self.shared
+            .lost
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(node.to_string());
+        if let Some(alive) = self.shared.alive.get(node) {
+            alive.cancel();
+        }
     }
 
     /// Stops every pod's processes (without touching the pod objects).
@@ -174,7 +211,7 @@ async fn heartbeat(shared: Arc<Shared>, stop: CancellationToken) {
             _ = tick.tick() => {}
         }
         let now = MicroTime(jiff::Timestamp::now());
-        for node in shared.cfg.nodes.keys() {
+        for node in shared.cfg.nodes.keys().filter(|n| !shared.is_lost(n)) {
             let lease = Lease {
                 metadata: ObjectMeta {
                     name: Some(node.clone()),
@@ -240,12 +277,12 @@ async fn run(shared: Arc<Shared>, stop: CancellationToken) {
             (None, false) if !shared.can_run(&pod) => {}
             (None, false) => {
                 let deleted = CancellationToken::new();
-                let task = tokio::spawn(worker::run(
-                    shared.clone(),
-                    pod,
-                    deleted.clone(),
-                    stop.clone(),
-                ));
+                let node = pod.spec.as_ref().and_then(|s| s.node_name.as_deref());
+                let alive = node
+                    .and_then(|n| shared.alive.get(n))
+                    .cloned()
+                    .unwrap_or_else(|| stop.clone());
+                let task = tokio::spawn(worker::run(shared.clone(), pod, deleted.clone(), alive));
                 running.insert(uid, Running { deleted, task });
             }
         }
