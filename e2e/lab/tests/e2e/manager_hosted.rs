@@ -500,10 +500,11 @@ async fn a_control_plane_upgrade_rolls_member_by_member_while_a_client_writes() 
     let result = async {
         let hc = highly_available(&hcs, "up1").await?;
         let (_forward, kubeconfig) = admin_kubeconfig(&lab, "up1", &endpoint_of(&hc)?).await?;
-        let client = guest_client(&kubeconfig).await?;
+        let config = guest_config(&kubeconfig).await?;
+        let client = kube::Client::try_from(config.clone())?;
 
         // A client writes throughout, retrying a failed write once.
-        let mut writer = Writer::start(client.clone());
+        let mut writer = Writer::start(config, Retries::Once);
         writer.more(3).await?;
         let stop = tokio_util::sync::CancellationToken::new();
 

@@ -114,30 +114,48 @@ pub fn endpoint_of(hc: &DynamicObject) -> anyhow::Result<String> {
     ))
 }
 
-/// A client of hosted cluster `kubeconfig` (from the host) with a short
-/// read timeout: a request to a stopped API server fails fast.
-pub async fn guest_client(kubeconfig: &Path) -> anyhow::Result<kube::Client> {
+/// The client configuration of hosted cluster `kubeconfig` (from the
+/// host) with short timeouts: a request to a stopped API server fails fast.
+pub async fn guest_config(kubeconfig: &Path) -> anyhow::Result<kube::Config> {
     let kc = kube::config::Kubeconfig::read_from(kubeconfig)?;
     let mut config =
         kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
             .await?;
     config.read_timeout = Some(Duration::from_secs(5));
     config.connect_timeout = Some(Duration::from_secs(5));
-    Ok(kube::Client::try_from(config)?)
+    Ok(config)
+}
+
+/// A client of hosted cluster `kubeconfig` ([`guest_config`]).
+pub async fn guest_client(kubeconfig: &Path) -> anyhow::Result<kube::Client> {
+    Ok(kube::Client::try_from(guest_config(kubeconfig).await?)?)
+}
+
+/// How a [`Writer`] retries a failed write: after a client's back-off
+/// (500 ms), on a new connection (the one that failed may lead to an API
+/// server that is gone).
+#[derive(Clone, Copy, Debug)]
+pub enum Retries {
+    /// Once: the hosted API must never fail twice in a row.
+    Once,
+    /// Until it succeeds, for up to this long: the hosted API may be
+    /// interrupted, and must be back within it.
+    Within(Duration),
 }
 
 /// What a [`Writer`] saw.
 pub struct Written {
     pub count: usize,
-    /// Writes that failed after their one retry.
+    /// Writes that failed after their retries.
     pub failed: Vec<String>,
+    /// Writes that needed a retry.
+    pub retried: usize,
     /// The longest time between two successful writes.
     pub longest_gap: Duration,
 }
 
 /// A client creating ConfigMaps `w-<n>` in `default`, one after another,
-/// until stopped; a failed write is retried once after a client's
-/// back-off.
+/// until stopped, retrying a failed write as `retries` says.
 pub struct Writer {
     stop: CancellationToken,
     count: watch::Receiver<usize>,
@@ -145,16 +163,31 @@ pub struct Writer {
 }
 
 impl Writer {
-    pub fn start(client: kube::Client) -> Writer {
+    pub fn start(config: kube::Config, retries: Retries) -> Writer {
         let stop = CancellationToken::new();
         let (tx, count) = watch::channel(0);
         let task = tokio::spawn({
             let stop = stop.clone();
             async move {
-                let maps: Api<ConfigMap> = Api::namespaced(client, "default");
+                let api = |config: &kube::Config| {
+                    kube::Client::try_from(config.clone())
+                        .map(|c| Api::<ConfigMap>::namespaced(c, "default"))
+                };
+                let mut maps = match api(&config) {
+                    Ok(maps) => maps,
+                    Err(e) => {
+                        return Written {
+                            count: 0,
+                            failed: vec![format!("client: {e}")],
+                            retried: 0,
+                            longest_gap: Duration::ZERO,
+                        };
+                    }
+                };
                 let mut w = Written {
                     count: 0,
                     failed: Vec::new(),
+                    retried: 0,
                     longest_gap: Duration::ZERO,
                 };
                 let mut last_ok = Instant::now();
@@ -171,13 +204,29 @@ impl Writer {
                         }
                     };
                     let mut ok = maps.create(&PostParams::default(), &cm).await.is_ok();
+                    let failed_at = Instant::now();
                     if !ok {
+                        w.retried += 1;
+                    }
+                    while !ok {
                         tokio::time::sleep(Duration::from_millis(500)).await;
+                        if let Ok(fresh) = api(&config) {
+                            maps = fresh;
+                        }
                         match maps.create(&PostParams::default(), &cm).await {
                             Ok(_) => ok = true,
-                            // The first attempt landed; its answer was lost.
+                            // An earlier attempt landed; its answer was lost.
                             Err(kube::Error::Api(s)) if s.code == 409 => ok = true,
-                            Err(e) => w.failed.push(format!("{name}: {e}")),
+                            Err(e) => {
+                                let again = match retries {
+                                    Retries::Once => false,
+                                    Retries::Within(d) => failed_at.elapsed() < d,
+                                };
+                                if !again {
+                                    w.failed.push(format!("{name}: {e}"));
+                                    break;
+                                }
+                            }
                         }
                     }
                     if ok {
