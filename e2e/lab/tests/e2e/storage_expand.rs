@@ -108,7 +108,11 @@ async fn grows(s: &Storage, class: &str) -> anyhow::Result<()> {
 
 async fn refused_without_the_capability(s: &Storage) -> anyhow::Result<()> {
     let pod = grown_claim(s, STORAGE_CLASS).await?;
-    let message = s.event("app", "FileSystemResizeFailed").await?;
+    // Until the disk has grown, NodeExpandVolume fails (and is retried)
+    // for that; the refusal that stays names the missing resize2fs.
+    let message = s
+        .event("app", "FileSystemResizeFailed", "resize2fs")
+        .await?;
     assert!(
         message.contains("NodeExpandVolume") && message.contains("resize2fs"),
         "the pod's Event names the failed step: {message}"

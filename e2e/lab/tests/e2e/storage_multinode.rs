@@ -77,7 +77,9 @@ async fn multi_node_filesystem_is_refused() -> anyhow::Result<()> {
             let claim = s
                 .create_claim(&Claim::fs("shared-fs", "1Gi").access("ReadWriteMany"))
                 .await?;
-            let message = s.event("shared-fs", "ProvisioningFailed").await?;
+            let message = s
+                .event("shared-fs", "ProvisioningFailed", "InvalidArgument")
+                .await?;
             assert!(
                 message.contains("InvalidArgument")
                     && message.contains("multi-node access is only supported for block volumes"),

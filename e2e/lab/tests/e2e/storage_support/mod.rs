@@ -526,8 +526,10 @@ impl Storage {
             .collect())
     }
 
-    /// Waits for an Event about object `name` with `reason`; its message.
-    pub async fn event(&self, name: &str, reason: &str) -> anyhow::Result<String> {
+    /// Waits for an Event about object `name` with `reason` whose message
+    /// names `naming`; its message. Earlier Events of that reason (a
+    /// transient failure the retry outgrows) are passed over.
+    pub async fn event(&self, name: &str, reason: &str, naming: &str) -> anyhow::Result<String> {
         let events: Api<Event> = Api::namespaced(self.client.clone(), NS);
         let config = watcher::Config::default().fields(&format!("involvedObject.name={name}"));
         let found = async {
@@ -535,15 +537,16 @@ impl Storage {
             while let Some(event) = stream.next().await {
                 if let watcher::Event::Apply(e) | watcher::Event::InitApply(e) = event?
                     && e.reason.as_deref() == Some(reason)
+                    && e.message.as_deref().is_some_and(|m| m.contains(naming))
                 {
                     return Ok(e.message.unwrap_or_default());
                 }
             }
             Err(anyhow!("event watch ended"))
         };
-        tokio::time::timeout(WAIT, found)
-            .await
-            .map_err(|_| anyhow!("no {reason} event about {name} within {WAIT:?}"))?
+        tokio::time::timeout(WAIT, found).await.map_err(|_| {
+            anyhow!("no {reason} event about {name} naming {naming:?} within {WAIT:?}")
+        })?
     }
 
     /// Mount points left under node `node`'s kubelet directory.
