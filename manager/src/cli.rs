@@ -66,6 +66,10 @@ pub struct Args {
     /// Look at every object again at least this often, in seconds.
     #[arg(long, default_value_t = 600)]
     pub resync_seconds: u64,
+    /// A NodePool reports a VM whose node has not joined this many seconds
+    /// after the VM was created.
+    #[arg(long, default_value_t = 600)]
+    pub node_join_timeout_seconds: u64,
     /// Reconciles run at once, per controller.
     #[arg(long, default_value_t = 8)]
     pub concurrency: u16,
@@ -136,6 +140,7 @@ impl Args {
             supported,
             resync: Duration::from_secs(self.resync_seconds.max(1)),
             concurrency: self.concurrency.max(1),
+            node_join_timeout: Duration::from_secs(self.node_join_timeout_seconds.max(1)),
             ..Settings::default()
         })
     }

@@ -30,6 +30,9 @@ pub struct Settings {
     /// new clusters takes (each reconcile holds its desired objects and the
     /// live ones it compares them with).
     pub concurrency: u16,
+    /// A NodePool reports a VM whose node has not joined this long after
+    /// the VM was created.
+    pub node_join_timeout: Duration,
 }
 
 impl Default for Settings {
@@ -41,6 +44,7 @@ impl Default for Settings {
             resync: Duration::from_secs(600),
             cleanup_wait: Duration::from_secs(30),
             concurrency: 8,
+            node_join_timeout: Duration::from_secs(600),
         }
     }
 }

@@ -51,6 +51,8 @@ pub const NODE_DESIRED_VERSION_ANNOTATION: &str = "hcp.kubevirt-rs.io/desired-ve
 pub const NODE_CURRENT_VERSION_ANNOTATION: &str = "hcp.kubevirt-rs.io/current-version";
 /// Guest Node annotation: the manager cordoned this node (and will uncordon it).
 pub const NODE_CORDONED_BY_ANNOTATION: &str = "hcp.kubevirt-rs.io/cordoned-by";
+/// On a bootstrap token and a user data Secret: the VM it lets join.
+pub const JOINING_VM_LABEL: &str = "hcp.kubevirt-rs.io/joining-vm";
 
 // === Infra (management cluster) objects ===
 

@@ -293,6 +293,10 @@ impl Lab {
                 },
             ),
         );
+        tasks.spawn(crate::guest_agent::run(
+            sim("lab:kubevirt").await?,
+            net.clone(),
+        ));
         spawn_sim(
             &mut tasks,
             "cdi",

@@ -16,6 +16,7 @@ pub mod daemon;
 pub mod demo;
 pub mod error;
 pub mod guest;
+pub mod guest_agent;
 pub mod hcp;
 pub mod identity;
 pub mod kubelet;

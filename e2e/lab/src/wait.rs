@@ -33,6 +33,14 @@ pub fn pod_ready(pod: Option<&Pod>) -> Option<()> {
         .map(|_| ())
 }
 
+/// Whether `node` reports Ready.
+pub fn node_ready(node: &k8s_openapi::api::core::v1::Node) -> bool {
+    node.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
 /// The first load-balancer ingress IP of a Service, once it has one (for
 /// [`until`]).
 pub fn ingress_ip(svc: Option<&k8s_openapi::api::core::v1::Service>) -> Option<String> {

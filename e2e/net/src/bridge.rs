@@ -35,6 +35,17 @@ impl Bridge {
         host: SocketAddr,
         target: SocketAddr,
     ) -> Result<Bridge, Error> {
+        Self::from_host_as(netns, host, target, None).await
+    }
+
+    /// [`Bridge::from_host`], with the connections inside the namespace
+    /// made from address `from` (a VM's, so that what it reaches sees it).
+    pub async fn from_host_as(
+        netns: Arc<Netns>,
+        host: SocketAddr,
+        target: SocketAddr,
+        from: Option<std::net::IpAddr>,
+    ) -> Result<Bridge, Error> {
         if !host.ip().is_loopback() {
             return Err(Error::Invalid(format!(
                 "a bridge listens only on host loopback, not {host}"
@@ -54,7 +65,7 @@ impl Bridge {
                 };
                 let netns = netns.clone();
                 tokio::spawn(async move {
-                    match netns.connect_tcp(target, None).await {
+                    match netns.connect_tcp(target, from).await {
                         Ok(mut outbound) => {
                             let _ =
                                 tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;

@@ -54,6 +54,7 @@ pub mod reason {
     pub const SCALING_DOWN: &str = "ScalingDown";
     pub const ROLLING_OUT: &str = "RollingOut";
     pub const WAITING_FOR_NODES: &str = "WaitingForNodes";
+    pub const NODES_NOT_JOINED: &str = "NodesNotJoined";
     pub const QUORUM_AVAILABLE: &str = "QuorumAvailable";
     pub const WAITING_FOR_QUORUM: &str = "WaitingForQuorum";
     pub const WAITING_FOR_API_SERVER: &str = "WaitingForAPIServer";

@@ -9,6 +9,8 @@
 //!   RBAC, StorageClasses, VolumeSnapshotClasses)
 //! - [`kubeconfig`]: token kubeconfigs for the daemons' external-infra accounts
 //! - [`vm`]: NodePool -> VirtualMachine, template hash, boot image cache
+//! - [`join`]: how NodePool VMs join a hosted control plane (kubeadm's objects,
+//!   bootstrap tokens, cloud-init user data)
 //! - [`sets`]: the complete object sets of one cluster, per target cluster
 
 pub mod ccm;
@@ -16,6 +18,7 @@ pub mod controlplane;
 pub mod csi;
 pub mod guest;
 pub mod hosted;
+pub mod join;
 pub mod kubeconfig;
 pub mod object;
 pub mod sets;

@@ -25,6 +25,8 @@ use crate::names;
 
 /// The name of the root disk in the VM and the suffix of its DataVolume.
 pub const ROOT_DISK: &str = "rootdisk";
+/// The cloud-init disk of a VM that joins a hosted control plane.
+pub const CLOUD_INIT_DISK: &str = "cloudinitdisk";
 /// CDI: bind the cache PVC now instead of waiting for a first consumer.
 const CDI_BIND_IMMEDIATE: &str = "cdi.kubevirt.io/storage.bind.immediate.requested";
 
@@ -40,6 +42,9 @@ pub struct PoolInputs {
     /// The version new VMs run.
     pub version: String,
     pub platform: KubevirtNodePoolPlatform,
+    /// The VMs join a hosted control plane with cloud-init user data (see
+    /// [`super::join`]).
+    pub join: bool,
 }
 
 impl PoolInputs {
@@ -68,7 +73,8 @@ impl PoolInputs {
         )
     }
 
-    fn owner_labels(&self) -> BTreeMap<String, String> {
+    /// The HostedCluster's owner labels.
+    pub fn owner_labels(&self) -> BTreeMap<String, String> {
         super::owner_labels_of(&self.pool_namespace, &self.hc_name)
     }
 
@@ -226,6 +232,19 @@ fn additional_network_name(idx: usize, network: &str) -> String {
     format!("iface{}_{}", idx + 1, network.replace('/', "-"))
 }
 
+fn virtio_disk(name: &str) -> Disk {
+    Disk {
+        name: name.to_string(),
+        disk: Some(DiskTarget {
+            bus: Some("virtio".to_string()),
+            read_only: false,
+            extra: BTreeMap::new(),
+        }),
+        serial: None,
+        extra: BTreeMap::new(),
+    }
+}
+
 /// The VM `name` of the pool, on template `template_hash`.
 pub fn virtual_machine(inp: &PoolInputs, name: &str, template_hash: &str) -> VirtualMachine {
     let p = &inp.platform;
@@ -270,19 +289,31 @@ pub fn virtual_machine(inp: &PoolInputs, name: &str, template_hash: &str) -> Vir
         );
     }
 
+    let mut disks = vec![ROOT_DISK];
+    let mut volumes = vec![Volume {
+        name: ROOT_DISK.to_string(),
+        data_volume: Some(DataVolumeSource {
+            name: root_dv.clone(),
+            hotpluggable: false,
+        }),
+        ..Volume::default()
+    }];
+    if inp.join {
+        disks.push(CLOUD_INIT_DISK);
+        volumes.push(Volume {
+            name: CLOUD_INIT_DISK.to_string(),
+            extra: BTreeMap::from([(
+                "cloudInitNoCloud".to_string(),
+                json!({"userDataSecretRef": {"name": super::join::user_data_secret_name(name)}}),
+            )]),
+            ..Volume::default()
+        });
+    }
+
     let template_spec = VirtualMachineInstanceSpec {
         domain: DomainSpec {
             devices: Devices {
-                disks: vec![Disk {
-                    name: ROOT_DISK.to_string(),
-                    disk: Some(DiskTarget {
-                        bus: Some("virtio".to_string()),
-                        read_only: false,
-                        extra: BTreeMap::new(),
-                    }),
-                    serial: None,
-                    extra: BTreeMap::new(),
-                }],
+                disks: disks.iter().map(|d| virtio_disk(d)).collect(),
                 extra: devices_extra,
             },
             extra: BTreeMap::from([
@@ -290,14 +321,7 @@ pub fn virtual_machine(inp: &PoolInputs, name: &str, template_hash: &str) -> Vir
                 ("memory".to_string(), json!({"guest": p.compute.memory.0})),
             ]),
         },
-        volumes: vec![Volume {
-            name: ROOT_DISK.to_string(),
-            data_volume: Some(DataVolumeSource {
-                name: root_dv.clone(),
-                hotpluggable: false,
-            }),
-            ..Volume::default()
-        }],
+        volumes,
         networks,
         node_selector: (!p.node_selector.is_empty()).then(|| p.node_selector.clone()),
         extra: BTreeMap::from([
@@ -405,7 +429,24 @@ pub(crate) mod tests {
             infra_namespace: "clusters-guest1".into(),
             version: "0.1.0".into(),
             platform: platform(),
+            join: false,
         }
+    }
+
+    #[test]
+    fn joining_vm_boots_with_its_user_data() {
+        let mut inp = pool();
+        inp.join = true;
+        let v = serde_json::to_value(virtual_machine(&inp, "workers-abcde", "h")).expect("json");
+        let spec = &v["spec"]["template"]["spec"];
+        assert_eq!(
+            spec["domain"]["devices"]["disks"][1],
+            json!({"name": "cloudinitdisk", "disk": {"bus": "virtio"}})
+        );
+        assert_eq!(
+            spec["volumes"][1],
+            json!({"name": "cloudinitdisk", "cloudInitNoCloud": {"userDataSecretRef": {"name": "workers-abcde-user-data"}}})
+        );
     }
 
     #[test]

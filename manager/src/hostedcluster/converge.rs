@@ -26,8 +26,10 @@ use crate::api::{HostedCluster, HostedClusterStatus, StorageDriverType};
 use crate::apply::{Applier, keys};
 use crate::context::Context;
 use crate::desired::ClusterInputs;
+use crate::desired::hosted::HostedInputs;
+use crate::desired::join::{self, JoinCluster};
 use crate::desired::kubeconfig::endpoint;
-use crate::desired::object::ObjectKey;
+use crate::desired::object::{Object, ObjectKey};
 use crate::desired::sets::{self, side, side_selector};
 use crate::error::{Error, Result, Target};
 use crate::names;
@@ -112,7 +114,11 @@ pub async fn converge(
     } else {
         None
     };
-    let set = sets::cluster_objects(&inputs, endpoint.as_ref(), live_default.as_deref())?;
+    let mut set = sets::cluster_objects(&inputs, endpoint.as_ref(), live_default.as_deref())?;
+    if hc.is_hosted() {
+        set.guest
+            .extend(join_objects(hc, ctx, &inputs, &handles.guest_kubeconfig)?);
+    }
 
     let management = Applier {
         client: &ctx.client,
@@ -191,6 +197,30 @@ pub async fn converge(
         guest_apis_missing,
         snapshots_wanted,
     })
+}
+
+/// What `kubeadm join` needs in a hosted cluster (see [`join`]), for the
+/// endpoint and CA of its admin kubeconfig.
+fn join_objects(
+    hc: &HostedCluster,
+    ctx: &Context,
+    inputs: &ClusterInputs,
+    admin_kubeconfig: &[u8],
+) -> Result<Vec<Object>> {
+    let hosted = HostedInputs::new(hc, &ctx.settings.images.control_plane_registry)
+        .map_err(|e| Error::InvalidSpec(e.to_string()))?;
+    let endpoint = endpoint(&String::from_utf8_lossy(admin_kubeconfig))?;
+    let mut objects = join::cluster_objects(&JoinCluster {
+        endpoint,
+        kubernetes_version: hosted.kubernetes_version,
+        cluster_name: hosted.infra_id,
+        service_cidr: hosted.service_cidr,
+        cluster_cidr: hosted.cluster_cidr,
+        dns_address: hosted.dns_service_ip.to_string(),
+        labels: inputs.owner_labels(),
+    })?;
+    sets::tag(&mut objects, side::GUEST);
+    Ok(objects)
 }
 
 /// The conditions of a hosted control plane: what a pass found, or why

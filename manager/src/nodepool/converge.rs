@@ -24,6 +24,7 @@ use kubevirt_infra::cdi::DataVolume;
 use kubevirt_infra::kubevirt::VirtualMachine;
 use serde_json::json;
 
+use super::join::Joining;
 use super::nodes::{Drain, GuestNodes};
 use super::observe::{self, NodeView, VmView};
 use super::{status, validate};
@@ -32,6 +33,7 @@ use crate::api::{HostedCluster, NodePool, NodePoolStatus};
 use crate::apply::Applier;
 use crate::clients::{Handles, key_of};
 use crate::context::Context;
+use crate::desired::kubeconfig::endpoint;
 use crate::desired::object::Object;
 use crate::desired::vm::{self, PoolInputs};
 use crate::error::{Error, Result, Target, is_conflict, is_not_found};
@@ -61,6 +63,9 @@ struct Pool<'a> {
     inputs: PoolInputs,
     handles: Handles,
     vms: Api<VirtualMachine>,
+    /// The hosted control plane's Kubernetes version, when the pool's VMs
+    /// join one.
+    kubernetes_version: Option<String>,
     /// Earliest time to look again without a trigger.
     wake: Option<Duration>,
 }
@@ -205,6 +210,7 @@ pub async fn apply(np: &NodePool, ctx: &Context) -> Result<Action> {
     pool.drive_updates(&vms, &nodes).await?;
     pool.delete_orphan_nodes(&vms, &nodes).await?;
     pool.collect_caches(&vms).await?;
+    pool.join(&vms, &nodes).await?;
 
     let machines = observe::machines(
         &vms,
@@ -214,8 +220,21 @@ pub async fn apply(np: &NodePool, ctx: &Context) -> Result<Action> {
         &np.spec.release.version,
     );
     let now = Time(jiff::Timestamp::now());
+    let (not_joined, next_late) =
+        status::not_joined(&vms, &nodes, ctx.settings.node_join_timeout, now.0);
+    if let Some(after) = next_late {
+        pool.wake_in(after);
+    }
     write_status(ctx, np, |base| {
-        status::observed(base, &vms, &machines, &hash, &status::valid(), &now)
+        status::observed(
+            base,
+            &vms,
+            &machines,
+            &hash,
+            &status::valid(),
+            &not_joined,
+            &now,
+        )
     })
     .await?;
     Ok(Action::requeue(
@@ -260,6 +279,9 @@ pub async fn cleanup(np: &NodePool, ctx: &Context) -> Result<Action> {
         )));
     }
     pool.collect_caches(&[]).await?;
+    if let Some(joining) = pool.joining()? {
+        joining.revoke_all().await?;
+    }
     Ok(Action::await_change())
 }
 
@@ -286,14 +308,21 @@ impl<'a> Pool<'a> {
             infra_namespace: infra_namespace.clone(),
             version: np.spec.release.version.clone(),
             platform: np.spec.platform.kubevirt.clone(),
+            join: hc.is_hosted(),
         };
         let vms = Api::namespaced(handles.infra.clone(), &infra_namespace);
+        let kubernetes_version = hc
+            .is_hosted()
+            .then(|| hc.spec.release.kubernetes_version.clone())
+            .flatten()
+            .map(|v| v.trim_start_matches('v').to_string());
         Ok(Self {
             ctx,
             np,
             inputs,
             handles,
             vms,
+            kubernetes_version,
             wake: None,
         })
     }
@@ -551,6 +580,36 @@ impl<'a> Pool<'a> {
             self.guest().delete(name).await?;
             self.ctx.triggers.drain_done(&self.cluster_key(), name);
             tracing::info!(node = %name, "deleted guest node of removed VM");
+        }
+        Ok(())
+    }
+
+    /// How this pool's VMs join their hosted control plane; `None` when the
+    /// cluster is not hosted here.
+    fn joining(&self) -> Result<Option<Joining<'_>>> {
+        let Some(version) = &self.kubernetes_version else {
+            return Ok(None);
+        };
+        let endpoint = endpoint(&String::from_utf8_lossy(&self.handles.guest_kubeconfig))?;
+        Ok(Some(Joining {
+            guest: &self.handles.guest,
+            infra: &self.handles.infra,
+            metrics: &self.ctx.metrics,
+            endpoint,
+            kubernetes_version: version,
+            pool: &self.inputs.pool_name,
+            namespace: &self.inputs.infra_namespace,
+            labels: self.inputs.owner_labels(),
+        }))
+    }
+
+    /// Tokens and user data for the VMs waiting to join (see [`Joining`]).
+    async fn join(&mut self, vms: &[VmView], nodes: &BTreeMap<String, NodeView>) -> Result<()> {
+        let Some(joining) = self.joining()? else {
+            return Ok(());
+        };
+        if let Some(renew) = joining.converge(vms, nodes).await? {
+            self.wake_in(renew.max(Duration::from_secs(1)));
         }
         Ok(())
     }

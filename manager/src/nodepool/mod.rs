@@ -5,6 +5,7 @@
 //! watches of [`crate::watches`]).
 
 pub mod converge;
+pub mod join;
 pub mod nodes;
 pub mod observe;
 pub mod status;

@@ -15,6 +15,9 @@ use crate::rollout::Machine;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VmView {
     pub name: String,
+    pub uid: String,
+    /// When it was created.
+    pub created: Option<jiff::Timestamp>,
     pub template_hash: Option<String>,
     /// The version it runs (or, with `updating_to`, ran before the update).
     pub version: Option<String>,
@@ -46,6 +49,8 @@ impl VmView {
         let annotations = vm.metadata.annotations.clone().unwrap_or_default();
         Self {
             name: vm.metadata.name.clone().unwrap_or_default(),
+            uid: vm.metadata.uid.clone().unwrap_or_default(),
+            created: vm.metadata.creation_timestamp.as_ref().map(|t| t.0),
             template_hash: labels.get(names::TEMPLATE_HASH_LABEL).cloned(),
             version: annotations.get(names::VERSION_ANNOTATION).cloned(),
             updating_to: annotations.get(names::UPDATING_TO_ANNOTATION).cloned(),
@@ -140,6 +145,8 @@ mod tests {
             deleting: false,
             drain_started: None,
             cache_source: None,
+            uid: String::new(),
+            created: None,
         }
     }
 

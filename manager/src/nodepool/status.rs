@@ -16,6 +16,7 @@ pub fn observed(
     machines: &[Machine],
     template_hash: &str,
     extra: &[Desired],
+    not_joined: &NotJoined,
     now: &Time,
 ) -> NodePoolStatus {
     let mut status = pool.status.clone().unwrap_or_default();
@@ -79,6 +80,22 @@ pub fn observed(
             reason::SCALING_DOWN,
             format!("{} machines, {want} wanted", machines.len()),
         )
+    } else if let Some(first) = not_joined.vms.first() {
+        Desired::new(
+            kind::READY,
+            false,
+            reason::NODES_NOT_JOINED,
+            format!(
+                "{} of {want} nodes are ready; the node of VM {} has not joined {} after the VM was created: \
+                 kubeadm join failed or did not run there (its user data is in Secret {})",
+                status.ready_replicas,
+                not_joined.vms.join(", "),
+                jiff::SignedDuration::try_from(not_joined.timeout)
+                    .map(|d| format!("{d:#}"))
+                    .unwrap_or_default(),
+                crate::desired::join::user_data_secret_name(first),
+            ),
+        )
     } else {
         Desired::new(
             kind::READY,
@@ -114,6 +131,40 @@ pub fn observed(
         conditions::set(&mut status.conditions, d, generation, now);
     }
     status
+}
+
+/// The VMs whose nodes have not joined within the join timeout.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NotJoined {
+    pub vms: Vec<String>,
+    pub timeout: std::time::Duration,
+}
+
+/// The active VMs created more than `timeout` before `now` without a Node,
+/// and how long until the next one would be.
+pub fn not_joined(
+    vms: &[VmView],
+    nodes: &std::collections::BTreeMap<String, super::observe::NodeView>,
+    timeout: std::time::Duration,
+    now: jiff::Timestamp,
+) -> (NotJoined, Option<std::time::Duration>) {
+    let mut late = NotJoined {
+        vms: Vec::new(),
+        timeout,
+    };
+    let mut next: Option<std::time::Duration> = None;
+    for v in vms
+        .iter()
+        .filter(|v| v.active() && !nodes.contains_key(&v.name))
+    {
+        let Some(created) = v.created else { continue };
+        let waited = std::time::Duration::try_from(now.duration_since(created)).unwrap_or_default();
+        match timeout.checked_sub(waited) {
+            Some(left) if !left.is_zero() => next = Some(next.map_or(left, |n| n.min(left))),
+            _ => late.vms.push(v.name.clone()),
+        }
+    }
+    (late, next)
 }
 
 /// The validity conditions of a pool that passed validation.
@@ -205,6 +256,8 @@ mod tests {
             deleting: false,
             drain_started: None,
             cache_source: None,
+            uid: String::new(),
+            created: None,
         }
     }
 
@@ -224,11 +277,44 @@ mod tests {
     }
 
     #[test]
+    fn a_vm_whose_node_never_joined_is_named() {
+        let p = pool(2, "0.1.0");
+        let t = |s: i64| Some(jiff::Timestamp::from_second(1_700_000_000 - s).expect("ts"));
+        let mut old = vm("old", "h", "0.1.0");
+        old.created = t(700);
+        let mut young = vm("young", "h", "0.1.0");
+        young.created = t(100);
+        let vms = [old, young];
+        let timeout = std::time::Duration::from_secs(600);
+        let (late, next) = not_joined(&vms, &Default::default(), timeout, now().0);
+        assert_eq!(late.vms, ["old"]);
+        assert_eq!(next, Some(std::time::Duration::from_secs(500)));
+        let ms = [machine("old", true, false), machine("young", true, false)];
+        let s = observed(&p, &vms, &ms, "h", &valid(), &late, &now());
+        let ready = s
+            .conditions
+            .iter()
+            .find(|c| c.type_ == kind::READY)
+            .expect("Ready");
+        assert_eq!(ready.reason, reason::NODES_NOT_JOINED);
+        assert!(
+            ready.message.contains("VM old has not joined 10m"),
+            "{}",
+            ready.message
+        );
+        assert!(
+            ready.message.contains("Secret old-user-data"),
+            "{}",
+            ready.message
+        );
+    }
+
+    #[test]
     fn all_ready_and_current_is_ready() {
         let p = pool(2, "0.1.0");
         let vms = [vm("a", "h", "0.1.0"), vm("b", "h", "0.1.0")];
         let ms = [machine("a", true, true), machine("b", true, true)];
-        let s = observed(&p, &vms, &ms, "h", &valid(), &now());
+        let s = observed(&p, &vms, &ms, "h", &valid(), &NotJoined::default(), &now());
         assert_eq!(
             (s.replicas, s.ready_replicas, s.updated_replicas),
             (2, 2, 2)
@@ -249,7 +335,7 @@ mod tests {
         });
         let vms = [vm("a", "h1", "0.1.0"), vm("b", "h2", "0.2.0")];
         let ms = [machine("a", false, true), machine("b", true, true)];
-        let s = observed(&p, &vms, &ms, "h2", &valid(), &now());
+        let s = observed(&p, &vms, &ms, "h2", &valid(), &NotJoined::default(), &now());
         assert_eq!(s.version.as_deref(), Some("0.1.0"));
         assert!(is_true(&s.conditions, kind::UPDATING_VERSION));
         assert_eq!(s.updated_replicas, 1);
@@ -266,6 +352,7 @@ mod tests {
             &[machine("a", true, true)],
             "h",
             &valid(),
+            &NotJoined::default(),
             &now(),
         );
         assert_eq!(

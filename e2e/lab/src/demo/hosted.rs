@@ -4,14 +4,18 @@
 //! from the manager's manifests); the step narrates the conditions as they
 //! change, shows where each control-plane pod runs, and talks to the hosted
 //! API server through its published endpoint with the admin kubeconfig the
-//! status names.
+//! status names. Then it applies `examples/nodepool.yaml` and follows the
+//! VMs joining the hosted cluster (the lab's guest agent runs their
+//! `kubeadm join`): each Node as it registers and turns Ready, and the
+//! CSRs the hosted kube-controller-manager approved and signed.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
+use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Secret};
 use kube::api::{Api, ListParams, PostParams};
 use kube::core::DynamicObject;
 use kube::runtime::watcher::{self, Event};
@@ -25,6 +29,8 @@ use crate::lab::ensure_namespace;
 
 /// The example, as the README's quickstart applies it.
 const EXAMPLE: &str = include_str!("../../../../examples/hostedcluster.yaml");
+/// Its NodePool, as the README's quickstart applies it.
+const POOL_EXAMPLE: &str = include_str!("../../../../examples/nodepool.yaml");
 /// Bound of the wait for Available (a hang guard).
 const TIMEOUT: Duration = Duration::from_secs(180);
 /// The conditions narrated, in the order they come true.
@@ -116,7 +122,7 @@ pub async fn hosted_cluster(demo: &Demo, t: &Timeline) -> Result<(), LabError> {
         .map_err(|e| invalid("admin kubeconfig")(e.to_string()))?;
     let hosted = Client::try_from(config)?;
     let version = hosted.apiserver_version().await?;
-    let namespaces: Vec<String> = Api::<Namespace>::all(hosted)
+    let namespaces: Vec<String> = Api::<Namespace>::all(hosted.clone())
         .list(&ListParams::default())
         .await?
         .items
@@ -128,7 +134,91 @@ pub async fn hosted_cluster(demo: &Demo, t: &Timeline) -> Result<(), LabError> {
         version.git_version,
         namespaces.join(", ")
     ));
+
+    // Its nodes: the example NodePool's VMs join with kubeadm's protocol.
+    let pool: DynamicObject = serde_yaml::from_str(POOL_EXAMPLE)
+        .map_err(|e| invalid("examples/nodepool.yaml")(e.to_string()))?;
+    let replicas = pool.data["spec"]["replicas"].as_u64().unwrap_or(0) as usize;
+    let pools: Api<DynamicObject> =
+        Api::namespaced_with(lab.infra_client(), &ns, &hcp::np_resource());
+    pools.create(&PostParams::default(), &pool).await?;
+    t.event(format!(
+        "management: applied examples/nodepool.yaml: {replicas} VMs that boot with user data running kubeadm join"
+    ));
+    tokio::time::timeout(TIMEOUT, narrate_joins(&hosted, replicas, t))
+        .await
+        .map_err(|_| LabError::Timeout {
+            what: format!("{replicas} Ready nodes in the hosted cluster"),
+            after: TIMEOUT,
+        })??;
+    let csrs = Api::<CertificateSigningRequest>::all(hosted)
+        .list(&ListParams::default())
+        .await?
+        .items;
+    for csr in csrs.iter().filter(|c| c.spec.signer_name == KUBELET_SIGNER) {
+        let approved = csr
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .and_then(|cs| cs.iter().find(|c| c.type_ == "Approved"))
+            .and_then(|c| c.reason.clone())
+            .unwrap_or_default();
+        t.event(format!(
+            "hosted cluster: CSR {} from {}: {approved}, signed by the hosted kube-controller-manager",
+            csr.name_any(),
+            csr.spec.username.as_deref().unwrap_or("?"),
+        ));
+    }
     Ok(())
+}
+
+const KUBELET_SIGNER: &str = "kubernetes.io/kube-apiserver-client-kubelet";
+
+/// Watches the hosted cluster's Nodes, printing each as it registers and
+/// turns Ready, until `n` are Ready.
+async fn narrate_joins(hosted: &Client, n: usize, t: &Timeline) -> Result<(), LabError> {
+    let nodes: Api<Node> = Api::all(hosted.clone());
+    let mut events = std::pin::pin!(watcher::watcher(nodes, watcher::Config::default()));
+    let mut ready: BTreeMap<String, bool> = BTreeMap::new();
+    while let Some(event) = events.next().await {
+        let node = match event {
+            Ok(Event::Apply(node) | Event::InitApply(node)) => node,
+            Ok(_) => continue,
+            Err(e) => {
+                return Err(LabError::Watch {
+                    what: "hosted Nodes".into(),
+                    message: e.to_string(),
+                });
+            }
+        };
+        let name = node.name_any();
+        let is_ready = crate::wait::node_ready(&node);
+        if ready.get(&name) != Some(&is_ready) {
+            let address = node
+                .status
+                .as_ref()
+                .and_then(|s| s.addresses.as_ref())
+                .and_then(|a| a.iter().find(|a| a.type_ == "InternalIP"))
+                .map(|a| format!(", address {}", a.address))
+                .unwrap_or_default();
+            t.event(format!(
+                "hosted cluster: Node {name} {} (providerID {}{address})",
+                if is_ready { "Ready" } else { "registered" },
+                node.spec
+                    .as_ref()
+                    .and_then(|s| s.provider_id.as_deref())
+                    .unwrap_or("-"),
+            ));
+            ready.insert(name, is_ready);
+        }
+        if ready.values().filter(|r| **r).count() >= n {
+            return Ok(());
+        }
+    }
+    Err(LabError::Watch {
+        what: "hosted Nodes".into(),
+        message: "the watch ended".into(),
+    })
 }
 
 /// An etcd or kube-* pod of the control plane (not the CSI controller or

@@ -1,7 +1,8 @@
 //! `lab demo`: a narrated run of the suite in a throw-away lab. First a
 //! hosted cluster: `examples/hostedcluster.yaml` applied to the management
 //! cluster, its control plane coming up and answering through its
-//! published endpoint. Then, in the lab's guest cluster, a guest
+//! published endpoint, and `examples/nodepool.yaml`'s VMs joining it as
+//! nodes. Then, in the lab's guest cluster, a guest
 //! PersistentVolumeClaim becomes an infra DataVolume, is hotplugged into the
 //! worker VM its pod runs on, formatted, mounted and written, then read back
 //! from a pod on the other worker; a guest LoadBalancer Service becomes an
@@ -41,7 +42,7 @@ pub struct Step {
 pub fn steps() -> Vec<Step> {
     vec![
         Step {
-            title: "a hosted cluster from examples/hostedcluster.yaml: its control plane comes up and serves through its endpoint",
+            title: "a hosted cluster from examples/hostedcluster.yaml: its control plane comes up and serves through its endpoint, and its NodePool's VMs join it",
             run: |demo, t| Box::pin(hosted::hosted_cluster(demo, t)),
         },
         Step {

@@ -37,6 +37,7 @@ mod lab_up;
 mod manager_bad_input;
 mod manager_hosted;
 mod manager_hostedcluster;
+mod manager_join;
 mod manager_leader;
 mod manager_nodepool;
 mod manager_scale;

@@ -19,6 +19,7 @@ use kube::runtime::watcher::{self, Event};
 use kube::{Client, ResourceExt};
 use kubevirt_infra::kubevirt::VirtualMachine;
 use kubevirt_lab::Lab;
+use kubevirt_lab::wait::node_ready;
 use serde_json::json;
 use tokio::task::JoinHandle;
 
@@ -27,13 +28,6 @@ const POOL: &str = "workers";
 
 fn pool_selector() -> String {
     format!("{INFRA_ID_LABEL}=guest1-id,{NODE_POOL_LABEL}={POOL}")
-}
-
-fn ready(node: &Node) -> bool {
-    node.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
 fn schedulable(node: &Node) -> bool {
@@ -119,7 +113,10 @@ impl NodeWatch {
                     .values()
                     .filter(|n| n.name_any().starts_with("workers-"))
                     .collect();
-                let ready_count = pool.iter().filter(|n| ready(n) && schedulable(n)).count();
+                let ready_count = pool
+                    .iter()
+                    .filter(|n| node_ready(n) && schedulable(n))
+                    .count();
                 let cordoned = pool.iter().filter(|n| !schedulable(n)).count();
                 if let Ok(mut m) = mr.lock() {
                     *m = Some(m.map_or(ready_count, |v: usize| v.min(ready_count)));

@@ -105,6 +105,9 @@ pub struct HostedInputs {
     pub service_cidr: String,
     /// kubernetes.default's ClusterIP: the first address of the service range.
     pub kubernetes_service_ip: IpAddr,
+    /// The cluster DNS address kubelets are given: the tenth address of
+    /// the service range, as kubeadm's.
+    pub dns_service_ip: IpAddr,
     pub cluster_cidr: String,
     pub publishing: Publishing,
     pub etcd_storage_class: Option<String>,
@@ -199,6 +202,7 @@ impl HostedInputs {
             .hosts()
             .next()
             .unwrap_or_else(|| service_net.network());
+        let dns_service_ip = service_net.hosts().nth(9).unwrap_or(kubernetes_service_ip);
         let publishing = match hc
             .spec
             .services
@@ -234,6 +238,7 @@ impl HostedInputs {
             kubernetes_version,
             service_cidr: service_cidr.to_string(),
             kubernetes_service_ip,
+            dns_service_ip,
             cluster_cidr: cluster_cidr.to_string(),
             publishing,
             etcd_storage_class: pv.storage_class_name,
@@ -453,6 +458,7 @@ mod tests {
         assert_eq!(inp.namespace, "clusters-guest1");
         assert_eq!(inp.service_cidr, "172.31.0.0/16");
         assert_eq!(inp.kubernetes_service_ip.to_string(), "172.31.0.1");
+        assert_eq!(inp.dns_service_ip.to_string(), "172.31.0.10");
         assert_eq!(inp.cluster_cidr, "10.132.0.0/14");
         assert_eq!(inp.publishing, Publishing::LoadBalancer { hostname: None });
         assert_eq!(inp.replicas(), 1);
