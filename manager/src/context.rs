@@ -56,5 +56,7 @@ pub struct Context {
     pub settings: Settings,
     pub metrics: Arc<Metrics>,
     pub clients: ClusterClients,
+    /// Connections to shared etcds.
+    pub etcd: crate::shared_etcd::Connections,
     pub triggers: Triggers,
 }

@@ -76,6 +76,7 @@ pub async fn run(client: Client, options: Options, shutdown: CancellationToken) 
     let ctx = Arc::new(Context {
         client: client.clone(),
         clients: ClusterClients::new(client),
+        etcd: Default::default(),
         metrics: options.metrics.clone(),
         settings,
         triggers,

@@ -8,9 +8,12 @@
 //!
 //! [`ensure`] reads before it writes: when the user, its role and the
 //! role's permission are in place, it writes nothing. [`remove`] deletes
-//! the cluster's keys, its user and its role, and is idempotent.
+//! the cluster's keys, its user and its role, and is idempotent. Both use
+//! one connection per shared etcd and root identity ([`Connections`]), made
+//! once and kept (the channel reconnects by itself when the etcd restarts).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use kubevirt_csi_proto::etcd::auth_client::AuthClient;
@@ -89,7 +92,38 @@ impl Credentials {
     }
 }
 
+/// The administrative connections to shared etcds, by endpoints and root
+/// identity.
+#[derive(Default)]
+pub struct Connections {
+    admins: Mutex<HashMap<u64, Admin>>,
+}
+
+impl Connections {
+    /// The connection to `shared` as the root user of `creds`, made on first use.
+    async fn admin(&self, shared: &SharedEtcd, creds: &Credentials) -> Result<Admin, EtcdError> {
+        let endpoints = shared.endpoints.join(",");
+        let key = crate::hash::fnv1a_parts([
+            endpoints.as_bytes(),
+            &creds.ca_cert,
+            &creds.cert,
+            &creds.key,
+        ]);
+        if let Some(admin) = self.lock().get(&key) {
+            return Ok(admin.clone());
+        }
+        let admin = Admin::connect(shared, creds).await?;
+        self.lock().insert(key, admin.clone());
+        Ok(admin)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Admin>> {
+        self.admins.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 /// An administrative connection to the shared etcd.
+#[derive(Clone)]
 struct Admin {
     auth: AuthClient<Channel>,
     kv: KvClient<Channel>,
@@ -176,8 +210,12 @@ fn permission(shared: &SharedEtcd) -> Permission {
 
 /// Makes the cluster's user and role, and grants the role its prefix, where
 /// they are missing. Returns how many writes it made.
-pub async fn ensure(shared: &SharedEtcd, creds: &Credentials) -> Result<usize, EtcdError> {
-    let mut admin = Admin::connect(shared, creds).await?;
+pub async fn ensure(
+    connections: &Connections,
+    shared: &SharedEtcd,
+    creds: &Credentials,
+) -> Result<usize, EtcdError> {
+    let mut admin = connections.admin(shared, creds).await?;
     let user = shared.user.clone();
     let wanted = permission(shared);
     let mut writes = 0;
@@ -249,8 +287,12 @@ pub async fn ensure(shared: &SharedEtcd, creds: &Credentials) -> Result<usize, E
 
 /// Deletes the cluster's keys, then its user and its role. What is already
 /// gone is not an error.
-pub async fn remove(shared: &SharedEtcd, creds: &Credentials) -> Result<(), EtcdError> {
-    let mut admin = Admin::connect(shared, creds).await?;
+pub async fn remove(
+    connections: &Connections,
+    shared: &SharedEtcd,
+    creds: &Credentials,
+) -> Result<(), EtcdError> {
+    let mut admin = connections.admin(shared, creds).await?;
     let user = shared.user.clone();
     let prefix = shared.prefix().into_bytes();
     let deleted = admin

@@ -93,6 +93,34 @@ pub fn node_pools(client: &Client) -> Api<DynamicObject> {
     Api::namespaced_with(client.clone(), NS, &np_resource())
 }
 
+/// A NodePool `name` of cluster `cluster`: `replicas` VMs of 2 cores and
+/// 4 GiB booting a container disk, on suite `version`, with `management`.
+pub fn node_pool(
+    name: &str,
+    cluster: &str,
+    replicas: i32,
+    version: &str,
+    management: Value,
+) -> Result<DynamicObject, LabError> {
+    serde_json::from_value(json!({
+        "apiVersion": "hcp.kubevirt-rs.io/v1alpha1",
+        "kind": "NodePool",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": {
+            "clusterName": cluster,
+            "replicas": replicas,
+            "release": {"version": version},
+            "platform": {"kubevirt": {
+                "compute": {"cores": 2, "memory": "4Gi"},
+                "rootVolume": {"size": "10Gi"},
+                "bootImage": {"containerDiskImage": "quay.io/containerdisks/fedora:41"}
+            }},
+            "management": management
+        }
+    }))
+    .map_err(|e| LabError::Invalid(format!("NodePool {name}: {e}")))
+}
+
 /// The manager's CRDs, from the committed manifests.
 pub async fn install_crds(client: &Client) -> Result<(), LabError> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../manifests/manager/crds");
@@ -287,6 +315,58 @@ pub fn is_true(obj: &DynamicObject, type_: &str) -> bool {
             cs.iter()
                 .any(|c| c["type"] == type_ && c["status"] == "True")
         })
+}
+
+/// Whether `image` is a hosted control plane's upstream image (etcd or a
+/// kube-* binary), not the CSI controller's or the CCM's.
+pub fn is_control_plane_image(image: &str) -> bool {
+    image.starts_with("registry.k8s.io/etcd:") || image.starts_with("registry.k8s.io/kube-")
+}
+
+/// A client of hosted cluster `hc` (its status read): the admin kubeconfig
+/// its `status.kubeconfig` names, reaching the published endpoint from the
+/// host through the returned loopback bridge (the serving certificate
+/// names 127.0.0.1 too).
+pub async fn admin_client(
+    lab: &Lab,
+    hc: &DynamicObject,
+) -> Result<(lab_net::bridge::Bridge, Client), LabError> {
+    let invalid = |what: &str, e: String| LabError::Invalid(format!("{what}: {e}"));
+    let status = &hc.data["status"];
+    let endpoint = format!(
+        "{}:{}",
+        status["controlPlaneEndpoint"]["host"]
+            .as_str()
+            .unwrap_or_default(),
+        status["controlPlaneEndpoint"]["port"]
+            .as_u64()
+            .unwrap_or_default()
+    );
+    let target: std::net::SocketAddr = endpoint
+        .parse()
+        .map_err(|e: std::net::AddrParseError| invalid("endpoint", e.to_string()))?;
+    let forward =
+        lab_net::bridge::Bridge::from_host(lab.net.clone(), ([127, 0, 0, 1], 0).into(), target)
+            .await?;
+    let ns = hc.namespace().unwrap_or_else(|| NS.to_string());
+    let secret = Api::<Secret>::namespaced(lab.infra_client(), &ns)
+        .get(status["kubeconfig"]["name"].as_str().unwrap_or_default())
+        .await?;
+    let text = secret
+        .data
+        .and_then(|mut d| d.remove("kubeconfig"))
+        .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+        .ok_or_else(|| invalid("admin kubeconfig", "no key kubeconfig".into()))?
+        .replace(
+            &format!("https://{endpoint}"),
+            &format!("https://{}", forward.local_addr()),
+        );
+    let kubeconfig = kube::config::Kubeconfig::from_yaml(&text)
+        .map_err(|e| invalid("admin kubeconfig", e.to_string()))?;
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .map_err(|e| invalid("admin kubeconfig", e.to_string()))?;
+    Ok((forward, Client::try_from(config)?))
 }
 
 /// Watches until `n` HostedClusters report Available; returns when each

@@ -193,10 +193,15 @@ impl SharedEtcd {
         Ok(etcd)
     }
 
-    /// The data of `etcd.shared.credentialsSecret`: the CA and root's
-    /// client certificate.
-    pub fn credentials(&self) -> BTreeMap<String, ByteString> {
-        [
+    /// Creates `namespace/name`, the Secret `etcd.shared.credentialsSecret`
+    /// names: the CA and root's client certificate.
+    pub async fn create_credentials(
+        &self,
+        client: &kube::Client,
+        namespace: &str,
+        name: &str,
+    ) -> Result<(), LabError> {
+        let data: BTreeMap<String, ByteString> = [
             ("ca.crt", self.ca.cert_pem()),
             ("ca.key", self.ca.key_pem()),
             ("tls.crt", self.root.cert_pem.clone()),
@@ -204,7 +209,20 @@ impl SharedEtcd {
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), ByteString(v.into_bytes())))
-        .collect()
+        .collect();
+        let secret = Secret {
+            metadata: kube::api::ObjectMeta {
+                name: Some(name.to_string()),
+                namespace: Some(namespace.to_string()),
+                ..Default::default()
+            },
+            data: Some(data),
+            ..Secret::default()
+        };
+        Api::<Secret>::namespaced(client.clone(), namespace)
+            .create(&PostParams::default(), &secret)
+            .await?;
+        Ok(())
     }
 
     /// A channel to the member (through the host forward) as the user of

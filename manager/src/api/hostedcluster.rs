@@ -216,9 +216,10 @@ pub struct HostedClusterStatus {
     /// Namespace of the cluster's VMs and volumes on the infra cluster.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub infra_namespace: Option<String>,
-    /// The version whose components are deployed.
+    /// The release being rolled out and the history of rollouts
+    /// (HyperShift's `status.version`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub version: Option<String>,
+    pub version: Option<ClusterVersionStatus>,
     /// Hosted control plane: where its API server is published.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub control_plane_endpoint: Option<ApiEndpoint>,
@@ -226,6 +227,44 @@ pub struct HostedClusterStatus {
     /// kubeconfig (key `kubeconfig`) for the published endpoint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kubeconfig: Option<LocalObjectReference>,
+}
+
+/// `HostedCluster.status.version`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterVersionStatus {
+    /// The release the manager rolls out: the spec's.
+    pub desired: Release,
+    /// The rollouts, newest first (at most ten): `Partial` while one is
+    /// under way (or was left for a newer one), `Completed` once every
+    /// component ran it.
+    #[serde(default)]
+    pub history: Vec<UpdateHistory>,
+    /// The generation `desired` was taken from.
+    pub observed_generation: i64,
+}
+
+/// One rollout of a release.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UpdateHistory {
+    pub state: UpdateState,
+    pub started_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time,
+    /// When it completed, or was superseded by a newer rollout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_time: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+    /// Suite version.
+    pub version: String,
+    /// Kubernetes version of a hosted control plane.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes_version: Option<String>,
+}
+
+/// Whether a rollout reached every component.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum UpdateState {
+    Completed,
+    Partial,
 }
 
 // === impl HostedCluster ===

@@ -566,6 +566,16 @@ mod tests {
         "2026-12-07T00:00:00Z".parse().expect("time")
     }
 
+    fn joining(labels: &BTreeMap<String, String>) -> JoiningVm<'_> {
+        JoiningVm {
+            name: "workers-abcde",
+            namespace: "clusters-guest1",
+            uid: "u",
+            pool: "workers",
+            labels,
+        }
+    }
+
     #[test]
     fn cluster_objects_are_kubeadms() {
         let objects = cluster_objects(&cluster()).expect("objects");
@@ -628,13 +638,7 @@ mod tests {
     #[test]
     fn token_secret_round_trips_and_is_kubeadms() {
         let labels = BTreeMap::new();
-        let vm = JoiningVm {
-            name: "workers-abcde",
-            namespace: "clusters-guest1",
-            uid: "u",
-            pool: "workers",
-            labels: &labels,
-        };
+        let vm = joining(&labels);
         let token = BootstrapToken::generate(now());
         let secret = token_secret(&vm, &token);
         assert_eq!(
@@ -658,13 +662,7 @@ mod tests {
         let text = user_data(&node);
         assert!(text.starts_with("#cloud-config\n"));
         let labels = BTreeMap::new();
-        let vm = JoiningVm {
-            name: "workers-abcde",
-            namespace: "clusters-guest1",
-            uid: "u",
-            pool: "workers",
-            labels: &labels,
-        };
+        let vm = joining(&labels);
         let secret = user_data_secret(&vm, text.clone());
         assert_eq!(token_in_user_data(&secret), Some(token.value()));
         let config: Value = serde_yaml::from_str(&text).expect("yaml");

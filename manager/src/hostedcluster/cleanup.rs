@@ -48,7 +48,7 @@ async fn remove_from_shared_etcd(hc: &HostedCluster, ctx: &Context) -> Result<()
     };
     let ns = hc.metadata.namespace.as_deref().unwrap_or_default();
     match credentials(&ctx.client, ns, &shared.credentials_secret).await {
-        Ok(creds) => Ok(shared_etcd::remove(&shared, &creds).await?),
+        Ok(creds) => Ok(shared_etcd::remove(&ctx.etcd, &shared, &creds).await?),
         Err(Error::SharedEtcd(EtcdError::SecretMissing(secret))) => {
             tracing::warn!(
                 secret,

@@ -82,6 +82,10 @@ pub struct ControlPlane {
     pub endpoint: Option<ApiEndpoint>,
     pub etcd: EtcdState,
     pub apiserver: Readiness,
+    /// Every component (etcd, kube-apiserver, kube-controller-manager,
+    /// kube-scheduler) runs its current spec on all its replicas, none
+    /// older left.
+    pub rolled_out: bool,
     /// `/readyz` through the endpoint: `Ok` when it answered ok, otherwise
     /// why not (in words for the condition message).
     pub serving: std::result::Result<(), String>,
@@ -220,7 +224,7 @@ pub async fn converge(hc: &HostedCluster, ctx: &Context) -> Result<ControlPlane>
     let shared_ca = match &inp.shared_etcd {
         Some(shared) => {
             let creds = credentials(client, &inp.hc_namespace, &shared.credentials_secret).await?;
-            let writes = shared_etcd::ensure(shared, &creds).await?;
+            let writes = shared_etcd::ensure(&ctx.etcd, shared, &creds).await?;
             if writes > 0 {
                 tracing::info!(user = %shared.user, writes, "placed the cluster in the shared etcd");
             }
@@ -281,30 +285,41 @@ pub async fn converge(hc: &HostedCluster, ctx: &Context) -> Result<ControlPlane>
         ready: ready.unwrap_or(0),
         desired: inp.replicas(),
     };
+    let deployments = Api::<Deployment>::namespaced(client.clone(), &inp.namespace);
+    let mut running = Vec::new();
+    for name in [
+        names::KUBE_APISERVER,
+        names::KUBE_CONTROLLER_MANAGER,
+        names::KUBE_SCHEDULER,
+    ] {
+        running.push(deployments.get_opt(name).await.map_err(Error::kube(
+            Target::Management,
+            format!("get Deployment {name}"),
+        ))?);
+    }
+    let etcd_set = match &inp.shared_etcd {
+        Some(_) => None,
+        None => Api::<StatefulSet>::namespaced(client.clone(), &inp.namespace)
+            .get_opt(names::ETCD)
+            .await
+            .map_err(Error::kube(Target::Management, "get StatefulSet etcd"))?,
+    };
     let etcd = match &inp.shared_etcd {
         Some(shared) => EtcdState::Shared {
             endpoints: shared.endpoints.join(","),
             prefix: shared.prefix(),
         },
-        None => EtcdState::Members(of(Api::<StatefulSet>::namespaced(
-            client.clone(),
-            &inp.namespace,
-        )
-        .get_opt(names::ETCD)
-        .await
-        .map_err(Error::kube(Target::Management, "get StatefulSet etcd"))?
-        .and_then(|s| s.status?.ready_replicas))),
+        None => EtcdState::Members(of(etcd_set
+            .as_ref()
+            .and_then(|s| s.status.as_ref()?.ready_replicas))),
     };
-    let apiserver = of(
-        Api::<Deployment>::namespaced(client.clone(), &inp.namespace)
-            .get_opt(names::KUBE_APISERVER)
-            .await
-            .map_err(Error::kube(
-                Target::Management,
-                "get Deployment kube-apiserver",
-            ))?
-            .and_then(|d| d.status?.available_replicas),
-    );
+    let apiserver = of(running[0]
+        .as_ref()
+        .and_then(|d| d.status.as_ref()?.available_replicas));
+    let rolled_out = running
+        .iter()
+        .all(|d| d.as_ref().is_some_and(deployment_rolled_out))
+        && (inp.shared_etcd.is_some() || etcd_set.as_ref().is_some_and(statefulset_rolled_out));
     let admin_kubeconfig = endpoint.as_ref().map(|ep| {
         hpki::kubeconfig(
             &material,
@@ -333,10 +348,35 @@ pub async fn converge(hc: &HostedCluster, ctx: &Context) -> Result<ControlPlane>
         endpoint,
         etcd,
         apiserver,
+        rolled_out,
         serving,
         admin_kubeconfig,
         renew_at: material.renew_at,
         keys: keys(&applied),
+    })
+}
+
+/// A Deployment whose every replica runs its current template and is
+/// available, with no older replica left.
+fn deployment_rolled_out(d: &Deployment) -> bool {
+    let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    d.status.as_ref().is_some_and(|s| {
+        s.observed_generation >= d.metadata.generation
+            && s.updated_replicas == Some(want)
+            && s.available_replicas == Some(want)
+            && s.replicas == Some(want)
+    })
+}
+
+/// A StatefulSet whose every member runs its current revision and is Ready.
+fn statefulset_rolled_out(set: &StatefulSet) -> bool {
+    let want = set.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    set.status.as_ref().is_some_and(|s| {
+        s.observed_generation >= set.metadata.generation
+            && s.update_revision.is_some()
+            && s.current_revision == s.update_revision
+            && s.ready_replicas == Some(want)
+            && s.updated_replicas == Some(want)
     })
 }
 

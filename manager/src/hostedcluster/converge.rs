@@ -19,6 +19,7 @@ use kube::{Api, Resource};
 use kubevirt_infra::snapshot::VolumeSnapshotClass;
 
 use super::controlplane::{self, ControlPlane, EtcdState};
+use super::history;
 use super::tokens;
 use crate::api::conditions::{self, Desired, kind, reason};
 use crate::api::controlplane::LocalObjectReference;
@@ -326,7 +327,6 @@ pub fn status_after(
     let (available, degraded, valid_version) = match outcome {
         Ok(c) => {
             status.infra_namespace = Some(c.inputs.infra_namespace.clone());
-            status.version = Some(c.inputs.version.clone());
             status.observed_generation = generation;
             (
                 Desired::new(
@@ -357,6 +357,17 @@ pub fn status_after(
     };
     for d in [&available, &degraded, &valid_version] {
         conditions::set(&mut status.conditions, d, generation, now);
+    }
+    // The release's rollout: done when every component runs it.
+    if !matches!(outcome, Err(Error::Version(_))) {
+        let rolled_out = outcome.is_ok() && (!hc.is_hosted() || cp.is_some_and(|c| c.rolled_out));
+        status.version = Some(history::advance(
+            status.version.as_ref(),
+            &hc.spec.release,
+            generation.unwrap_or_default(),
+            rolled_out,
+            now,
+        ));
     }
     if let Ok(c) = outcome
         && let Some(d) = snapshots_condition(c)
@@ -488,6 +499,7 @@ pub async fn apply(hc: &HostedCluster, ctx: &Context) -> Result<Action> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::hostedcluster::UpdateState;
     use crate::desired::fixtures::hosted_cluster;
     use crate::version::Refusal;
 
@@ -518,7 +530,11 @@ mod tests {
             s.control_plane_namespace.as_deref(),
             Some("clusters-guest1")
         );
-        assert_eq!(s.version.as_deref(), Some("0.1.0"));
+        // An external cluster's release is rolled out once deployed.
+        let version = s.version.expect("version");
+        assert_eq!(version.desired.version, "0.1.0");
+        assert_eq!(version.history[0].state, UpdateState::Completed);
+        assert_eq!(version.observed_generation, 3);
         assert!(
             s.conditions
                 .iter()
@@ -642,6 +658,7 @@ mod tests {
                 ready: 0,
                 desired: 1,
             },
+            rolled_out: false,
             serving: Err("0 of 1 API servers available".into()),
             admin_kubeconfig: None,
             renew_at: None,
@@ -676,6 +693,8 @@ mod tests {
             Some("guest1-admin-kubeconfig")
         );
         assert_eq!(s.control_plane_endpoint.map(|e| e.port), Some(30443));
+        let partial = s.version.clone().expect("version");
+        assert_eq!(partial.history[0].state, UpdateState::Partial);
 
         let up = ControlPlane {
             etcd: EtcdState::Members(Readiness {
@@ -691,6 +710,8 @@ mod tests {
         };
         let s = status_after(&hc, Some(&up), &Err(Error::Pending("x".into())), &now());
         assert!(conditions::is_true(&s.conditions, kind::ETCD_AVAILABLE));
+        let version = s.version.clone().expect("version");
+        assert_eq!(version.history[0].state, UpdateState::Partial, "pending");
         assert!(conditions::is_true(
             &s.conditions,
             kind::KUBE_APISERVER_AVAILABLE

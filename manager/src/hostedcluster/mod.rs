@@ -7,6 +7,7 @@
 pub mod cleanup;
 pub mod controlplane;
 pub mod converge;
+pub mod history;
 pub mod tokens;
 
 use std::sync::Arc;

@@ -12,12 +12,19 @@
 //! [`shared_etcd`]: `n` SingleReplica HostedClusters on one shared etcd,
 //! created at once: each one's creation to Available, the memory of one
 //! control plane (no etcd of its own) and of the shared etcd.
+//!
+//! [`ephemeral`]: `n` clusters as a service, one after another: a
+//! HostedCluster and a NodePool of 2 created together, timed to both Nodes
+//! Ready in the hosted cluster (the VMs join with kubeadm's protocol, see
+//! `crate::guest_agent`); then both deleted, timed until nothing is left
+//! (HostedCluster, NodePool and the control-plane namespace with everything
+//! in it, VMs included).
 
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{Namespace, Node};
 
-use kube::api::{Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::core::DynamicObject;
 use serde_json::json;
 
@@ -193,13 +200,7 @@ pub async fn shared_etcd(n: usize, report: &mut Report) -> Result<(), LabError> 
     let result = async {
         let management = lab.infra_client();
         let etcd = SharedEtcd::deploy(&lab, "shared-etcd").await?;
-        let credentials: Secret = serde_json::from_value(json!({
-            "metadata": {"name": "shared-etcd-root", "namespace": NS},
-            "data": etcd.credentials(),
-        }))
-        .map_err(|e| LabError::Invalid(e.to_string()))?;
-        kube::Api::<Secret>::namespaced(management.clone(), NS)
-            .create(&PostParams::default(), &credentials)
+        etcd.create_credentials(&management, NS, "shared-etcd-root")
             .await?;
         let hcs = hosted_clusters(&management);
         let wait = WAIT + Duration::from_secs(15 * n as u64);
@@ -262,6 +263,91 @@ pub async fn shared_etcd(n: usize, report: &mut Report) -> Result<(), LabError> 
                 "MiB",
             );
         }
+        Ok(())
+    }
+    .await;
+    finish(lab, manager, result).await
+}
+
+/// Waits until `api` has no object `name` (watching).
+async fn until_gone(api: &kube::Api<DynamicObject>, name: &str) -> Result<(), LabError> {
+    let gone =
+        kube::runtime::wait::await_condition(api.clone(), name, |o: Option<&DynamicObject>| {
+            o.is_none()
+        });
+    tokio::time::timeout(WAIT, gone)
+        .await
+        .map_err(|_| LabError::Timeout {
+            what: format!("{name} gone"),
+            after: WAIT,
+        })?
+        .map_err(|e| LabError::Invalid(format!("watching {name}: {e}")))?;
+    Ok(())
+}
+
+fn p50(mut took: Vec<f64>) -> (f64, f64) {
+    took.sort_by(f64::total_cmp);
+    (took[took.len() / 2], took[took.len() - 1])
+}
+
+/// `n` ephemeral clusters with 2 nodes each, one after another.
+pub async fn ephemeral(n: usize, report: &mut Report) -> Result<(), LabError> {
+    let (lab, manager) = management_lab().await?;
+    let result = async {
+        let management = lab.infra_client();
+        let hcs = hosted_clusters(&management);
+        let pools = hcp::node_pools(&management);
+        let namespaces = kube::Api::<Namespace>::all(management.clone());
+        let (mut ready, mut gone) = (Vec::with_capacity(n), Vec::with_capacity(n));
+        for i in 0..n {
+            let name = format!("eph{i}");
+            let started = Instant::now();
+            hcs.create(&PostParams::default(), &hosted_cluster(&name)?)
+                .await?;
+            pools
+                .create(
+                    &PostParams::default(),
+                    &hcp::node_pool(&name, &name, 2, "0.1.0", json!({}))?,
+                )
+                .await?;
+            tokio::time::timeout(WAIT, hcp::all_available(&hcs, 1))
+                .await
+                .map_err(|_| LabError::Timeout {
+                    what: format!("HostedCluster {name} Available"),
+                    after: WAIT,
+                })??;
+            let (_forward, hosted) = hcp::admin_client(&lab, &hcs.get(&name).await?).await?;
+            let nodes = kube::Api::<Node>::all(hosted);
+            crate::wait::until_count(&nodes, "", 2, WAIT, crate::wait::node_ready).await?;
+            ready.push(started.elapsed().as_secs_f64() * 1000.0);
+
+            let deleting = Instant::now();
+            pools.delete(&name, &DeleteParams::default()).await?;
+            hcs.delete(&name, &DeleteParams::default()).await?;
+            until_gone(&pools, &name).await?;
+            until_gone(&hcs, &name).await?;
+            let cp = format!("{NS}-{name}");
+            crate::wait::until(&namespaces, &cp, WAIT, |ns| ns.is_none().then_some(())).await?;
+            gone.push(deleting.elapsed().as_secs_f64() * 1000.0);
+        }
+        let (ready_p50, ready_max) = p50(ready);
+        report.add_target(
+            SECTION,
+            format!("HostedCluster + NodePool of 2 created -> 2 Nodes Ready, p50 of {n}"),
+            ready_p50,
+            "ms",
+            "<= 30000",
+        );
+        report.add(SECTION, format!("... max of {n}"), ready_max, "ms");
+        let (gone_p50, gone_max) = p50(gone);
+        report.add_target(
+            SECTION,
+            format!("... deleted -> nothing left (control-plane namespace gone), p50 of {n}"),
+            gone_p50,
+            "ms",
+            "<= 15000",
+        );
+        report.add(SECTION, format!("... max of {n}"), gone_max, "ms");
         Ok(())
     }
     .await;

@@ -54,6 +54,9 @@ pub struct Params {
     pub hosted_control_planes: usize,
     /// Hosted control planes on one shared etcd, created at once (0: none).
     pub shared_etcd_clusters: usize,
+    /// Ephemeral clusters (a HostedCluster and a NodePool of 2), one after
+    /// another (0: none).
+    pub ephemeral_clusters: usize,
 }
 
 /// Resident set size of a process, in MiB.

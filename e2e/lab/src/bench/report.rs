@@ -141,6 +141,7 @@ mod tests {
             hosted_clusters: 1,
             hosted_control_planes: 0,
             shared_etcd_clusters: 0,
+            ephemeral_clusters: 0,
         }
     }
 

@@ -54,6 +54,11 @@ struct Cli {
     /// management lab (0 skips them).
     #[arg(long, default_value_t = 20)]
     shared_etcd_clusters: usize,
+    /// Ephemeral clusters (a HostedCluster and a NodePool of 2, created,
+    /// joined and deleted) one after another in a management lab (0 skips
+    /// them).
+    #[arg(long, default_value_t = 3)]
+    ephemeral_clusters: usize,
     /// Print JSON instead of the table.
     #[arg(long)]
     json: bool,
@@ -80,6 +85,7 @@ async fn main() -> ExitCode {
         hosted_clusters: cli.hosted_clusters,
         hosted_control_planes: cli.hosted_control_planes,
         shared_etcd_clusters: cli.shared_etcd_clusters,
+        ephemeral_clusters: cli.ephemeral_clusters,
     };
     match run(params).await {
         Ok(report) => {
@@ -140,6 +146,13 @@ async fn run(params: Params) -> Result<Report, LabError> {
             params.shared_etcd_clusters
         );
         hosted::shared_etcd(params.shared_etcd_clusters, &mut report).await?;
+    }
+    if params.ephemeral_clusters > 0 {
+        eprintln!(
+            "bench: {} ephemeral clusters with 2 nodes each",
+            params.ephemeral_clusters
+        );
+        hosted::ephemeral(params.ephemeral_clusters, &mut report).await?;
     }
     Ok(report)
 }

@@ -10,17 +10,15 @@
 //! CSRs the hosted kube-controller-manager approved and signed.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Secret};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use kube::api::{Api, ListParams, PostParams};
 use kube::core::DynamicObject;
 use kube::runtime::watcher::{self, Event};
 use kube::{Client, ResourceExt};
-use lab_net::bridge::Bridge;
 
 use super::{Demo, Timeline};
 use crate::LabError;
@@ -98,29 +96,8 @@ pub async fn hosted_cluster(demo: &Demo, t: &Timeline) -> Result<(), LabError> {
     }
 
     // The admin kubeconfig, from the host through a loopback forward to the
-    // endpoint (its serving certificate names 127.0.0.1 too).
-    let target: SocketAddr = endpoint
-        .parse()
-        .map_err(|e: std::net::AddrParseError| invalid("endpoint")(e.to_string()))?;
-    let forward = Bridge::from_host(lab.net.clone(), ([127, 0, 0, 1], 0).into(), target).await?;
-    let secret = Api::<Secret>::namespaced(management, &ns)
-        .get(&kubeconfig_secret)
-        .await?;
-    let text = secret
-        .data
-        .and_then(|mut d| d.remove("kubeconfig"))
-        .map(|b| String::from_utf8_lossy(&b.0).into_owned())
-        .ok_or_else(|| invalid("admin kubeconfig")("no key kubeconfig".into()))?;
-    let text = text.replace(
-        &format!("https://{endpoint}"),
-        &format!("https://{}", forward.local_addr()),
-    );
-    let kubeconfig = kube::config::Kubeconfig::from_yaml(&text)
-        .map_err(|e| invalid("admin kubeconfig")(e.to_string()))?;
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-        .await
-        .map_err(|e| invalid("admin kubeconfig")(e.to_string()))?;
-    let hosted = Client::try_from(config)?;
+    // endpoint.
+    let (_forward, hosted) = hcp::admin_client(lab, &hc).await?;
     let version = hosted.apiserver_version().await?;
     let namespaces: Vec<String> = Api::<Namespace>::all(hosted.clone())
         .list(&ListParams::default())
@@ -225,11 +202,9 @@ async fn narrate_joins(hosted: &Client, n: usize, t: &Timeline) -> Result<(), La
 /// the CCM, which wait for the cluster's nodes).
 fn is_control_plane(pod: &Pod) -> bool {
     pod.spec.as_ref().is_some_and(|s| {
-        s.containers.iter().any(|c| {
-            c.image.as_deref().is_some_and(|i| {
-                i.starts_with("registry.k8s.io/etcd:") || i.starts_with("registry.k8s.io/kube-")
-            })
-        })
+        s.containers
+            .iter()
+            .any(|c| c.image.as_deref().is_some_and(hcp::is_control_plane_image))
     })
 }
 

@@ -28,12 +28,13 @@ async fn bench_runs_every_scenario_and_reports_json() -> anyhow::Result<()> {
             "--hosted-clusters=2",
             "--hosted-control-planes=1",
             "--shared-etcd-clusters=2",
+            "--ephemeral-clusters=1",
             "--json",
         ],
         [("RUST_LOG", "error")],
         &log,
     )?;
-    let status = bench.wait(Duration::from_secs(330)).await?;
+    let status = bench.wait(Duration::from_secs(420)).await?;
     let out = bench.log();
     ensure!(status.success(), "bench failed with {status}:\n{out}");
     let json_line = out
@@ -84,6 +85,14 @@ async fn bench_runs_every_scenario_and_reports_json() -> anyhow::Result<()> {
             "shared etcd RSS holding 2 clusters",
         ),
         ("manager", "writes per reconcile with nothing changed"),
+        (
+            "hosted control planes",
+            "HostedCluster + NodePool of 2 created -> 2 Nodes Ready, p50 of 1",
+        ),
+        (
+            "hosted control planes",
+            "... deleted -> nothing left (control-plane namespace gone), p50 of 1",
+        ),
     ] {
         let row = rows
             .iter()

@@ -9,7 +9,9 @@
 //!   of them (two of six nodes; the control plane spreads one etcd member
 //!   per zone): no write is lost (retried on new connections for up to
 //!   30 s), etcd keeps its quorum, and the node lifecycle controller marks
-//!   the nodes and their pods not ready, so the Services drop them. Until
+//!   the nodes and their pods not ready, so the Services drop them; with a
+//!   zone lost, the lost API servers come back on the nodes left (the
+//!   control-plane pods tolerate a lost node for 30 s). Until
 //!   then a new connection may still reach the dead API server, so a write
 //!   can fail twice in a row: the interruption is measured, not bounded by
 //!   one retry.
@@ -23,6 +25,7 @@ use std::time::{Duration, Instant};
 use crate::manager_support::hosted::*;
 use crate::manager_support::*;
 use anyhow::{Context as _, ensure};
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use serde_json::json;
@@ -194,16 +197,7 @@ async fn outlives(nodes: usize, name: &str, loss: Loss) -> anyhow::Result<()> {
         // The node lifecycle controller notices; the Services drop its pods.
         for node in &gone {
             until(&all_nodes, node, "the lost node not Ready", |n| {
-                let ready = n?
-                    .status
-                    .as_ref()?
-                    .conditions
-                    .as_ref()?
-                    .iter()
-                    .find(|c| c.type_ == "Ready")?
-                    .status
-                    .clone();
-                (ready != "True").then_some(())
+                (!kubevirt_lab::wait::node_ready(n?)).then_some(())
             })
             .await?;
         }
@@ -223,9 +217,37 @@ async fn outlives(nodes: usize, name: &str, loss: Loss) -> anyhow::Result<()> {
             "{}",
             hc.data["status"]
         );
+        // The lost API servers are replaced on the nodes left (their pods
+        // tolerate a lost node for 30 s), where there is room for them.
+        let replaced = if matches!(loss, Loss::Zone) {
+            let deployments: Api<Deployment> = Api::namespaced(infra.clone(), &cp);
+            until(&deployments, "kube-apiserver", "3 API servers again", |d| {
+                (d?.status.as_ref()?.available_replicas == Some(3)).then_some(())
+            })
+            .await?;
+            let serving: Vec<String> = pods
+                .list(&ListParams::default().labels("app=kube-apiserver"))
+                .await?
+                .items
+                .iter()
+                .filter(|p| p.metadata.deletion_timestamp.is_none())
+                .filter(|p| kubevirt_lab::wait::pod_ready(Some(p)).is_some())
+                .map(node_of)
+                .collect();
+            ensure!(
+                serving.len() == 3 && serving.iter().all(|n| !gone.contains(n)),
+                "API servers on {serving:?}, lost {gone:?}"
+            );
+            format!(
+                "; 3 API servers again after {:.1} s",
+                lost.elapsed().as_secs_f64()
+            )
+        } else {
+            String::new()
+        };
         let written = writer.stop().await?;
         eprintln!(
-            "lost: management node(s) {} with {}; noticed after {:.1} s; the hosted API: {} writes, \
+            "lost: management node(s) {} with {}; noticed after {:.1} s{replaced}; the hosted API: {} writes, \
              {} retried, {} failed, longest time without a successful write {:.2} s",
             gone.join(", "),
             there.join(", "),

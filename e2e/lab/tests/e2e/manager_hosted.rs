@@ -11,7 +11,8 @@
 //! room for the surge API server) rolls etcd one member at a time, never
 //! below quorum, and the API servers by surge, never below three
 //! available, while a client writing throughout loses no write (one retry
-//! allowed). The lab runs the same binaries for every image tag: the
+//! allowed); `status.version.history` then holds both releases, newest
+//! first, the new one Completed. The lab runs the same binaries for every image tag: the
 //! rollout is what is tested.
 //!
 //! Two clusters on a shared etcd (deployed in the management cluster as an
@@ -387,12 +388,7 @@ async fn clusters_on_a_shared_etcd_keep_to_their_own_prefix() -> anyhow::Result<
 
     let result = async {
         let etcd = kubevirt_lab::shared_etcd::SharedEtcd::deploy(&lab, "shared-etcd").await?;
-        let credentials: Secret = serde_json::from_value(json!({
-            "metadata": {"name": "shared-etcd-root", "namespace": NS},
-            "data": etcd.credentials(),
-        }))?;
-        Api::<Secret>::namespaced(infra.clone(), NS)
-            .create(&PostParams::default(), &credentials)
+        etcd.create_credentials(&infra, NS, "shared-etcd-root")
             .await?;
         for name in ["tenant-a", "tenant-b"] {
             let mut hc = hosted(name, Some("1.32.13"))?;
@@ -582,6 +578,22 @@ async fn a_control_plane_upgrade_rolls_member_by_member_while_a_client_writes() 
             .map(|_| ())
         })
         .await?;
+        // The status tells the rollout's story, newest first.
+        let history = until_dynamic(&hcs, "up1", "the upgrade Completed in the history", |hc| {
+            let history = hc?.data["status"]["version"]["history"].as_array()?.clone();
+            (history.first()?["state"] == "Completed"
+                && history.first()?["kubernetesVersion"] == "1.33.2")
+                .then_some(history)
+        })
+        .await?;
+        // The first release's entry is closed: Completed, or Partial if
+        // the upgrade came before every component of it was available.
+        ensure!(
+            history.len() == 2
+                && history[1]["kubernetesVersion"] == "1.32.13"
+                && history[1]["completionTime"].is_string(),
+            "{history:?}"
+        );
         stop.cancel();
         let written = writer.stop().await?;
         ensure!(
@@ -676,8 +688,6 @@ async fn images_of(
         .filter(|p| p.metadata.deletion_timestamp.is_none())
         .flat_map(|p| p.spec.map(|s| s.containers).unwrap_or_default())
         .filter_map(|c| c.image)
-        .filter(|i| {
-            i.starts_with("registry.k8s.io/etcd:") || i.starts_with("registry.k8s.io/kube-")
-        })
+        .filter(|i| hcp::is_control_plane_image(i))
         .collect())
 }

@@ -131,7 +131,7 @@ pub async fn create_hosted_cluster(
     Ok(hcp::create_hosted_cluster(&lab.infra_client(), guest, name, version, platform).await?)
 }
 
-/// A NodePool of cluster `cluster`.
+/// A NodePool of cluster `cluster` ([`hcp::node_pool`]).
 pub fn node_pool(
     name: &str,
     cluster: &str,
@@ -139,22 +139,9 @@ pub fn node_pool(
     version: &str,
     management: Value,
 ) -> anyhow::Result<DynamicObject> {
-    Ok(serde_json::from_value(json!({
-        "apiVersion": "hcp.kubevirt-rs.io/v1alpha1",
-        "kind": "NodePool",
-        "metadata": {"name": name, "namespace": NS},
-        "spec": {
-            "clusterName": cluster,
-            "replicas": replicas,
-            "release": {"version": version},
-            "platform": {"kubevirt": {
-                "compute": {"cores": 2, "memory": "4Gi"},
-                "rootVolume": {"size": "10Gi"},
-                "bootImage": {"containerDiskImage": "quay.io/containerdisks/fedora:41"}
-            }},
-            "management": management
-        }
-    }))?)
+    Ok(hcp::node_pool(
+        name, cluster, replicas, version, management,
+    )?)
 }
 
 /// The condition `type_` of a dynamic object: (status, reason).
