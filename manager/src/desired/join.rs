@@ -8,7 +8,10 @@
 //! Nodes), `kube-public/cluster-info` readable anonymously, and the
 //! `kubeadm-config` and `kubelet-config` ConfigMaps. The hosted
 //! kube-controller-manager approves and signs the CSRs and signs
-//! `cluster-info` for each token (its `bootstrapsigner`).
+//! `cluster-info` for each token (its `bootstrapsigner`). And the
+//! `default/kubernetes` Service's endpoints ([`kubernetes_endpoints`]): the
+//! published endpoint, which the nodes reach, written here because the API
+//! servers' own addresses are the management cluster's pod addresses.
 //!
 //! Node side: one bootstrap token per VM ([`BootstrapToken`],
 //! [`token_secret`]), revoked once the VM's Node has joined, and the VM's
@@ -19,7 +22,8 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::ByteString;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Endpoints, Secret};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use rand::Rng;
@@ -278,6 +282,7 @@ pub fn cluster_objects(c: &JoinCluster) -> Result<Vec<Object>, SerializeError> {
             yaml(&kubelet_configuration),
         )?,
     ];
+    out.extend(kubernetes_endpoints(&c.endpoint, l)?);
     out.extend(reader(
         "kubeadm:bootstrap-signer-clusterinfo",
         KUBE_PUBLIC,
@@ -297,6 +302,61 @@ pub fn cluster_objects(c: &JoinCluster) -> Result<Vec<Object>, SerializeError> {
         node_readers,
     )?);
     Ok(out)
+}
+
+/// The address and port of an `https://host:port` server whose host is
+/// an IP address.
+fn server_address(server: &str) -> Option<(std::net::IpAddr, u16)> {
+    let uri: http::Uri = server.parse().ok()?;
+    let host = uri.host()?.trim_start_matches('[').trim_end_matches(']');
+    Some((host.parse().ok()?, uri.port_u16().unwrap_or(443)))
+}
+
+/// The endpoints of `default/kubernetes` (an Endpoints and an
+/// EndpointSlice, as kube-apiserver writes them), pointing at the
+/// published endpoint; none when it is a host name (a slice needs an
+/// address).
+pub fn kubernetes_endpoints(
+    endpoint: &ClusterEndpoint,
+    labels: &BTreeMap<String, String>,
+) -> Result<Vec<Object>, SerializeError> {
+    let Some((ip, port)) = server_address(&endpoint.server) else {
+        return Ok(Vec::new());
+    };
+    let mut endpoints_labels = labels.clone();
+    // kube-apiserver's own: its slice is written alongside, not mirrored.
+    endpoints_labels.insert(
+        "endpointslice.kubernetes.io/skip-mirror".to_string(),
+        "true".to_string(),
+    );
+    let mut slice_labels = labels.clone();
+    slice_labels.insert(
+        "kubernetes.io/service-name".to_string(),
+        "kubernetes".to_string(),
+    );
+    let port_of = json!({"name": "https", "port": port, "protocol": "TCP"});
+    Ok(vec![
+        object::<Endpoints>(
+            "kubernetes",
+            json!({
+                "apiVersion": "v1",
+                "kind": "Endpoints",
+                "metadata": {"name": "kubernetes", "namespace": "default", "labels": endpoints_labels},
+                "subsets": [{"addresses": [{"ip": ip.to_string()}], "ports": [port_of]}],
+            }),
+        )?,
+        object::<EndpointSlice>(
+            "kubernetes",
+            json!({
+                "apiVersion": "discovery.k8s.io/v1",
+                "kind": "EndpointSlice",
+                "metadata": {"name": "kubernetes", "namespace": "default", "labels": slice_labels},
+                "addressType": if ip.is_ipv4() { "IPv4" } else { "IPv6" },
+                "endpoints": [{"addresses": [ip.to_string()], "conditions": {"ready": true}}],
+                "ports": [port_of],
+            }),
+        )?,
+    ])
 }
 
 /// A bootstrap token: `<id>.<secret>`, 6 and 16 characters of `[a-z0-9]`.

@@ -6,6 +6,7 @@
 //! guest agent does in each VM what kubeadm and kubelet do with it, from
 //! the VM's address. Checked on the hosted cluster:
 //!
+//! - `default/kubernetes` leads to the published endpoint;
 //! - both Nodes register and are Ready, with providerID `kubevirt://<vm>`
 //!   and the VMI's address;
 //! - each came through a CSR made with a bootstrap token
@@ -25,6 +26,7 @@ use anyhow::{Context as _, ensure};
 use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Secret};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::runtime::watcher::{self, Event};
 use kubevirt_infra::kubevirt::{VirtualMachine, VirtualMachineInstance};
@@ -111,6 +113,23 @@ async fn a_node_pool_joins_its_hosted_control_plane_with_bootstrap_tokens() -> a
                 &node_pool(POOL, CLUSTER, 2, "0.1.0", json!({}))?,
             )
             .await?;
+        // Pods reach the API server through `kubernetes` at the published
+        // endpoint, which the nodes reach (the API servers' own addresses
+        // are the management cluster's).
+        let slice = Api::<EndpointSlice>::namespaced(guest.clone(), "default")
+            .get("kubernetes")
+            .await?;
+        let published: Vec<String> = slice
+            .endpoints
+            .iter()
+            .flat_map(|e| e.addresses.clone())
+            .zip(slice.ports.iter().flatten().filter_map(|p| p.port))
+            .map(|(a, p)| format!("{a}:{p}"))
+            .collect();
+        ensure!(
+            published == [endpoint.clone()],
+            "kubernetes endpoints {published:?}, published {endpoint}"
+        );
         let joined = until_nodes(&nodes, "2 Ready nodes", |n| {
             (n.len() == 2 && n.values().all(node_ready)).then(|| n.clone())
         })
