@@ -71,6 +71,10 @@ pub enum JoinError {
     Refused(String, String),
     #[error("timed out waiting for the certificate signing request {0} to be signed")]
     NotSigned(String),
+    #[error("watching {what}: {message}")]
+    Watch { what: &'static str, message: String },
+    #[error("cannot build the {what}: {message}")]
+    Build { what: &'static str, message: String },
     #[error("network: {0}")]
     Net(#[from] lab_net::Error),
     #[error("runcmd: kubeadm: command not found (boot image {0})")]
@@ -274,7 +278,10 @@ impl Agent {
                 s.is_some()
             })
             .await
-            .map_err(|e| JoinError::UserData(e.to_string()))?
+            .map_err(|e| JoinError::Watch {
+                what: "the user data Secret",
+                message: e.to_string(),
+            })?
             .ok_or_else(|| JoinError::UserData(format!("Secret {} is gone", self.secret)))?;
         let data = secret.data.unwrap_or_default();
         let bytes = data
@@ -317,9 +324,7 @@ impl Agent {
                 })?;
         let bridge = Bridge::from_host_as(
             self.netns.clone(),
-            "127.0.0.1:0"
-                .parse()
-                .map_err(|_| JoinError::UserData("loopback".into()))?,
+            (std::net::Ipv4Addr::LOCALHOST, 0).into(),
             target,
             Some(self.address),
         )
@@ -407,7 +412,10 @@ impl Agent {
                 "usages": ["digital signature", "client auth"],
             },
         }))
-        .map_err(|e| JoinError::UserData(e.to_string()))?;
+        .map_err(|e| JoinError::Build {
+            what: "CertificateSigningRequest",
+            message: e.to_string(),
+        })?;
         let created = csrs
             .create(&PostParams::default(), &csr)
             .await
@@ -431,7 +439,10 @@ impl Agent {
         )
         .await
         .map_err(|_| JoinError::NotSigned(csr_name.clone()))?
-        .map_err(|e| JoinError::UserData(e.to_string()))?;
+        .map_err(|e| JoinError::Watch {
+            what: "the CertificateSigningRequest",
+            message: e.to_string(),
+        })?;
         let status = signed.and_then(|c| c.status).unwrap_or_default();
         if let Some(c) = status
             .conditions
@@ -483,7 +494,10 @@ impl Agent {
             },
             "spec": spec,
         }))
-        .map_err(|e| JoinError::UserData(e.to_string()))?;
+        .map_err(|e| JoinError::Build {
+            what: "Node",
+            message: e.to_string(),
+        })?;
         match nodes.create(&PostParams::default(), &node).await {
             Ok(_) => {}
             Err(kube::Error::Api(s)) if s.code == 409 => {}
@@ -595,13 +609,19 @@ impl Connect {
             "contexts": [{"name": "vm", "context": {"cluster": "hosted", "user": "vm"}}],
             "current-context": "vm",
         }))
-        .map_err(|e| JoinError::UserData(format!("kubeconfig: {e}")))?;
+        .map_err(|e| JoinError::Build {
+            what: "kubeconfig",
+            message: e.to_string(),
+        })?;
         let mut config = kube::Config::from_custom_kubeconfig(
             kubeconfig,
             &kube::config::KubeConfigOptions::default(),
         )
         .await
-        .map_err(|e| JoinError::UserData(format!("kubeconfig: {e}")))?;
+        .map_err(|e| JoinError::Build {
+            what: "kubeconfig",
+            message: e.to_string(),
+        })?;
         config.connect_timeout = Some(Duration::from_secs(5));
         Client::try_from(config).map_err(api("client"))
     }

@@ -1,5 +1,6 @@
 //! One pod's life on the management kubelet: address, claims, containers
-//! started and kept running, readiness probed, status reported, and on
+//! started and kept running, readiness and liveness probed (a container
+//! failing its liveness probe is killed and restarted), status reported, and on
 //! deletion the processes stopped and the pod object removed.
 
 use std::collections::BTreeMap;
@@ -8,7 +9,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use k8s_openapi::api::core::v1::{Container as ContainerSpec, PersistentVolumeClaim, Pod, Probe};
 use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
 use tokio_util::sync::CancellationToken;
@@ -33,8 +34,54 @@ struct Container {
     /// When to start it (again).
     start_at: Instant,
     backoff: Duration,
-    next_probe: Instant,
+    readiness: ProbeState,
+    liveness: ProbeState,
+}
+
+/// When a probe is next due, and its consecutive failures.
+struct ProbeState {
+    next: Instant,
     failures: i32,
+}
+
+impl ProbeState {
+    fn new() -> Self {
+        Self {
+            next: Instant::now(),
+            failures: 0,
+        }
+    }
+
+    /// A container just started: the first probe after its initial delay.
+    fn reset(&mut self, now: Instant, spec: Option<&Probe>) {
+        let delay = spec.and_then(|p| p.initial_delay_seconds).unwrap_or(0);
+        self.next = now + Duration::from_secs(delay.max(0) as u64);
+        self.failures = 0;
+    }
+
+    /// Probes `spec` when due. `Some(passed)` when it probed; the failures
+    /// count toward `failureThreshold`.
+    async fn probe(
+        &mut self,
+        now: Instant,
+        shared: &Shared,
+        ip: IpAddr,
+        container: &ContainerSpec,
+        spec: &Probe,
+    ) -> Option<bool> {
+        if now < self.next {
+            return None;
+        }
+        self.next = now + Duration::from_secs(spec.period_seconds.unwrap_or(10).max(1) as u64);
+        let passed = probe::http(&shared.cfg.netns, ip, container, spec).await;
+        self.failures = if passed { 0 } else { self.failures + 1 };
+        Some(passed)
+    }
+
+    /// The failures reached `spec`'s threshold.
+    fn failed(&self, spec: &Probe) -> bool {
+        self.failures >= spec.failure_threshold.unwrap_or(3)
+    }
 }
 
 pub(crate) async fn run(
@@ -58,8 +105,8 @@ pub(crate) async fn run(
             state: ContainerState::default(),
             start_at: Instant::now(),
             backoff: Duration::from_secs(1),
-            next_probe: Instant::now(),
-            failures: 0,
+            readiness: ProbeState::new(),
+            liveness: ProbeState::new(),
         })
         .collect();
     let node = pod
@@ -236,13 +283,8 @@ async fn step(
                 c.state.running = true;
                 c.state.waiting = None;
                 c.state.ready = container.readiness_probe.is_none();
-                let delay = container
-                    .readiness_probe
-                    .as_ref()
-                    .and_then(|p| p.initial_delay_seconds)
-                    .unwrap_or(0);
-                c.next_probe = now + Duration::from_secs(delay.max(0) as u64);
-                c.failures = 0;
+                c.readiness.reset(now, container.readiness_probe.as_ref());
+                c.liveness.reset(now, container.liveness_probe.as_ref());
             }
             Err(e) => {
                 c.state.waiting = Some(("CreateContainerError".into(), e.to_string()));
@@ -253,21 +295,39 @@ async fn step(
         return;
     }
 
-    if let (Some(_), Some(probe_spec)) = (&c.process, &container.readiness_probe)
-        && now >= c.next_probe
-    {
-        let period = Duration::from_secs(probe_spec.period_seconds.unwrap_or(10).max(1) as u64);
-        c.next_probe = now + period;
-        if probe::http(&shared.cfg.netns, ip, container, probe_spec).await {
-            c.failures = 0;
-            c.state.ready = true;
-            c.backoff = Duration::from_secs(1);
-        } else {
-            c.failures += 1;
-            if c.failures >= probe_spec.failure_threshold.unwrap_or(3) {
-                c.state.ready = false;
+    if c.process.is_none() {
+        return;
+    }
+    if let Some(spec) = &container.readiness_probe {
+        match c.readiness.probe(now, shared, ip, container, spec).await {
+            Some(true) => {
+                c.state.ready = true;
+                c.backoff = Duration::from_secs(1);
             }
+            Some(false) if c.readiness.failed(spec) => c.state.ready = false,
+            _ => {}
         }
+    }
+    // A container failing its liveness probe is killed and restarted.
+    if let Some(spec) = &container.liveness_probe
+        && c.liveness.probe(now, shared, ip, container, spec).await == Some(false)
+        && c.liveness.failed(spec)
+        && let Some(mut p) = c.process.take()
+    {
+        tracing::warn!(pod = %pod_name, container = %c.name, "liveness probe failed; restarting the container");
+        let _ = p.daemon.terminate(grace(pod)).await;
+        c.state.running = false;
+        c.state.ready = false;
+        c.state.restarts += 1;
+        c.state.waiting = Some((
+            "CrashLoopBackOff".into(),
+            format!(
+                "back-off {:?} restarting container {} that failed its liveness probe",
+                c.backoff, c.name
+            ),
+        ));
+        c.start_at = now + c.backoff;
+        c.backoff = (c.backoff * 2).min(MAX_BACKOFF);
     }
 }
 

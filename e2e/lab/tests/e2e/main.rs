@@ -32,6 +32,7 @@ mod fault_ccm;
 mod fault_csi_controller;
 mod fault_hosted;
 mod fault_manager;
+mod lab_kubelet;
 mod lab_start;
 mod lab_up;
 mod manager_bad_input;

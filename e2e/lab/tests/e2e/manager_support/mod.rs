@@ -36,7 +36,7 @@ use tokio::task::JoinHandle;
 
 pub use kubevirt_lab::hcp::{
     BINARY, GUEST_USER, MANAGER_NAMESPACE, NS, USER, ensure_namespace, hosted_cluster,
-    hosted_clusters, install_crds, is_true, node_pools,
+    hosted_clusters, install_crds, is_true, node_pool, node_pools,
 };
 /// Upper bound of every wait in these tests.
 pub const WAIT: Duration = Duration::from_secs(60);
@@ -129,19 +129,6 @@ pub async fn create_hosted_cluster(
     platform: Value,
 ) -> anyhow::Result<()> {
     Ok(hcp::create_hosted_cluster(&lab.infra_client(), guest, name, version, platform).await?)
-}
-
-/// A NodePool of cluster `cluster` ([`hcp::node_pool`]).
-pub fn node_pool(
-    name: &str,
-    cluster: &str,
-    replicas: i32,
-    version: &str,
-    management: Value,
-) -> anyhow::Result<DynamicObject> {
-    Ok(hcp::node_pool(
-        name, cluster, replicas, version, management,
-    )?)
 }
 
 /// The condition `type_` of a dynamic object: (status, reason).
