@@ -38,6 +38,24 @@ struct Container {
     liveness: ProbeState,
 }
 
+impl Container {
+    /// Its process has ended (`what` ended it): restart after the back-off.
+    fn stopped(&mut self, now: Instant, what: &str) {
+        self.state.running = false;
+        self.state.ready = false;
+        self.state.restarts += 1;
+        self.state.waiting = Some((
+            "CrashLoopBackOff".into(),
+            format!(
+                "back-off {:?} restarting {what} {}",
+                self.backoff, self.name
+            ),
+        ));
+        self.start_at = now + self.backoff;
+        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
 /// When a probe is next due, and its consecutive failures.
 struct ProbeState {
     next: Instant,
@@ -237,18 +255,7 @@ async fn step(
     {
         tracing::warn!(pod = %pod_name, container = %c.name, %exit, log = %p.daemon.log_path().display(), "container exited; restarting after back-off");
         c.process = None;
-        c.state.running = false;
-        c.state.ready = false;
-        c.state.restarts += 1;
-        c.state.waiting = Some((
-            "CrashLoopBackOff".into(),
-            format!(
-                "back-off {:?} restarting failed container {}",
-                c.backoff, c.name
-            ),
-        ));
-        c.start_at = now + c.backoff;
-        c.backoff = (c.backoff * 2).min(MAX_BACKOFF);
+        c.stopped(now, "failed container");
     }
 
     if c.process.is_none() && now >= c.start_at {
@@ -316,18 +323,7 @@ async fn step(
     {
         tracing::warn!(pod = %pod_name, container = %c.name, "liveness probe failed; restarting the container");
         let _ = p.daemon.terminate(grace(pod)).await;
-        c.state.running = false;
-        c.state.ready = false;
-        c.state.restarts += 1;
-        c.state.waiting = Some((
-            "CrashLoopBackOff".into(),
-            format!(
-                "back-off {:?} restarting container {} that failed its liveness probe",
-                c.backoff, c.name
-            ),
-        ));
-        c.start_at = now + c.backoff;
-        c.backoff = (c.backoff * 2).min(MAX_BACKOFF);
+        c.stopped(now, "container that failed its liveness probe");
     }
 }
 
