@@ -414,11 +414,14 @@ impl BootstrapToken {
 
     /// Whether a VM still waiting to join should get a new token.
     pub fn needs_renewal(&self, now: jiff::Timestamp) -> bool {
-        let renew_at = self
-            .expires
+        now >= self.renew_at()
+    }
+
+    /// When a third of its lifetime is left.
+    pub fn renew_at(&self) -> jiff::Timestamp {
+        self.expires
             .checked_sub(TOKEN_LIFETIME / 3)
-            .unwrap_or(self.expires);
-        now >= renew_at
+            .unwrap_or(self.expires)
     }
 }
 
@@ -579,28 +582,28 @@ pub fn user_data_secret(vm: &JoiningVm<'_>, user_data: String) -> Secret {
     }
 }
 
-/// The token a VM's user data Secret was written with.
-pub fn token_in_user_data(secret: &Secret) -> Option<String> {
-    let text = secret
-        .data
-        .as_ref()?
-        .get(USER_DATA_KEY)
-        .and_then(|v| std::str::from_utf8(&v.0).ok())?;
-    let config: Value = serde_yaml::from_str(text).ok()?;
-    let join = config["write_files"]
-        .as_array()?
-        .iter()
-        .find(|f| f["path"] == JOIN_CONFIG_PATH)?["content"]
-        .as_str()?;
-    let join: Value = serde_yaml::from_str(join).ok()?;
-    join["discovery"]["tlsBootstrapToken"]
-        .as_str()
-        .map(str::to_string)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The token a VM's user data Secret was written with.
+    fn token_in_user_data(secret: &Secret) -> Option<String> {
+        let text = secret
+            .data
+            .as_ref()?
+            .get(USER_DATA_KEY)
+            .and_then(|v| std::str::from_utf8(&v.0).ok())?;
+        let config: Value = serde_yaml::from_str(text).ok()?;
+        let join = config["write_files"]
+            .as_array()?
+            .iter()
+            .find(|f| f["path"] == JOIN_CONFIG_PATH)?["content"]
+            .as_str()?;
+        let join: Value = serde_yaml::from_str(join).ok()?;
+        join["discovery"]["tlsBootstrapToken"]
+            .as_str()
+            .map(str::to_string)
+    }
 
     fn endpoint() -> ClusterEndpoint {
         ClusterEndpoint {

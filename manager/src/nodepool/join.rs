@@ -89,7 +89,7 @@ pub fn plan(
 pub fn next_renewal(plan: &Plan, now: jiff::Timestamp) -> Option<Duration> {
     plan.waiting
         .values()
-        .filter_map(|t| t.expires.checked_sub(join::TOKEN_LIFETIME / 3).ok())
+        .map(BootstrapToken::renew_at)
         .min()
         .map(|at| Duration::try_from(at.duration_since(now)).unwrap_or(Duration::ZERO))
 }
