@@ -149,6 +149,7 @@ impl Error {
             Error::Version(Refusal::NewerThanHostedCluster { .. }) => {
                 reason::VERSION_NEWER_THAN_HOSTED_CLUSTER
             }
+            Error::Version(Refusal::Skew(_)) => reason::UNSUPPORTED_SKEW,
             Error::Version(_) => reason::UNSUPPORTED_VERSION,
             Error::Bound(_) | Error::InvalidSpec(_) => reason::INVALID_SPEC,
             Error::HostedClusterMissing(_) => reason::HOSTED_CLUSTER_NOT_FOUND,

@@ -26,5 +26,6 @@ pub mod reconcile;
 pub mod rollout;
 pub mod run;
 pub mod shared_etcd;
+pub mod skew;
 pub mod version;
 pub mod watches;

@@ -131,6 +131,9 @@ pub enum Refusal {
         node_pool: String,
         hosted_cluster: String,
     },
+    /// A Kubernetes version the skew policy forbids.
+    #[error(transparent)]
+    Skew(#[from] crate::skew::Skew),
 }
 
 impl Supported {

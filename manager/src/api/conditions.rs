@@ -41,6 +41,8 @@ pub mod reason {
     pub const RECONCILING: &str = "Reconciling";
     pub const DELETING: &str = "Deleting";
     pub const UNSUPPORTED_VERSION: &str = "UnsupportedVersion";
+    /// A Kubernetes version outside the version skew policy.
+    pub const UNSUPPORTED_SKEW: &str = "UnsupportedSkew";
     pub const VERSION_NEWER_THAN_HOSTED_CLUSTER: &str = "VersionNewerThanHostedCluster";
     pub const INVALID_SPEC: &str = "InvalidSpec";
     pub const GUEST_KUBECONFIG_UNAVAILABLE: &str = "GuestKubeconfigUnavailable";

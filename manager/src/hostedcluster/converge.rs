@@ -12,7 +12,7 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::api::storage::v1::{CSIDriver, StorageClass};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Patch, PatchParams};
+use kube::api::{ListParams, Patch, PatchParams};
 use kube::core::ApiResource;
 use kube::runtime::controller::Action;
 use kube::{Api, Resource};
@@ -23,7 +23,7 @@ use super::history;
 use super::tokens;
 use crate::api::conditions::{self, Desired, kind, reason};
 use crate::api::controlplane::LocalObjectReference;
-use crate::api::{HostedCluster, HostedClusterStatus, StorageDriverType};
+use crate::api::{HostedCluster, HostedClusterStatus, NodePool, StorageDriverType};
 use crate::apply::{Applier, keys};
 use crate::context::Context;
 use crate::desired::ClusterInputs;
@@ -34,6 +34,8 @@ use crate::desired::object::{Object, ObjectKey};
 use crate::desired::sets::{self, side, side_selector};
 use crate::error::{Error, Result, Target};
 use crate::names;
+use crate::skew;
+use crate::version::Refusal;
 
 fn ar<K: Resource<DynamicType = ()>>() -> ApiResource {
     ApiResource::erase::<K>(&())
@@ -301,11 +303,13 @@ pub fn waiting_for(cp: &ControlPlane) -> Error {
 }
 
 /// The status after a convergence attempt: conditions with the outcome,
-/// and for a hosted control plane what `cp` found of it.
+/// for a hosted control plane what `cp` found of it, and the Kubernetes
+/// version refused, if one was (the cluster held at the one it runs).
 pub fn status_after(
     hc: &HostedCluster,
     cp: Option<&ControlPlane>,
     outcome: &Result<Converged>,
+    refused: Option<&Refusal>,
     now: &Time,
 ) -> HostedClusterStatus {
     let mut status = hc.status.clone().unwrap_or_default();
@@ -336,7 +340,12 @@ pub fn status_after(
                     "All components are deployed",
                 ),
                 Desired::new(kind::DEGRADED, false, reason::AS_EXPECTED, ""),
-                Desired::new(kind::VALID_VERSION, true, reason::AS_EXPECTED, ""),
+                match refused.cloned().map(Error::Version) {
+                    Some(why) => {
+                        Desired::new(kind::VALID_VERSION, false, why.reason(), why.to_string())
+                    }
+                    None => Desired::new(kind::VALID_VERSION, true, reason::AS_EXPECTED, ""),
+                },
             )
         }
         Err(e) => {
@@ -452,13 +461,62 @@ pub async fn write_status(
     Ok(())
 }
 
+/// A hosted cluster's change of Kubernetes version that the skew policy
+/// forbids (see [`skew`]): looked at while the spec's version is not the
+/// newest rollout's, against the version last rolled out everywhere and
+/// the kubelets of the cluster's NodePools (a pool without a version of
+/// its own runs the control plane's).
+async fn refused_kubernetes(hc: &HostedCluster, ctx: &Context) -> Result<Option<Refusal>> {
+    let Some(desired) = hc.spec.release.kubernetes_version.as_deref() else {
+        return Ok(None);
+    };
+    let version = hc.status.as_ref().and_then(|s| s.version.as_ref());
+    let bare = |v: &str| v.trim_start_matches('v').to_string();
+    if !hc.is_hosted() || history::newest_kubernetes(version).map(bare) == Some(bare(desired)) {
+        return Ok(None);
+    }
+    let ns = hc.metadata.namespace.clone().unwrap_or_default();
+    let name = hc.metadata.name.clone().unwrap_or_default();
+    let pools = Api::<NodePool>::namespaced(ctx.client.clone(), &ns)
+        .list(&ListParams::default())
+        .await
+        .map_err(Error::kube(Target::Management, "list NodePools"))?;
+    let kubelets: Vec<(String, String)> = pools
+        .items
+        .into_iter()
+        .filter(|np| np.spec.cluster_name == name)
+        .filter_map(|np| Some((np.metadata.name?, np.spec.release.kubernetes_version?)))
+        .collect();
+    Ok(
+        skew::cluster_upgrade(history::completed_kubernetes(version), desired, &kubelets)
+            .err()
+            .map(Refusal::from),
+    )
+}
+
+/// `hc` held at the Kubernetes version of its newest rollout, while the
+/// version its spec asks for is refused; none before its first rollout.
+fn holding(hc: &HostedCluster) -> Option<HostedCluster> {
+    let version = hc.status.as_ref().and_then(|s| s.version.as_ref());
+    let newest = history::newest_kubernetes(version)?;
+    let mut held = hc.clone();
+    held.spec.release.kubernetes_version = Some(newest.to_string());
+    Some(held)
+}
+
 /// Converge (the hosted control plane first, when there is one), report,
-/// and decide when to look again.
+/// and decide when to look again. A refused Kubernetes version leaves the
+/// control plane at the version it runs, and says why.
 pub async fn apply(hc: &HostedCluster, ctx: &Context) -> Result<Action> {
-    let (cp, outcome) = if hc.is_hosted() {
-        match controlplane::converge(hc, ctx).await {
+    let refused = refused_kubernetes(hc, ctx).await?;
+    let held = refused.as_ref().and_then(|_| holding(hc));
+    let target = held.as_ref().unwrap_or(hc);
+    let (cp, outcome) = if let (Some(refusal), None) = (&refused, &held) {
+        (None, Err(Error::Version(refusal.clone())))
+    } else if hc.is_hosted() {
+        match controlplane::converge(target, ctx).await {
             Ok(cp) if cp.is_serving() && cp.etcd.is_available() => {
-                let outcome = converge(hc, ctx, cp.keys.clone()).await;
+                let outcome = converge(target, ctx, cp.keys.clone()).await;
                 (Some(cp), outcome)
             }
             Ok(cp) => {
@@ -471,8 +529,8 @@ pub async fn apply(hc: &HostedCluster, ctx: &Context) -> Result<Action> {
         (None, converge(hc, ctx, BTreeSet::new()).await)
     };
     let now = Time(jiff::Timestamp::now());
-    write_status(ctx, hc, |base| {
-        status_after(base, cp.as_ref(), &outcome, &now)
+    write_status(ctx, target, |base| {
+        status_after(base, cp.as_ref(), &outcome, refused.as_ref(), &now)
     })
     .await?;
     match outcome {
@@ -521,6 +579,7 @@ mod tests {
                 guest_apis_missing: BTreeSet::new(),
                 snapshots_wanted: false,
             }),
+            None,
             &now(),
         );
         assert!(conditions::is_true(&s.conditions, kind::AVAILABLE));
@@ -543,6 +602,47 @@ mod tests {
     }
 
     #[test]
+    fn a_refused_kubernetes_version_is_reported_while_the_cluster_stays_available() {
+        let hc = hosted_cluster();
+        let converged = Converged {
+            inputs: crate::desired::fixtures::inputs(&hc),
+            refresh_at: None,
+            guest_apis_missing: BTreeSet::new(),
+            snapshots_wanted: false,
+        };
+        let refusal = Refusal::from(
+            crate::skew::control_plane_upgrade("1.32.13", "1.34.0").expect_err("skips"),
+        );
+        let s = status_after(&hc, None, &Ok(converged), Some(&refusal), &now());
+        assert!(conditions::is_true(&s.conditions, kind::AVAILABLE));
+        assert!(!conditions::is_true(&s.conditions, kind::DEGRADED));
+        let valid = conditions::find(&s.conditions, kind::VALID_VERSION).expect("set");
+        assert_eq!(
+            (valid.status.as_str(), valid.reason.as_str()),
+            ("False", reason::UNSUPPORTED_SKEW)
+        );
+        assert!(
+            valid
+                .message
+                .starts_with("Kubernetes 1.34.0 skips a minor version")
+        );
+        // Reported again, nothing changes (no write).
+        let mut again = hc.clone();
+        again.status = Some(s.clone());
+        let converged = Converged {
+            inputs: crate::desired::fixtures::inputs(&hc),
+            refresh_at: None,
+            guest_apis_missing: BTreeSet::new(),
+            snapshots_wanted: false,
+        };
+        let later = Time(jiff::Timestamp::from_second(1_700_000_100).expect("ts"));
+        assert_eq!(
+            status_after(&again, None, &Ok(converged), Some(&refusal), &later),
+            s
+        );
+    }
+
+    #[test]
     fn a_missing_snapshot_api_is_its_own_condition_and_blocks_nothing() {
         let hc = hosted_cluster();
         let converged = |missing: &[&str]| Converged {
@@ -557,6 +657,7 @@ mod tests {
             &Ok(converged(&[
                 "snapshot.storage.k8s.io/v1 VolumeSnapshotClass",
             ])),
+            None,
             &now(),
         );
         assert!(conditions::is_true(&s.conditions, kind::AVAILABLE));
@@ -572,7 +673,7 @@ mod tests {
             "{}",
             snap.message
         );
-        let s = status_after(&hc, None, &Ok(converged(&[])), &now());
+        let s = status_after(&hc, None, &Ok(converged(&[])), None, &now());
         assert!(conditions::is_true(
             &s.conditions,
             kind::VOLUME_SNAPSHOTS_AVAILABLE
@@ -587,7 +688,7 @@ mod tests {
             version: "9.9.9".into(),
             supported: "0.1".into(),
         });
-        let s = status_after(&hc, None, &Err(e), &now());
+        let s = status_after(&hc, None, &Err(e), None, &now());
         let available = conditions::find(&s.conditions, kind::AVAILABLE).expect("available");
         assert_eq!(
             (available.status.as_str(), available.reason.as_str()),
@@ -602,7 +703,7 @@ mod tests {
             namespace: "clusters".into(),
             name: "k".into(),
         };
-        let s = status_after(&hc, None, &Err(e), &now());
+        let s = status_after(&hc, None, &Err(e), None, &now());
         let degraded = conditions::find(&s.conditions, kind::DEGRADED).expect("degraded");
         assert_eq!(degraded.reason, "GuestKubeconfigUnavailable");
         assert!(conditions::is_true(&s.conditions, kind::VALID_VERSION));
@@ -621,6 +722,7 @@ mod tests {
                 guest_apis_missing: BTreeSet::new(),
                 snapshots_wanted: false,
             }),
+            None,
             &now(),
         );
         let mut hc1 = hc0.clone();
@@ -635,6 +737,7 @@ mod tests {
                 guest_apis_missing: BTreeSet::new(),
                 snapshots_wanted: false,
             }),
+            None,
             &later,
         );
         assert_eq!(first, second);
@@ -664,7 +767,7 @@ mod tests {
             renew_at: None,
             keys: BTreeSet::new(),
         };
-        let s = status_after(&hc, Some(&cp), &Err(waiting_for(&cp)), &now());
+        let s = status_after(&hc, Some(&cp), &Err(waiting_for(&cp)), None, &now());
         let get = |t: &str| {
             conditions::find(&s.conditions, t)
                 .expect("condition")
@@ -708,7 +811,13 @@ mod tests {
             serving: Ok(()),
             ..cp
         };
-        let s = status_after(&hc, Some(&up), &Err(Error::Pending("x".into())), &now());
+        let s = status_after(
+            &hc,
+            Some(&up),
+            &Err(Error::Pending("x".into())),
+            None,
+            &now(),
+        );
         assert!(conditions::is_true(&s.conditions, kind::ETCD_AVAILABLE));
         let version = s.version.clone().expect("version");
         assert_eq!(version.history[0].state, UpdateState::Partial, "pending");
@@ -724,7 +833,13 @@ mod tests {
             },
             ..up
         };
-        let s = status_after(&hc, Some(&shared), &Err(Error::Pending("x".into())), &now());
+        let s = status_after(
+            &hc,
+            Some(&shared),
+            &Err(Error::Pending("x".into())),
+            None,
+            &now(),
+        );
         let etcd = get_in(&s, kind::ETCD_AVAILABLE);
         assert_eq!(
             (

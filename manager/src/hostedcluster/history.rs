@@ -67,6 +67,22 @@ pub fn advance(
     }
 }
 
+/// The Kubernetes version of the newest rollout that completed: what every
+/// component of the control plane runs, or has run.
+pub fn completed_kubernetes(version: Option<&ClusterVersionStatus>) -> Option<&str> {
+    version?
+        .history
+        .iter()
+        .find(|h| h.state == UpdateState::Completed)?
+        .kubernetes_version
+        .as_deref()
+}
+
+/// The Kubernetes version of the newest rollout, complete or under way.
+pub fn newest_kubernetes(version: Option<&ClusterVersionStatus>) -> Option<&str> {
+    version?.history.first()?.kubernetes_version.as_deref()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -80,6 +96,15 @@ mod tests {
             version: v.to_string(),
             kubernetes_version: Some(k.to_string()),
         }
+    }
+
+    #[test]
+    fn the_completed_and_the_newest_kubernetes_versions() {
+        let s = advance(None, &release("0.1.0", "1.31.4"), 1, true, &at(0));
+        let s = advance(Some(&s), &release("0.1.0", "1.32.13"), 2, false, &at(10));
+        assert_eq!(completed_kubernetes(Some(&s)), Some("1.31.4"));
+        assert_eq!(newest_kubernetes(Some(&s)), Some("1.32.13"));
+        assert_eq!(completed_kubernetes(None), None);
     }
 
     #[test]

@@ -39,6 +39,7 @@ use crate::desired::vm::{self, PoolInputs};
 use crate::error::{Error, Result, Target, is_conflict, is_not_found};
 use crate::names;
 use crate::rollout;
+use crate::version::Refusal;
 use crate::watches::{Watched, pool_of_node};
 
 /// Retry delay of an eviction refused by a PodDisruptionBudget (what
@@ -163,6 +164,9 @@ pub async fn apply(np: &NodePool, ctx: &Context) -> Result<Action> {
         .check_node_pool(&np.spec.release.version, &hc.spec.release.version)
     {
         return refuse(ctx, np, kind::VALID_VERSION, e.into()).await;
+    }
+    if let Err(e) = validate::kubelet_skew(np, &hc) {
+        return refuse(ctx, np, kind::VALID_VERSION, Refusal::from(e).into()).await;
     }
     let strategy =
         match validate::platform(&np.spec.platform.kubevirt).and_then(|_| validate::strategy(np)) {

@@ -1,9 +1,12 @@
 //! NodePool checks the schema cannot express (or that an apiserver without
 //! CEL would not enforce), and the rollout strategy they resolve to. Pure.
 
-use crate::api::{KubevirtNodePoolPlatform, NodePool, ReplaceStrategy, UpgradeType};
+use kube::ResourceExt;
+
+use crate::api::{HostedCluster, KubevirtNodePoolPlatform, NodePool, ReplaceStrategy, UpgradeType};
 use crate::error::{Error, Result};
 use crate::rollout::{Strategy, resolve, rolling_bounds};
+use crate::skew::Skew;
 
 /// Check the platform settings.
 pub fn platform(p: &KubevirtNodePoolPlatform) -> Result<()> {
@@ -44,6 +47,28 @@ pub fn platform(p: &KubevirtNodePoolPlatform) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+/// A hosted cluster's NodePool with a Kubernetes version of its own: its
+/// kubelets against the control plane's version (the one it runs or rolls
+/// out, which a refused version of the spec does not replace).
+pub fn kubelet_skew(np: &NodePool, hc: &HostedCluster) -> std::result::Result<(), Skew> {
+    let control_plane = hc
+        .status
+        .as_ref()
+        .and_then(|s| s.version.as_ref())
+        .and_then(|v| v.desired.kubernetes_version.as_deref())
+        .or(hc.spec.release.kubernetes_version.as_deref());
+    match (
+        hc.is_hosted(),
+        &np.spec.release.kubernetes_version,
+        control_plane,
+    ) {
+        (true, Some(kubelet), Some(control_plane)) => {
+            crate::skew::kubelet(&np.name_any(), kubelet, control_plane)
+        }
+        _ => Ok(()),
+    }
 }
 
 /// The desired replica count.
@@ -200,5 +225,27 @@ mod tests {
             Strategy::OnDelete
         );
         assert!(replicas(&pool(NodePoolManagement::default(), -1)).is_err());
+    }
+
+    #[test]
+    fn a_pools_kubelets_keep_to_the_skew_policy_of_a_hosted_control_plane() {
+        let hc = crate::desired::hosted::fixtures::hosted();
+        let mut np = pool(NodePoolManagement::default(), 1);
+        assert!(kubelet_skew(&np, &hc).is_ok(), "no version: the cluster's");
+        np.spec.release.kubernetes_version = Some("1.29.4".into());
+        assert!(kubelet_skew(&np, &hc).is_ok());
+        np.spec.release.kubernetes_version = Some("1.28.15".into());
+        assert!(matches!(
+            kubelet_skew(&np, &hc),
+            Err(Skew::KubeletTooOld { .. })
+        ));
+        np.spec.release.kubernetes_version = Some("1.33.0".into());
+        assert!(matches!(
+            kubelet_skew(&np, &hc),
+            Err(Skew::KubeletNewer { .. })
+        ));
+        // An external control plane's version is not the manager's to know.
+        let external = crate::desired::fixtures::hosted_cluster();
+        assert!(kubelet_skew(&np, &external).is_ok());
     }
 }

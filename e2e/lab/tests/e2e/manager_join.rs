@@ -15,6 +15,9 @@
 //! - every token is revoked once its Node has joined;
 //! - a VM that cannot join (here: its boot image has no kubeadm) never
 //!   joins, keeps its token, and its NodePool names it;
+//! - Kubernetes' version skew policy: a pool of kubelets four minor
+//!   versions behind is refused, and so is a control-plane upgrade that
+//!   skips a minor version, which leaves the control plane where it runs;
 //! - deleting the pool leaves no VM, Node, user data or token behind.
 
 use std::collections::BTreeMap;
@@ -23,11 +26,13 @@ use std::time::Duration;
 use crate::manager_support::hosted::*;
 use crate::manager_support::*;
 use anyhow::{Context as _, ensure};
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Secret};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::core::DynamicObject;
 use kube::runtime::watcher::{self, Event};
 use kubevirt_infra::kubevirt::{VirtualMachine, VirtualMachineInstance};
 use kubevirt_lab::wait::node_ready;
@@ -38,6 +43,8 @@ const CP: &str = "clusters-joined1";
 const POOL: &str = "workers";
 /// A pool whose VMs boot an image without kubeadm.
 const BROKEN: &str = "nokubeadm";
+/// A pool of kubelets too old for the control plane.
+const OLD: &str = "old";
 const TOKEN_TYPE: &str = "bootstrap.kubernetes.io/token";
 /// The label on a VM's token and user data.
 const JOINING_VM: &str = "hcp.kubevirt-rs.io/joining-vm";
@@ -77,6 +84,70 @@ async fn until_nodes<T>(
 }
 
 /// Every bootstrap token in the guest.
+/// The message of a ValidVersion condition refused for skew.
+fn refused_for_skew(o: Option<&DynamicObject>) -> Option<String> {
+    let o = o?;
+    let (status, reason) = condition(o, "ValidVersion")?;
+    (status == "False" && reason == "UnsupportedSkew").then(|| condition_message(o, "ValidVersion"))
+}
+
+/// The skew policy, on the running cluster: a pool four minor versions
+/// behind is refused; an upgrade skipping a minor version is refused and
+/// leaves the control plane (Available) at its version until undone.
+async fn version_skew(
+    hcs: &Api<DynamicObject>,
+    pools: &Api<DynamicObject>,
+    infra: &kube::Client,
+) -> anyhow::Result<()> {
+    let mut old = node_pool(OLD, CLUSTER, 0, "0.1.0", json!({}))?;
+    old.data["spec"]["release"]["kubernetesVersion"] = json!("1.28.15");
+    pools.create(&PostParams::default(), &old).await?;
+    let message = until_dynamic(pools, OLD, "pool refused", refused_for_skew).await?;
+    ensure!(
+        message
+            == "NodePool old runs kubelet 1.28.15, more than three minor versions older than the control plane's 1.32.13; upgrade the NodePool first",
+        "{message}"
+    );
+
+    let set_version =
+        |v: &str| Patch::Merge(json!({"spec": {"release": {"kubernetesVersion": v}}}));
+    hcs.patch(CLUSTER, &PatchParams::default(), &set_version("1.34.0"))
+        .await?;
+    let message = until_dynamic(hcs, CLUSTER, "upgrade refused", refused_for_skew).await?;
+    ensure!(
+        message
+            == "Kubernetes 1.34.0 skips a minor version: the control plane runs 1.32.13 and moves one minor version at a time (next: 1.33)",
+        "{message}"
+    );
+    let hc = hcs.get(CLUSTER).await?;
+    ensure!(is_true(&hc, "Available"), "Available while refused");
+    ensure!(
+        hc.data["status"]["version"]["desired"]["kubernetesVersion"] == "1.32.13",
+        "{}",
+        hc.data["status"]["version"]
+    );
+    let apiserver = Api::<Deployment>::namespaced(infra.clone(), CP)
+        .get("kube-apiserver")
+        .await?;
+    let images: Vec<String> = apiserver
+        .spec
+        .and_then(|s| s.template.spec)
+        .map(|s| s.containers.into_iter().filter_map(|c| c.image).collect())
+        .unwrap_or_default();
+    ensure!(
+        images.iter().all(|i| i.ends_with(":v1.32.13")),
+        "{images:?}"
+    );
+    hcs.patch(CLUSTER, &PatchParams::default(), &set_version("1.32.13"))
+        .await?;
+    until_dynamic(hcs, CLUSTER, "version valid again", |hc| {
+        let hc = hc?;
+        is_true(hc, "ValidVersion").then_some(())
+    })
+    .await?;
+    Ok(())
+}
+
 async fn tokens(guest: &kube::Client) -> anyhow::Result<Vec<Secret>> {
     Ok(Api::<Secret>::namespaced(guest.clone(), "kube-system")
         .list(&ListParams::default())
@@ -249,11 +320,13 @@ async fn a_node_pool_joins_its_hosted_control_plane_with_bootstrap_tokens() -> a
             left.len()
         );
 
+        version_skew(&hcs, &pools, &infra).await?;
+
         // Deleting the pools leaves nothing behind.
-        for pool in [POOL, BROKEN] {
+        for pool in [POOL, BROKEN, OLD] {
             pools.delete(pool, &DeleteParams::default()).await?;
         }
-        for pool in [POOL, BROKEN] {
+        for pool in [POOL, BROKEN, OLD] {
             until_dynamic(&pools, pool, "NodePool gone", |np| {
                 np.is_none().then_some(())
             })
