@@ -70,6 +70,10 @@ pub struct Args {
     /// after the VM was created.
     #[arg(long, default_value_t = 600)]
     pub node_join_timeout_seconds: u64,
+    /// A NodePool with `autoRepair` replaces a VM whose node has not been
+    /// Ready (False or Unknown) this many seconds.
+    #[arg(long, default_value_t = 480)]
+    pub node_unhealthy_timeout_seconds: u64,
     /// Reconciles run at once, per controller.
     #[arg(long, default_value_t = 8)]
     pub concurrency: u16,
@@ -141,6 +145,7 @@ impl Args {
             resync: Duration::from_secs(self.resync_seconds.max(1)),
             concurrency: self.concurrency.max(1),
             node_join_timeout: Duration::from_secs(self.node_join_timeout_seconds.max(1)),
+            node_unhealthy_timeout: Duration::from_secs(self.node_unhealthy_timeout_seconds.max(1)),
             ..Settings::default()
         })
     }

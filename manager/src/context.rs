@@ -33,6 +33,9 @@ pub struct Settings {
     /// A NodePool reports a VM whose node has not joined this long after
     /// the VM was created.
     pub node_join_timeout: Duration,
+    /// An auto-repaired NodePool replaces a VM whose node has not been
+    /// Ready this long.
+    pub node_unhealthy_timeout: Duration,
 }
 
 impl Default for Settings {
@@ -45,6 +48,7 @@ impl Default for Settings {
             cleanup_wait: Duration::from_secs(30),
             concurrency: 8,
             node_join_timeout: Duration::from_secs(600),
+            node_unhealthy_timeout: Duration::from_secs(480),
         }
     }
 }

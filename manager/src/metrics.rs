@@ -1,6 +1,7 @@
 //! Prometheus metrics of the manager: reconciles by controller and result,
 //! reconcile durations, writes by target cluster, kind and verb (the number
-//! that must stay at zero when nothing changes), and leadership.
+//! that must stay at zero when nothing changes), VMs replaced by NodePool
+//! auto-repair, and leadership.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -25,6 +26,12 @@ pub struct ControllerLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PoolLabels {
+    pub namespace: String,
+    pub nodepool: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct WriteLabels {
     pub target: &'static str,
     pub kind: String,
@@ -37,6 +44,7 @@ pub struct Metrics {
     pub reconciles: Family<ReconcileLabels, Counter>,
     pub reconcile_seconds: Family<ControllerLabels, Histogram, fn() -> Histogram>,
     pub writes: Family<WriteLabels, Counter>,
+    pub repairs: Family<PoolLabels, Counter>,
     pub leader: Gauge<i64, AtomicI64>,
     total_writes: AtomicU64,
 }
@@ -65,6 +73,12 @@ impl Default for Metrics {
             "Write requests by target cluster, kind and verb",
             writes.clone(),
         );
+        let repairs = Family::<PoolLabels, Counter>::default();
+        registry.register(
+            "nodepool_repairs",
+            "VMs replaced by NodePool auto-repair",
+            repairs.clone(),
+        );
         let leader = Gauge::<i64, AtomicI64>::default();
         registry.register(
             "leader",
@@ -76,6 +90,7 @@ impl Default for Metrics {
             reconciles,
             reconcile_seconds,
             writes,
+            repairs,
             leader,
             total_writes: AtomicU64::new(0),
         }
@@ -107,6 +122,16 @@ impl Metrics {
             })
             .inc();
         self.total_writes.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Count a VM replaced by auto-repair.
+    pub fn repaired(&self, namespace: &str, nodepool: &str) {
+        self.repairs
+            .get_or_create(&PoolLabels {
+                namespace: namespace.to_string(),
+                nodepool: nodepool.to_string(),
+            })
+            .inc();
     }
 
     /// Total write requests so far, all targets and kinds.

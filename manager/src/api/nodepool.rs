@@ -254,6 +254,12 @@ pub struct NodePoolManagement {
     /// Settings of `InPlace`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub in_place: Option<InPlaceUpgrade>,
+    /// Replace VMs whose node never joined (within the manager's
+    /// `--node-join-timeout-seconds`) or has not been Ready for
+    /// `--node-unhealthy-timeout-seconds`, as HyperShift's machine health
+    /// check does; never more than two at once.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub auto_repair: bool,
 }
 
 /// Upgrade types.

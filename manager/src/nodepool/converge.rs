@@ -15,11 +15,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::Api;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::core::ApiResource;
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
+use kube::{Api, ResourceExt};
 use kubevirt_infra::cdi::DataVolume;
 use kubevirt_infra::kubevirt::VirtualMachine;
 use serde_json::json;
@@ -27,7 +27,7 @@ use serde_json::json;
 use super::join::Joining;
 use super::nodes::{Drain, GuestNodes};
 use super::observe::{self, NodeView, VmView};
-use super::{status, validate};
+use super::{repair, status, validate};
 use crate::api::conditions::{self, kind};
 use crate::api::{HostedCluster, NodePool, NodePoolStatus};
 use crate::apply::Applier;
@@ -229,6 +229,26 @@ pub async fn apply(np: &NodePool, ctx: &Context) -> Result<Action> {
     if let Some(after) = next_late {
         pool.wake_in(after);
     }
+    let repair = if np.spec.management.auto_repair {
+        repair::assess(
+            &vms,
+            &nodes,
+            &not_joined.vms,
+            ctx.settings.node_join_timeout,
+            ctx.settings.node_unhealthy_timeout,
+            now.0,
+        )
+    } else {
+        repair::Verdict::default()
+    };
+    if let Some(after) = repair.next {
+        pool.wake_in(after);
+    }
+    pool.repair(&repair, &nodes).await?;
+    let health = status::Health {
+        not_joined,
+        repair_held_back: repair.held_back(),
+    };
     write_status(ctx, np, |base| {
         status::observed(
             base,
@@ -236,7 +256,7 @@ pub async fn apply(np: &NodePool, ctx: &Context) -> Result<Action> {
             &machines,
             &hash,
             &status::valid(),
-            &not_joined,
+            &health,
             &now,
         )
     })
@@ -436,6 +456,34 @@ impl<'a> Pool<'a> {
                 format!("annotate VirtualMachine {name}"),
             )(e)),
         }
+    }
+
+    /// Replace the unhealthy VMs auto-repair found, if it may: each is
+    /// deleted with its guest Node (its replacement, which may take the
+    /// same name, joins afresh), and the next pass creates the replacement.
+    async fn repair(
+        &self,
+        verdict: &repair::Verdict,
+        nodes: &BTreeMap<String, NodeView>,
+    ) -> Result<()> {
+        if !verdict.replace {
+            if let Some(why) = verdict.held_back() {
+                tracing::warn!(pool = %self.np.name_any(), "{why}");
+            }
+            return Ok(());
+        }
+        for u in &verdict.unhealthy {
+            tracing::warn!(vm = %u.vm, "replacing the VM: {}", u.why);
+            self.ctx.metrics.repaired(
+                &self.np.namespace().unwrap_or_default(),
+                &self.np.name_any(),
+            );
+            self.delete_vm(&u.vm).await?;
+            if nodes.contains_key(&u.vm) {
+                self.guest().delete(&u.vm).await?;
+            }
+        }
+        Ok(())
     }
 
     async fn delete_vm(&self, name: &str) -> Result<()> {

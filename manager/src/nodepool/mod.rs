@@ -8,6 +8,7 @@ pub mod converge;
 pub mod join;
 pub mod nodes;
 pub mod observe;
+pub mod repair;
 pub mod status;
 pub mod validate;
 

@@ -37,6 +37,9 @@ pub struct VmView {
 pub struct NodeView {
     pub name: String,
     pub ready: bool,
+    /// Since when it has not been Ready (its Ready condition's last
+    /// transition; without one, its creation); none while Ready.
+    pub not_ready_since: Option<jiff::Timestamp>,
     pub unschedulable: bool,
     pub cordoned_by_manager: bool,
     pub desired_version: Option<String>,
@@ -78,13 +81,24 @@ impl VmView {
 impl NodeView {
     pub fn of(node: &Node) -> Self {
         let annotations = node.metadata.annotations.clone().unwrap_or_default();
+        let ready_condition = node
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .and_then(|cs| cs.iter().find(|c| c.type_ == "Ready"));
+        let ready = ready_condition.is_some_and(|c| c.status == "True");
+        let not_ready_since = if ready {
+            None
+        } else {
+            ready_condition
+                .and_then(|c| c.last_transition_time.as_ref())
+                .or(node.metadata.creation_timestamp.as_ref())
+                .map(|t| t.0)
+        };
         Self {
             name: node.metadata.name.clone().unwrap_or_default(),
-            ready: node
-                .status
-                .as_ref()
-                .and_then(|s| s.conditions.as_ref())
-                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True")),
+            ready,
+            not_ready_since,
             unschedulable: node
                 .spec
                 .as_ref()

@@ -16,9 +16,10 @@ pub fn observed(
     machines: &[Machine],
     template_hash: &str,
     extra: &[Desired],
-    not_joined: &NotJoined,
+    health: &Health,
     now: &Time,
 ) -> NodePoolStatus {
+    let not_joined = &health.not_joined;
     let mut status = pool.status.clone().unwrap_or_default();
     let generation = pool.metadata.generation;
     let version = &pool.spec.release.version;
@@ -104,6 +105,13 @@ pub fn observed(
             format!("{} of {want} nodes are ready", status.ready_replicas),
         )
     };
+    let ready = match &health.repair_held_back {
+        Some(note) if !ready.status => Desired {
+            message: format!("{}; {note}", ready.message),
+            ..ready
+        },
+        _ => ready,
+    };
     let updating_version = if outdated_version > 0 {
         Desired::new(
             kind::UPDATING_VERSION,
@@ -131,6 +139,14 @@ pub fn observed(
         conditions::set(&mut status.conditions, d, generation, now);
     }
     status
+}
+
+/// What the pool's status says of its machines' health.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Health {
+    pub not_joined: NotJoined,
+    /// Why auto-repair replaces none of the unhealthy VMs, if it does not.
+    pub repair_held_back: Option<String>,
 }
 
 /// The VMs whose nodes have not joined within the join timeout.
@@ -290,7 +306,11 @@ mod tests {
         assert_eq!(late.vms, ["old"]);
         assert_eq!(next, Some(std::time::Duration::from_secs(500)));
         let ms = [machine("old", true, false), machine("young", true, false)];
-        let s = observed(&p, &vms, &ms, "h", &valid(), &late, &now());
+        let mut health = Health {
+            not_joined: late,
+            repair_held_back: None,
+        };
+        let s = observed(&p, &vms, &ms, "h", &valid(), &health, &now());
         let ready = s
             .conditions
             .iter()
@@ -307,6 +327,15 @@ mod tests {
             "{}",
             ready.message
         );
+        let held = "auto-repair holds back: 3 VMs are unhealthy, more than 2 at once";
+        health.repair_held_back = Some(held.to_string());
+        let s = observed(&p, &vms, &ms, "h", &valid(), &health, &now());
+        let ready = conditions::find(&s.conditions, kind::READY).expect("Ready");
+        assert!(
+            ready.message.ends_with(&format!("; {held}")),
+            "{}",
+            ready.message
+        );
     }
 
     #[test]
@@ -314,7 +343,7 @@ mod tests {
         let p = pool(2, "0.1.0");
         let vms = [vm("a", "h", "0.1.0"), vm("b", "h", "0.1.0")];
         let ms = [machine("a", true, true), machine("b", true, true)];
-        let s = observed(&p, &vms, &ms, "h", &valid(), &NotJoined::default(), &now());
+        let s = observed(&p, &vms, &ms, "h", &valid(), &Health::default(), &now());
         assert_eq!(
             (s.replicas, s.ready_replicas, s.updated_replicas),
             (2, 2, 2)
@@ -335,7 +364,7 @@ mod tests {
         });
         let vms = [vm("a", "h1", "0.1.0"), vm("b", "h2", "0.2.0")];
         let ms = [machine("a", false, true), machine("b", true, true)];
-        let s = observed(&p, &vms, &ms, "h2", &valid(), &NotJoined::default(), &now());
+        let s = observed(&p, &vms, &ms, "h2", &valid(), &Health::default(), &now());
         assert_eq!(s.version.as_deref(), Some("0.1.0"));
         assert!(is_true(&s.conditions, kind::UPDATING_VERSION));
         assert_eq!(s.updated_replicas, 1);
@@ -352,7 +381,7 @@ mod tests {
             &[machine("a", true, true)],
             "h",
             &valid(),
-            &NotJoined::default(),
+            &Health::default(),
             &now(),
         );
         assert_eq!(

@@ -193,6 +193,7 @@ mod tests {
                 }),
             }),
             in_place: None,
+            auto_repair: false,
         };
         assert_eq!(
             strategy(&pool(pct, 3)).expect("ok"),
@@ -207,6 +208,7 @@ mod tests {
             in_place: Some(InPlaceUpgrade {
                 max_unavailable: IntOrString::Int(0),
             }),
+            auto_repair: false,
         };
         assert_eq!(
             strategy(&pool(in_place, 3)).expect("ok"),
@@ -219,6 +221,7 @@ mod tests {
                 rolling_update: None,
             }),
             in_place: None,
+            auto_repair: false,
         };
         assert_eq!(
             strategy(&pool(on_delete, 3)).expect("ok"),

@@ -14,7 +14,8 @@
 //!   kube-controller-manager (reason AutoApproved), and keeps a Lease;
 //! - every token is revoked once its Node has joined;
 //! - a VM that cannot join (here: its boot image has no kubeadm) never
-//!   joins, keeps its token, and its NodePool names it;
+//!   joins, keeps its token, and its NodePool names it; with auto-repair,
+//!   the pool replaces it;
 //! - Kubernetes' version skew policy: a pool of kubelets four minor
 //!   versions behind is refused, and so is a control-plane upgrade that
 //!   skips a minor version, which leaves the control plane where it runs;
@@ -319,6 +320,33 @@ async fn a_node_pool_joins_its_hosted_control_plane_with_bootstrap_tokens() -> a
             "{} bootstrap tokens while one VM waits",
             left.len()
         );
+        // With auto-repair, the pool replaces the VM that never joined
+        // (the replacement may take its name: a new VM has a new uid).
+        let stuck_uid = vms.get(&stuck).await?.metadata.uid;
+        pools
+            .patch(
+                BROKEN,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"management": {"autoRepair": true}}})),
+            )
+            .await?;
+        let replacement = crate::common::until_list_within(
+            &vms,
+            &format!("{NODE_POOL_LABEL}={BROKEN}"),
+            "the VM that never joined replaced",
+            WAIT,
+            |list: &[VirtualMachine]| {
+                let fresh: Vec<&str> = list
+                    .iter()
+                    .filter(|vm| vm.metadata.deletion_timestamp.is_none())
+                    .filter(|vm| vm.metadata.uid != stuck_uid)
+                    .filter_map(|vm| vm.metadata.name.as_deref())
+                    .collect();
+                (fresh.len() == 1).then(|| fresh[0].to_string())
+            },
+        )
+        .await?;
+        println!("auto-repair replaced VM {stuck} with a new VM {replacement}");
 
         version_skew(&hcs, &pools, &infra).await?;
 
