@@ -23,7 +23,6 @@ use std::time::Duration;
 
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{Namespace, Service, ServiceAccount, ServicePort, ServiceSpec};
-use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::{
     APIService, APIServiceSpec, ServiceReference,
@@ -428,37 +427,6 @@ impl Cluster {
             .status
             .map(|s| s.token)
             .ok_or_else(|| Error::Invalid(format!("no token issued for {namespace}/{name}")))
-    }
-
-    /// Binds `cluster-admin` to `group` (the lab's simulators and stand-ins,
-    /// which play cluster components that hold such rights).
-    pub async fn bind_cluster_admin(&self, group: &str) -> Result<(), Error> {
-        let name = format!("kubevirt-lab:{}", group.replace(':', "-"));
-        let binding = ClusterRoleBinding {
-            metadata: ObjectMeta {
-                name: Some(name.clone()),
-                ..ObjectMeta::default()
-            },
-            role_ref: RoleRef {
-                api_group: "rbac.authorization.k8s.io".to_string(),
-                kind: "ClusterRole".to_string(),
-                name: "cluster-admin".to_string(),
-            },
-            subjects: Some(vec![Subject {
-                kind: "Group".to_string(),
-                name: group.to_string(),
-                api_group: Some("rbac.authorization.k8s.io".to_string()),
-                ..Subject::default()
-            }]),
-        };
-        let api: Api<ClusterRoleBinding> = Api::all(self.client());
-        api.patch(
-            &name,
-            &PatchParams::apply(MANAGER).force(),
-            &Patch::Apply(&binding),
-        )
-        .await?;
-        Ok(())
     }
 
     /// Serves `group/version` from an HTTPS server on 127.0.0.1:`port` as an

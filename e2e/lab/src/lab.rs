@@ -18,9 +18,10 @@
 //! | load balancer | LB simulator (`lab:load-balancer`) | |
 //!
 //! The simulators and stand-ins authenticate with static tokens of their
-//! `lab:` users (groups `lab:simulators`, `lab:stand-ins`, bound to
-//! `cluster-admin`: they play components that hold such rights); every
-//! daemon under test runs as its own ServiceAccount ([`crate::identity`]).
+//! `lab:` users (groups `lab:simulators`, `lab:stand-ins`), each bound to
+//! the rights of the component it plays and no more ([`crate::rbac`]);
+//! every daemon under test runs as its own ServiceAccount
+//! ([`crate::identity`]).
 //!
 //! [`Lab::shutdown`] stops everything and detaches every loop device and
 //! mount the lab made; dropping a `Lab` does the same without waiting.
@@ -56,7 +57,7 @@ use tokio::task::JoinSet;
 
 use crate::guest::{guest_node, worker_labels, worker_name, worker_vm};
 use crate::kubelet::{ImageMap, ManagementKubelet, ManagementKubeletConfig};
-use crate::{LabError, mounts, wait};
+use crate::{LabError, mounts, rbac, wait};
 
 /// Name of the infra StorageClass the lab creates (the default class).
 pub const INFRA_STORAGE_CLASS: &str = "local";
@@ -69,16 +70,26 @@ const SIMULATORS: &str = "lab:simulators";
 /// The group of the guest stand-ins' users.
 const STAND_INS: &str = "lab:stand-ins";
 /// The infra simulators, each with a user of its own.
-const SIMULATOR_USERS: [&str; 8] = [
-    "lab:kubevirt",
-    "lab:cdi",
-    "lab:snapshot-controller",
-    "lab:hotplug",
-    "lab:load-balancer",
-    "lab:virt-api",
-    SERVICE_PROXY_USER,
-    CLUSTER_DNS_USER,
-];
+const INFRA_USERS: rbac::InfraUsers = rbac::InfraUsers {
+    kubevirt: "lab:kubevirt",
+    hotplug: "lab:hotplug",
+    virt_api: "lab:virt-api",
+    cdi: "lab:cdi",
+    snapshot_controller: "lab:snapshot-controller",
+    load_balancer: "lab:load-balancer",
+    service_proxy: SERVICE_PROXY_USER,
+    cluster_dns: CLUSTER_DNS_USER,
+    kubelet: MANAGEMENT_KUBELET_USER,
+};
+/// The management cluster's kubelet.
+const MANAGEMENT_KUBELET_USER: &str = "lab:management-kubelet";
+/// The guest stand-ins, each with a user of its own.
+const GUEST_USERS: rbac::GuestUsers = rbac::GuestUsers {
+    sidecars: SIDECARS_USER,
+    kubelet: KUBELET_USER,
+    service_proxy: SERVICE_PROXY_USER,
+    cluster_dns: CLUSTER_DNS_USER,
+};
 /// The guest stand-ins: CSI sidecars, kubelets.
 pub const SIDECARS_USER: &str = "lab:csi-sidecars";
 pub const KUBELET_USER: &str = "lab:kubelet";
@@ -242,8 +253,8 @@ impl Lab {
                 etcd.clone()
             ),
         )?;
-        infra.bind_cluster_admin(SIMULATORS).await?;
-        guest.bind_cluster_admin(STAND_INS).await?;
+        rbac::apply(&infra, &rbac::infra(&INFRA_USERS)).await?;
+        rbac::apply(&guest, &rbac::guest(&GUEST_USERS)).await?;
         let infra_proxy = start_proxy(&infra, &net, true).await?;
         let guest_proxy = start_proxy(&guest, &net, false).await?;
         let dns = vec![
@@ -272,6 +283,7 @@ impl Lab {
             Some(images) => Some(ManagementKubelet::start(ManagementKubeletConfig {
                 dir: dir.clone(),
                 server: infra.clone(),
+                client: actor_client(&infra, MANAGEMENT_KUBELET_USER).await?,
                 netns: net.clone(),
                 nodes: infra_nodes
                     .iter()
@@ -470,7 +482,7 @@ impl Lab {
             self.etcd.clone(),
         )
         .await?;
-        api.bind_cluster_admin(STAND_INS).await?;
+        rbac::apply(&api, &rbac::guest(&GUEST_USERS)).await?;
         let proxy = Arc::new(start_proxy(&api, &self.net, false).await?);
         let dns = Arc::new(start_dns(&api, &self.net, index).await?);
         let pod_net = u8::try_from(self.tenants.len() + 1)
@@ -508,7 +520,7 @@ impl Lab {
             self.etcd.clone(),
         )
         .await?;
-        cluster.bind_cluster_admin(STAND_INS).await?;
+        rbac::apply(&cluster, &rbac::guest(&GUEST_USERS)).await?;
         Ok(cluster)
     }
 
@@ -687,10 +699,21 @@ fn infra_config(dir: &Path, net: &Arc<Netns>, scheduler: bool) -> Result<Cluster
         .filter(|c| !(scheduler && **c == "node-lifecycle-controller"))
         .map(|c| c.to_string())
         .collect();
-    cfg.users = SIMULATOR_USERS
-        .iter()
-        .map(|u| (u.to_string(), vec![SIMULATORS.to_string()]))
-        .collect();
+    let users = &INFRA_USERS;
+    cfg.users = [
+        users.kubevirt,
+        users.hotplug,
+        users.virt_api,
+        users.cdi,
+        users.snapshot_controller,
+        users.load_balancer,
+        users.service_proxy,
+        users.cluster_dns,
+        users.kubelet,
+    ]
+    .iter()
+    .map(|u| (u.to_string(), vec![SIMULATORS.to_string()]))
+    .collect();
     Ok(cfg)
 }
 
@@ -705,11 +728,12 @@ fn guest_config(
     let mut cfg = common_config(name, &dir.join("clusters").join(name), net);
     cfg.service_cidr = lab_net::service_cidr(index)?;
     cfg.without_controllers = GUEST_WITHOUT.iter().map(|c| c.to_string()).collect();
+    let users = &GUEST_USERS;
     cfg.users = [
-        SIDECARS_USER,
-        KUBELET_USER,
-        SERVICE_PROXY_USER,
-        CLUSTER_DNS_USER,
+        users.sidecars,
+        users.kubelet,
+        users.service_proxy,
+        users.cluster_dns,
     ]
     .iter()
     .map(|u| (u.to_string(), vec![STAND_INS.to_string()]))

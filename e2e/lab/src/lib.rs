@@ -23,6 +23,7 @@ pub mod kubelet;
 pub mod lab;
 pub mod mounts;
 pub mod pod;
+pub mod rbac;
 pub mod shared_etcd;
 pub mod suite;
 pub mod wait;

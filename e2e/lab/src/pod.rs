@@ -56,6 +56,9 @@ pub struct PodRun<'a> {
     pub dir: &'a Path,
     /// The API server of the cluster the pod lives in.
     pub server: &'a Cluster,
+    /// Who reads the pod's Secrets and ConfigMaps and asks for its
+    /// ServiceAccount's token: the kubelet's identity.
+    pub client: Client,
     pub namespace: &'a str,
     pub pod_name: &'a str,
     pub spec: &'a PodSpec,
@@ -128,6 +131,7 @@ impl<'a> PodRun<'a> {
         Ok(PodRun {
             dir,
             server,
+            client: server.client(),
             namespace: deployment.metadata.namespace.as_deref().unwrap_or_default(),
             pod_name,
             spec: template_spec(deployment)?,
@@ -154,7 +158,7 @@ impl<'a> PodRun<'a> {
                     self.container
                 ))
             })?;
-        let client = self.server.client();
+        let client = self.client.clone();
         let root = self.dir.join("pods").join(format!("{ns}-{pod_name}"));
         let mut volumes = BTreeMap::new();
         for v in spec.volumes.iter().flatten() {

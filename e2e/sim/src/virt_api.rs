@@ -25,7 +25,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{APIResource, APIResourceList};
-use kube::api::{Api, PostParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::{Client, Resource};
 use kubevirt_infra::hotplug::{AddVolumeOptions, GROUP, RemoveVolumeOptions, VERSION};
 use kubevirt_infra::kubevirt::{
@@ -347,6 +347,12 @@ impl From<kube::Error> for ApiError {
             kube::Error::Api(s) if s.is_conflict() => ApiError::conflict(s.message),
             e => ApiError::internal(e.to_string()),
         }
+    }
+}
+
+impl From<serde_json::Error> for ApiError {
+    fn from(e: serde_json::Error) -> Self {
+        ApiError::internal(format!("encoding the change: {e}"))
     }
 }
 
@@ -705,17 +711,42 @@ where
         let Some(mut obj) = crate::error::not_found_ok(api.get(name).await)? else {
             return Ok(Modified::Missing);
         };
+        let before = status.then(|| serde_json::to_value(&obj)).transpose()?;
         if !change(&mut obj)? {
             return Ok(Modified::Unchanged);
         }
-        let written = if status {
-            api.replace_status(name, &PostParams::default(), &obj).await
-        } else {
-            api.replace(name, &PostParams::default(), &obj).await
+        let written = match before {
+            // virt-api may only patch a VM's status: the change as a JSON
+            // patch, applied only to the version it was made on.
+            Some(before) => {
+                let after = serde_json::to_value(&obj)?;
+                let rv = obj.meta().resource_version.clone().unwrap_or_default();
+                let mut ops =
+                    vec![json!({"op": "test", "path": "/metadata/resourceVersion", "value": rv})];
+                ops.extend(
+                    serde_json::to_value(json_patch::diff(&before, &after))?
+                        .as_array()
+                        .cloned()
+                        .unwrap_or_default()
+                        .into_iter()
+                        .filter(|op| {
+                            op["path"]
+                                .as_str()
+                                .is_some_and(|p| p.starts_with("/status"))
+                        }),
+                );
+                let patch: json_patch::Patch = serde_json::from_value(Value::Array(ops))?;
+                api.patch_status(name, &PatchParams::default(), &Patch::Json::<()>(patch))
+                    .await
+            }
+            None => api.replace(name, &PostParams::default(), &obj).await,
         };
         match written {
             Ok(obj) => return Ok(Modified::Written(obj)),
             Err(kube::Error::Api(s)) if s.is_conflict() => continue,
+            // The patch no longer applies (its version test failed): the
+            // object changed meanwhile.
+            Err(kube::Error::Api(s)) if s.code == 422 => continue,
             Err(kube::Error::Api(s)) if s.is_not_found() => return Ok(Modified::Missing),
             Err(e) => return Err(e.into()),
         }

@@ -58,6 +58,8 @@ pub struct ManagementKubeletConfig {
     pub dir: PathBuf,
     /// The management cluster.
     pub server: Cluster,
+    /// The kubelet's own identity there.
+    pub client: Client,
     pub netns: Arc<Netns>,
     /// Its Nodes and their addresses.
     pub nodes: BTreeMap<String, IpAddr>,
@@ -141,7 +143,7 @@ impl ManagementKubelet {
         let last = u32::from(net.broadcast()) - 1;
         let stop = CancellationToken::new();
         let shared = Arc::new(Shared {
-            client: cfg.server.client(),
+            client: cfg.client.clone(),
             alive: cfg
                 .nodes
                 .keys()

@@ -269,6 +269,7 @@ async fn step(
         let run = PodRun {
             dir: &shared.cfg.dir,
             server: &shared.cfg.server,
+            client: shared.client.clone(),
             namespace: &ns,
             pod_name: &pod_name,
             spec,
