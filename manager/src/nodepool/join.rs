@@ -242,18 +242,7 @@ mod tests {
     }
 
     fn vm(name: &str) -> VmView {
-        VmView {
-            name: name.to_string(),
-            uid: format!("uid-{name}"),
-            template_hash: None,
-            version: None,
-            updating_to: None,
-            marked: false,
-            deleting: false,
-            drain_started: None,
-            cache_source: None,
-            created: Some(now()),
-        }
+        VmView::created_at(name, now())
     }
 
     fn token(vm: &str, secret: &str, issued: jiff::Timestamp) -> LiveToken {

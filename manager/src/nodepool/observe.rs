@@ -78,6 +78,25 @@ impl VmView {
     }
 }
 
+#[cfg(test)]
+impl VmView {
+    /// An active VM of the pool created at `created`, for tests.
+    pub fn created_at(name: &str, created: jiff::Timestamp) -> Self {
+        Self {
+            name: name.to_string(),
+            uid: format!("uid-{name}"),
+            created: Some(created),
+            template_hash: None,
+            version: None,
+            updating_to: None,
+            marked: false,
+            deleting: false,
+            drain_started: None,
+            cache_source: None,
+        }
+    }
+}
+
 impl NodeView {
     pub fn of(node: &Node) -> Self {
         let annotations = node.metadata.annotations.clone().unwrap_or_default();

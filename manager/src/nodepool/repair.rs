@@ -101,18 +101,7 @@ mod tests {
     }
 
     fn vm(name: &str) -> VmView {
-        VmView {
-            name: name.into(),
-            uid: String::new(),
-            created: Some(at(0)),
-            template_hash: None,
-            version: None,
-            updating_to: None,
-            marked: false,
-            deleting: false,
-            drain_started: None,
-            cache_source: None,
-        }
+        VmView::created_at(name, at(0))
     }
 
     fn node(name: &str, not_ready_since: Option<i64>) -> (String, NodeView) {
