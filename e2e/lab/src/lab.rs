@@ -699,21 +699,10 @@ fn infra_config(dir: &Path, net: &Arc<Netns>, scheduler: bool) -> Result<Cluster
         .filter(|c| !(scheduler && **c == "node-lifecycle-controller"))
         .map(|c| c.to_string())
         .collect();
-    let users = &INFRA_USERS;
-    cfg.users = [
-        users.kubevirt,
-        users.hotplug,
-        users.virt_api,
-        users.cdi,
-        users.snapshot_controller,
-        users.load_balancer,
-        users.service_proxy,
-        users.cluster_dns,
-        users.kubelet,
-    ]
-    .iter()
-    .map(|u| (u.to_string(), vec![SIMULATORS.to_string()]))
-    .collect();
+    cfg.users = rbac::infra(&INFRA_USERS)
+        .iter()
+        .map(|g| (g.user.to_string(), vec![SIMULATORS.to_string()]))
+        .collect();
     Ok(cfg)
 }
 
@@ -728,16 +717,10 @@ fn guest_config(
     let mut cfg = common_config(name, &dir.join("clusters").join(name), net);
     cfg.service_cidr = lab_net::service_cidr(index)?;
     cfg.without_controllers = GUEST_WITHOUT.iter().map(|c| c.to_string()).collect();
-    let users = &GUEST_USERS;
-    cfg.users = [
-        users.sidecars,
-        users.kubelet,
-        users.service_proxy,
-        users.cluster_dns,
-    ]
-    .iter()
-    .map(|u| (u.to_string(), vec![STAND_INS.to_string()]))
-    .collect();
+    cfg.users = rbac::guest(&GUEST_USERS)
+        .iter()
+        .map(|g| (g.user.to_string(), vec![STAND_INS.to_string()]))
+        .collect();
     Ok(cfg)
 }
 
