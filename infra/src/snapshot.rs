@@ -12,6 +12,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::kubevirt::Extra;
 
+/// The API's CustomResourceDefinitions (YAML), as external-snapshotter
+/// defines them: VolumeSnapshotClass, VolumeSnapshotContent, VolumeSnapshot.
+pub const CRDS: [&str; 3] = [
+    include_str!("../crds/snapshot.storage.k8s.io_volumesnapshotclasses.yaml"),
+    include_str!("../crds/snapshot.storage.k8s.io_volumesnapshotcontents.yaml"),
+    include_str!("../crds/snapshot.storage.k8s.io_volumesnapshots.yaml"),
+];
+
 /// `VolumeSnapshot.spec`.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[kube(

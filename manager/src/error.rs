@@ -74,7 +74,7 @@ pub enum Error {
     InvalidSpec(String),
     #[error("HostedCluster {0} not found")]
     HostedClusterMissing(String),
-    #[error("HostedCluster {0} is not Available")]
+    #[error("HostedCluster {0} has not been reconciled yet (ReconciliationSucceeded is not True)")]
     HostedClusterNotAvailable(String),
     #[error("{0}")]
     Pending(String),

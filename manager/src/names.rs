@@ -73,6 +73,8 @@ pub const CSI_INFRA_KUBECONFIG: &str = "kubevirt-csi-infra-kubeconfig";
 /// The cloud controller manager Deployment, ServiceAccount and Role.
 pub const CCM: &str = "kubevirt-cloud-controller-manager";
 pub const CCM_APP_LABEL_VALUE: &str = "cloud-controller-manager";
+/// The snapshot controller of a hosted cluster (in its control-plane namespace).
+pub const SNAPSHOT_CONTROLLER: &str = "csi-snapshot-controller";
 /// The CCM's ConfigMap and its key.
 pub const CCM_CLOUD_CONFIG: &str = "kubevirt-cloud-config";
 pub const CCM_CLOUD_CONFIG_KEY: &str = "cloud-config";

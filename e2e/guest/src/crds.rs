@@ -1,7 +1,7 @@
 //! The snapshot CRDs a guest cluster needs for the snapshotter stand-in
-//! (VolumeSnapshot, VolumeSnapshotContent, VolumeSnapshotClass), embedded
-//! from `e2e/crds/`, and [`install`], which creates them and waits until
-//! they are Established.
+//! (VolumeSnapshot, VolumeSnapshotContent, VolumeSnapshotClass), as the
+//! product installs them (`infra/crds/`), and [`install`], which creates
+//! them and waits until they are Established.
 
 use std::time::Duration;
 
@@ -12,11 +12,7 @@ use kube::runtime::wait::{await_condition, conditions};
 
 use crate::GuestError;
 
-const SNAPSHOT_CRDS: &[&str] = &[
-    include_str!("../../crds/snapshot.storage.k8s.io_volumesnapshots.yaml"),
-    include_str!("../../crds/snapshot.storage.k8s.io_volumesnapshotcontents.yaml"),
-    include_str!("../../crds/snapshot.storage.k8s.io_volumesnapshotclasses.yaml"),
-];
+const SNAPSHOT_CRDS: [&str; 3] = kubevirt_infra::snapshot::CRDS;
 
 /// Create the snapshot CRDs (existing ones are kept) and wait until Established.
 pub async fn install(client: &kube::Client, timeout: Duration) -> Result<(), GuestError> {
@@ -42,4 +38,24 @@ pub async fn install(client: &kube::Client, timeout: Duration) -> Result<(), Gue
         }
     }
     Ok(())
+}
+
+/// Whether the cluster serves the three snapshot resources.
+pub async fn served(client: &kube::Client) -> Result<bool, GuestError> {
+    match client
+        .list_api_group_resources("snapshot.storage.k8s.io/v1")
+        .await
+    {
+        Ok(list) => Ok([
+            "volumesnapshots",
+            "volumesnapshotcontents",
+            "volumesnapshotclasses",
+        ]
+        .iter()
+        .all(|name| list.resources.iter().any(|r| r.name == *name))),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(false),
+        Err(e) => Err(GuestError::kube("discovering snapshot.storage.k8s.io/v1")(
+            e,
+        )),
+    }
 }

@@ -46,6 +46,12 @@ pub struct SidecarConfig {
     pub timeout: Duration,
     /// `--volume-name-prefix`.
     pub volume_name_prefix: String,
+    /// Also play the PV controller's part (binding claims and volumes,
+    /// releasing volumes whose claim is gone), as in the lab's guest
+    /// clusters, whose kube-controller-manager does not run it. Off where
+    /// a kube-controller-manager binds (hosted clusters): external-provisioner
+    /// only creates pre-bound volumes and deletes released ones.
+    pub pv_controller: bool,
 }
 
 impl Default for SidecarConfig {
@@ -55,6 +61,7 @@ impl Default for SidecarConfig {
             default_fs_type: "ext4".to_string(),
             timeout: Duration::from_secs(180),
             volume_name_prefix: "pvc".to_string(),
+            pv_controller: true,
         }
     }
 }

@@ -1,9 +1,10 @@
-//! Stand-in for external-provisioner (plus the PV controller's binding):
-//! a PVC of a StorageClass of our driver becomes `CreateVolume` with name
-//! `<prefix>-<pvc uid>`, the class parameters and the claim's data source,
-//! then a PV (CSI source, handle, attributes, fsType) bound to the claim. A
-//! PV whose claim is gone is deleted with `DeleteVolume` when its reclaim
-//! policy is Delete.
+//! Stand-in for external-provisioner (plus, with
+//! [`SidecarConfig::pv_controller`](crate::SidecarConfig), the PV
+//! controller's binding): a PVC of a StorageClass of our driver becomes
+//! `CreateVolume` with name `<prefix>-<pvc uid>`, the class parameters and
+//! the claim's data source, then a PV (CSI source, handle, attributes,
+//! fsType) pre-bound to the claim. A PV whose claim is gone (Released) is
+//! deleted with `DeleteVolume` when its reclaim policy is Delete.
 
 use std::sync::Arc;
 
@@ -256,7 +257,9 @@ async fn reconcile_claim(
         pvs.get(&pv_name).await,
         format!("reading PersistentVolume {pv_name}"),
     )? {
-        bind(&ctx, &pvc, &pv).await?;
+        if ctx.cfg.pv_controller {
+            bind(&ctx, &pvc, &pv).await?;
+        }
         return Ok(Action::await_change());
     }
     if bound_to.is_some() {
@@ -348,7 +351,9 @@ async fn reconcile_claim(
     )
     .await;
     tracing::info!(claim = %pvc.name_any(), volume = %pv_name, "provisioned");
-    bind(&ctx, &pvc, &pv).await?;
+    if ctx.cfg.pv_controller {
+        bind(&ctx, &pvc, &pv).await?;
+    }
     Ok(Action::await_change())
 }
 
@@ -384,7 +389,12 @@ async fn reconcile_volume(pv: Arc<PersistentVolume>, ctx: Arc<Ctx>) -> Result<Ac
     // The PV controller's part: a volume whose claim is gone is Released
     // (which also lets kube-controller-manager's PV protection drop its
     // finalizer once the volume is deleted).
-    if pv.status.as_ref().and_then(|s| s.phase.as_deref()) != Some("Released") {
+    let released = pv.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Released");
+    if !released && !ctx.cfg.pv_controller {
+        // The PV controller has not released it yet.
+        return Ok(Action::await_change());
+    }
+    if !released {
         pvs.patch_status(
             &pv_name,
             &PatchParams::default(),

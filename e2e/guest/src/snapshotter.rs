@@ -1,4 +1,5 @@
-//! Stand-in for the snapshot controller and external-snapshotter together:
+//! Stand-in for the snapshot controller ([`run_controller`]) and
+//! external-snapshotter ([`run_sidecar`]), or both ([`run`]):
 //! a guest VolumeSnapshot of a class of our driver gets a
 //! VolumeSnapshotContent (`snapcontent-<uid>`), the content becomes
 //! `CreateSnapshot` (name `snapshot-<uid>`, the class parameters), repeated
@@ -44,26 +45,43 @@ pub fn snapshot_name(uid: &str) -> String {
     format!("snapshot-{uid}")
 }
 
+/// Both parts, as one actor (the lab's guest clusters run no snapshot
+/// controller of their own).
 pub async fn run(ctx: Arc<Ctx>) {
+    tokio::join!(run_controller(ctx.clone()), run_sidecar(ctx));
+}
+
+/// The snapshot controller's part: VolumeSnapshots of our driver's classes
+/// get their content, and its status flows back to them. It makes no CSI
+/// call.
+pub async fn run_controller(ctx: Arc<Ctx>) {
     let snapshots: Api<VolumeSnapshot> = Api::all(ctx.client.clone());
     let contents: Api<VolumeSnapshotContent> = Api::all(ctx.client.clone());
-    let snap = Controller::new(snapshots.clone(), watcher::Config::default())
-        .watches(contents.clone(), watcher::Config::default(), |c| {
+    Controller::new(snapshots, watcher::Config::default())
+        .watches(contents, watcher::Config::default(), |c| {
             let r = &c.spec.volume_snapshot_ref;
             match (&r.name, &r.namespace) {
                 (Some(n), Some(ns)) => Some(ObjectRef::new(n).within(ns)),
                 _ => None,
             }
         })
-        .run(reconcile_snapshot, crate::retry, ctx.clone())
-        .for_each(|_| futures::future::ready(()));
-    let content = Controller::new(contents, watcher::Config::default())
+        .run(reconcile_snapshot, crate::retry, ctx)
+        .for_each(|_| futures::future::ready(()))
+        .await;
+}
+
+/// external-snapshotter's part: contents of our driver become
+/// `CreateSnapshot` (and, their snapshot gone, `DeleteSnapshot`).
+pub async fn run_sidecar(ctx: Arc<Ctx>) {
+    let snapshots: Api<VolumeSnapshot> = Api::all(ctx.client.clone());
+    let contents: Api<VolumeSnapshotContent> = Api::all(ctx.client.clone());
+    Controller::new(contents, watcher::Config::default())
         .watches(snapshots, watcher::Config::default(), |s| {
             s.uid().map(|uid| ObjectRef::new(&content_name(&uid)))
         })
         .run(reconcile_content, crate::retry, ctx)
-        .for_each(|_| futures::future::ready(()));
-    tokio::join!(snap, content);
+        .for_each(|_| futures::future::ready(()))
+        .await;
 }
 
 /// The snapshot's class, when it is one of our driver's.

@@ -369,17 +369,37 @@ pub async fn admin_client(
     Ok((forward, Client::try_from(config)?))
 }
 
-/// Watches until `n` HostedClusters report Available; returns when each
-/// was first seen Available.
+/// Watches until `n` HostedClusters report Available (their components
+/// run); returns when each was first seen Available.
 pub async fn all_available(
     hcs: &Api<DynamicObject>,
     n: usize,
+) -> Result<BTreeMap<String, std::time::Instant>, LabError> {
+    all_true(hcs, n, "Available").await
+}
+
+/// Watches until `n` HostedClusters report ReconciliationSucceeded (every
+/// object in place; in a lab without a management kubelet, nothing runs
+/// the CSI controller and the CCM, so they are never Available).
+pub async fn all_reconciled(
+    hcs: &Api<DynamicObject>,
+    n: usize,
+) -> Result<BTreeMap<String, std::time::Instant>, LabError> {
+    all_true(hcs, n, "ReconciliationSucceeded").await
+}
+
+/// Watches until `n` HostedClusters have condition `type_` True; returns
+/// when each was first seen so.
+async fn all_true(
+    hcs: &Api<DynamicObject>,
+    n: usize,
+    type_: &str,
 ) -> Result<BTreeMap<String, std::time::Instant>, LabError> {
     let mut available = BTreeMap::new();
     let mut events = std::pin::pin!(watcher::watcher(hcs.clone(), watcher::Config::default()));
     while let Some(event) = events.next().await {
         if let Ok(Event::Apply(hc) | Event::InitApply(hc)) = event
-            && is_true(&hc, "Available")
+            && is_true(&hc, type_)
         {
             available
                 .entry(hc.name_any())

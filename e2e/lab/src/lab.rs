@@ -17,6 +17,15 @@
 //! | snapshots | snapshot simulator (`lab:snapshot-controller`) | snapshotter stand-in (`lab:csi-sidecars`) |
 //! | load balancer | LB simulator (`lab:load-balancer`) | |
 //!
+//! A hosted cluster (management lab) is a guest whose control plane the
+//! manager runs: there its own kube-controller-manager (all controllers)
+//! binds volumes and makes VolumeAttachments, and the CSI sidecars of its
+//! CSI controller pod are `lab-csi-sidecar` processes the management
+//! kubelet runs ([`crate::sidecar`]) with the credentials the manager gave
+//! the pod: the provisioner only creates volumes, pre-bound to their claims;
+//! the snapshot controller is the manager's `csi-snapshot-controller`
+//! Deployment, run the same way.
+//!
 //! The simulators and stand-ins authenticate with static tokens of their
 //! `lab:` users (groups `lab:simulators`, `lab:stand-ins`), each bound to
 //! the rights of the component it plays and no more ([`crate::rbac`]);

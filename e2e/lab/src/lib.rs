@@ -25,6 +25,7 @@ pub mod mounts;
 pub mod pod;
 pub mod rbac;
 pub mod shared_etcd;
+pub mod sidecar;
 pub mod suite;
 pub mod wait;
 

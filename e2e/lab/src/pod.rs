@@ -6,7 +6,8 @@
 //! rest comes from the pod spec as a kubelet reads it:
 //!
 //! - every ConfigMap, Secret and emptyDir volume is materialised under
-//!   `DIR/pods/<namespace>-<pod>/<volume>` (a claim's volume is the
+//!   `DIR/pods/<namespace>-<pod>/<volume>`, once for all the pod's
+//!   containers (a claim's volume is the
 //!   directory the caller gives for it, which outlives the pod) and
 //!   bind-mounted at the container's `mountPath`s in a private mount
 //!   namespace (`unshare --mount`), so the process finds its files where the
@@ -66,6 +67,9 @@ pub struct PodRun<'a> {
     pub container: &'a str,
     /// The program standing in for the container's image.
     pub program: PathBuf,
+    /// The arguments of the image's entrypoint after the program: used
+    /// when the container has no `command` (which replaces the entrypoint).
+    pub entrypoint_args: Vec<String>,
     /// Appended to the container's arguments (see the module docs).
     pub extra_args: Vec<String>,
     /// The pod's place in the lab network; none: the host's.
@@ -137,6 +141,7 @@ impl<'a> PodRun<'a> {
             spec: template_spec(deployment)?,
             container,
             program: daemon::binary(binary),
+            entrypoint_args: Vec::new(),
             extra_args: Vec::new(),
             network: None,
             claims: BTreeMap::new(),
@@ -173,8 +178,11 @@ impl<'a> PodRun<'a> {
                 volumes.insert(v.name.clone(), dir.clone());
                 continue;
             }
+            // Made once per pod: its containers share it (an emptyDir
+            // holding one's socket for the others), and a container
+            // started again finds it as it left it. Keys are refreshed.
             let dir = root.join(&v.name);
-            recreate(&dir)?;
+            std::fs::create_dir_all(&dir).map_err(LabError::io("create", &dir))?;
             materialise(&client, &ns, v, &dir).await?;
             volumes.insert(v.name.clone(), dir);
         }
@@ -199,7 +207,6 @@ impl<'a> PodRun<'a> {
                 .filter(|s| !s.is_empty())
                 .unwrap_or_else(|| "default".to_string());
             let dir = root.join("kube-api-access");
-            recreate(&dir)?;
             let token = token(&client, &ns, &sa).await?;
             write(&dir.join("token"), token.as_bytes())?;
             write(&dir.join("ca.crt"), self.server.ca_pem().as_bytes())?;
@@ -230,7 +237,7 @@ impl<'a> PodRun<'a> {
             let value = env_value(&client, &fields, e, &env).await?;
             env.insert(e.name.clone(), value);
         }
-        let args = arguments(container, &env, self.extra_args);
+        let args = arguments(container, &env, self.entrypoint_args, self.extra_args);
 
         // A mount over a directory holding other sources (e.g. /tmp, where
         // the lab directory lives) goes last, so those sources stay visible.
@@ -304,11 +311,16 @@ fn mounts_over_sources(target: &str, lab_dir: &Path) -> bool {
     lab_dir.starts_with(target)
 }
 
-fn recreate(dir: &Path) -> Result<(), LabError> {
-    if dir.exists() {
-        std::fs::remove_dir_all(dir).map_err(LabError::io("remove", dir))?;
+/// Removes the files of pod `namespace/pod` under lab directory `dir`
+/// (its volumes but claims): before its first container starts and after
+/// its last one stopped.
+pub fn remove_pod_files(dir: &Path, namespace: &str, pod: &str) {
+    let root = dir.join("pods").join(format!("{namespace}-{pod}"));
+    if let Err(e) = std::fs::remove_dir_all(&root)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!(path = %root.display(), "removing a pod's files: {e}");
     }
-    std::fs::create_dir_all(dir).map_err(LabError::io("create", dir))
 }
 
 fn write(path: &Path, bytes: &[u8]) -> Result<(), LabError> {
@@ -531,11 +543,22 @@ pub fn expand(s: &str, vars: &BTreeMap<String, String>) -> String {
 
 /// The process arguments: `command` after its program, then `args`, each
 /// expanded, then `extra`.
-fn arguments(c: &Container, env: &BTreeMap<String, String>, extra: Vec<String>) -> Vec<String> {
-    let command = c.command.iter().flatten().skip(1);
-    command
-        .chain(c.args.iter().flatten())
-        .map(|a| expand(a, env))
+/// The program's arguments: the rest of the container's `command`, or else
+/// of the image's entrypoint; then its `args` (both with `$(VAR)` expanded,
+/// as the kubelet does); then `extra`.
+fn arguments(
+    c: &Container,
+    env: &BTreeMap<String, String>,
+    entrypoint: Vec<String>,
+    extra: Vec<String>,
+) -> Vec<String> {
+    let leading = match c.command.as_ref().filter(|c| !c.is_empty()) {
+        Some(command) => command[1..].iter().map(|a| expand(a, env)).collect(),
+        None => entrypoint,
+    };
+    leading
+        .into_iter()
+        .chain(c.args.iter().flatten().map(|a| expand(a, env)))
         .chain(extra)
         .collect()
 }
@@ -543,6 +566,25 @@ fn arguments(c: &Container, env: &BTreeMap<String, String>, extra: Vec<String>) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_command_replaces_the_entrypoint_and_args_follow_it() {
+        let env = BTreeMap::from([("A".to_string(), "x".to_string())]);
+        let entry = || vec!["csi-attacher".to_string()];
+        let c: Container = serde_json::from_value(serde_json::json!({
+            "name": "c", "args": ["--a=$(A)"]
+        }))
+        .expect("container");
+        assert_eq!(
+            arguments(&c, &env, entry(), vec!["--extra".into()]),
+            ["csi-attacher", "--a=x", "--extra"]
+        );
+        let c: Container = serde_json::from_value(serde_json::json!({
+            "name": "c", "command": ["prog", "--b"], "args": ["--a=$(A)"]
+        }))
+        .expect("container");
+        assert_eq!(arguments(&c, &env, entry(), Vec::new()), ["--b", "--a=x"]);
+    }
 
     #[test]
     fn expansion_follows_kubernetes_rules() {

@@ -7,8 +7,17 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 /// Condition types.
 pub mod kind {
-    /// HostedCluster: every object of the cluster is in place (infra and guest).
+    /// HostedCluster: every object of the cluster is in place (infra and
+    /// guest), its control plane serves (hosted mode), and the CSI controller
+    /// and the cloud controller manager run.
     pub const AVAILABLE: &str = "Available";
+    /// HostedCluster: the last pass put every object of the cluster in place.
+    pub const RECONCILIATION_SUCCEEDED: &str = "ReconciliationSucceeded";
+    /// HostedCluster: the CSI controller's Deployment has an available replica.
+    pub const CSI_CONTROLLER_AVAILABLE: &str = "CSIControllerAvailable";
+    /// HostedCluster: the cloud controller manager's Deployment has an
+    /// available replica.
+    pub const CLOUD_CONTROLLER_MANAGER_AVAILABLE: &str = "CloudControllerManagerAvailable";
     /// HostedCluster (hosted control plane): a quorum of etcd members is Ready.
     pub const ETCD_AVAILABLE: &str = "EtcdAvailable";
     /// HostedCluster (hosted control plane): an API server is available and
@@ -25,7 +34,7 @@ pub mod kind {
     pub const VALID_VERSION: &str = "ValidVersion";
     /// NodePool: the platform configuration is consistent.
     pub const VALID_PLATFORM_CONFIG: &str = "ValidPlatformConfig";
-    /// NodePool: its HostedCluster exists and is Available.
+    /// NodePool: its HostedCluster exists and has been reconciled.
     pub const VALID_HOSTED_CLUSTER: &str = "ValidHostedCluster";
     /// NodePool: `readyReplicas == replicas` and every VM is up to date.
     pub const READY: &str = "Ready";
@@ -67,6 +76,12 @@ pub mod reason {
     pub const SHARED_ETCD_READY: &str = "SharedEtcdReady";
     /// The guest does not serve the VolumeSnapshot API (no CRDs).
     pub const SNAPSHOT_API_MISSING: &str = "SnapshotAPIMissing";
+    /// A Deployment of the cluster has no available replica (yet).
+    pub const WAITING_FOR_REPLICAS: &str = "WaitingForReplicas";
+    /// Available: a component is not available; the message names it.
+    pub const COMPONENTS_NOT_AVAILABLE: &str = "ComponentsNotAvailable";
+    /// The component is not deployed (the storage driver is None).
+    pub const NOT_DEPLOYED: &str = "NotDeployed";
 }
 
 pub const TRUE: &str = "True";

@@ -14,7 +14,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 
 use super::ClusterInputs;
 use super::controlplane::{meta, rule};
-use super::csi::{CONFIG_HASH_ANNOTATION, container, empty_dir, requests, secret_volume};
+use super::csi::{
+    CONFIG_HASH_ANNOTATION, container, empty_dir, pod_ip_env, requests, secret_volume,
+};
 use crate::names;
 
 const CLOUD_CONFIG_DIR: &str = "/etc/cloud";
@@ -108,7 +110,8 @@ pub fn infra_role_rules() -> Vec<PolicyRule> {
 }
 
 /// The CCM's arguments: HyperShift's, with `--cluster-name` = the infra id
-/// (the `cluster.x-k8s.io/cluster-name` of the cluster's VMs).
+/// (the `cluster.x-k8s.io/cluster-name` of the cluster's VMs), and its
+/// health endpoint on the pod's address only.
 pub fn args(inp: &ClusterInputs) -> Vec<String> {
     vec![
         "--cloud-provider=kubevirt".to_string(),
@@ -119,6 +122,7 @@ pub fn args(inp: &ClusterInputs) -> Vec<String> {
         format!("--kubeconfig={GUEST_KUBECONFIG_DIR}/kubeconfig"),
         "--authentication-skip-lookup".to_string(),
         format!("--cluster-name={}", inp.infra_id),
+        "--bind-address=$(POD_IP)".to_string(),
     ]
 }
 
@@ -171,6 +175,7 @@ pub fn deployment(inp: &ClusterInputs, config_hash: &str) -> Deployment {
     }
     let mut ccm = container("cloud-controller-manager", &inp.images.ccm, &[], mounts);
     ccm.args = Some(args(inp));
+    ccm.env = Some(vec![pod_ip_env()]);
     ccm.resources = Some(requests("75m", "60Mi"));
 
     Deployment {
@@ -286,6 +291,7 @@ mod tests {
                 "--kubeconfig=/etc/kubernetes/kubeconfig/kubeconfig",
                 "--authentication-skip-lookup",
                 "--cluster-name=guest1-x7k2p",
+                "--bind-address=$(POD_IP)",
             ]
         );
         let volumes = pod.volumes.expect("volumes");

@@ -191,6 +191,21 @@ pub fn infra_role_rules() -> Vec<PolicyRule> {
 
 // === Deployment ===
 
+/// `POD_IP`: the pod's address (`status.podIP`), for listening on it.
+pub(crate) fn pod_ip_env() -> EnvVar {
+    EnvVar {
+        name: "POD_IP".to_string(),
+        value: None,
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: "status.podIP".to_string(),
+                api_version: None,
+            }),
+            ..EnvVarSource::default()
+        }),
+    }
+}
+
 fn env(name: &str, value: &str) -> EnvVar {
     EnvVar {
         name: name.to_string(),
@@ -401,16 +416,18 @@ pub fn controller_deployment(inp: &ClusterInputs, config_hash: &str) -> Deployme
         common_mounts(),
     );
     attacher.env = address_env();
-    let liveness = container(
+    // Every component listens on its pod's address, not on all of them.
+    let mut liveness = container(
         "csi-liveness-probe",
         &inp.images.csi_livenessprobe,
         &[
             "--csi-address=/csi/csi.sock",
             "--probe-timeout=3s",
-            "--health-port=10301",
+            "--http-endpoint=$(POD_IP):10301",
         ],
         sidecar_mounts(),
     );
+    liveness.env = Some(vec![pod_ip_env()]);
     let snapshotter = container(
         "csi-snapshotter",
         &inp.images.csi_snapshotter,
@@ -434,6 +451,12 @@ pub fn controller_deployment(inp: &ClusterInputs, config_hash: &str) -> Deployme
         ],
         sidecar_mounts(),
     );
+
+    let mut containers = vec![driver, provisioner, attacher, liveness];
+    if inp.snapshot_api {
+        containers.push(snapshotter);
+    }
+    containers.push(resizer);
 
     let mut volumes = vec![
         empty_dir("socket-dir"),
@@ -477,14 +500,7 @@ pub fn controller_deployment(inp: &ClusterInputs, config_hash: &str) -> Deployme
                 spec: Some(PodSpec {
                     service_account_name: Some(names::CSI_INFRA_SERVICE_ACCOUNT.to_string()),
                     automount_service_account_token: Some(!inp.external_infra),
-                    containers: vec![
-                        driver,
-                        provisioner,
-                        attacher,
-                        liveness,
-                        snapshotter,
-                        resizer,
-                    ],
+                    containers,
                     volumes: Some(volumes),
                     ..PodSpec::default()
                 }),
@@ -570,6 +586,21 @@ mod tests {
             ext.data.expect("data")["infraClusterNamespace"],
             "guest1-vms"
         );
+    }
+
+    #[test]
+    fn without_the_snapshot_api_the_controller_runs_no_snapshotter() {
+        let mut inp = inputs(&hosted_cluster());
+        inp.snapshot_api = false;
+        let d = controller_deployment(&inp, "h");
+        let names: Vec<_> = d
+            .spec
+            .as_ref()
+            .and_then(|s| s.template.spec.as_ref())
+            .map(|p| p.containers.iter().map(|c| c.name.clone()).collect())
+            .unwrap_or_default();
+        assert!(!names.contains(&"csi-snapshotter".to_string()), "{names:?}");
+        assert!(names.contains(&"csi-resizer".to_string()));
     }
 
     #[test]
@@ -667,7 +698,11 @@ mod tests {
                 .args
                 .as_ref()
                 .expect("args")
-                .contains(&"--health-port=10301".to_string())
+                .contains(&"--http-endpoint=$(POD_IP):10301".to_string())
+        );
+        assert_eq!(
+            liveness.env.as_ref().map(|e| e[0].name.as_str()),
+            Some("POD_IP")
         );
 
         let pod = d

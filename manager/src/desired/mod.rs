@@ -22,6 +22,7 @@ pub mod join;
 pub mod kubeconfig;
 pub mod object;
 pub mod sets;
+pub mod snapshots;
 pub mod vm;
 
 use std::collections::BTreeMap;
@@ -42,6 +43,7 @@ pub struct Images {
     pub csi_snapshotter: String,
     pub csi_node_driver_registrar: String,
     pub csi_livenessprobe: String,
+    pub snapshot_controller: String,
 }
 
 /// Where images come from (the manager's flags).
@@ -98,6 +100,7 @@ impl ImageConfig {
             csi_snapshotter: sidecar("csi-snapshotter", "v8.2.1"),
             csi_node_driver_registrar: sidecar("csi-node-driver-registrar", "v2.13.0"),
             csi_livenessprobe: sidecar("livenessprobe", "v2.15.0"),
+            snapshot_controller: sidecar("snapshot-controller", "v8.2.1"),
         }
     }
 }
@@ -123,6 +126,12 @@ pub struct ClusterInputs {
     pub images: Images,
     /// The guest kubeconfig (admin), copied for the daemons.
     pub guest_kubeconfig: Vec<u8>,
+    /// The guest serves the VolumeSnapshot API: the CSI controller runs
+    /// csi-snapshotter (which exits at start when the API is missing).
+    pub snapshot_api: bool,
+    /// The manager hosts the cluster's control plane (and so provides its
+    /// VolumeSnapshot API).
+    pub hosted: bool,
 }
 
 impl ClusterInputs {
@@ -153,6 +162,8 @@ impl ClusterInputs {
             cloud: hc.cloud_provider(),
             images: images.images(&hc.spec.release.version),
             guest_kubeconfig,
+            snapshot_api: true,
+            hosted: hc.is_hosted(),
             hc_namespace,
             hc_name,
         }

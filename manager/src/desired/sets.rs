@@ -17,7 +17,7 @@ use super::controlplane::{
 };
 use super::kubeconfig::{ClusterEndpoint, token_kubeconfig};
 use super::object::{Object, SerializeError};
-use super::{ccm, csi, guest};
+use super::{ccm, csi, guest, snapshots};
 use crate::hash;
 use crate::names;
 
@@ -175,6 +175,11 @@ pub fn cluster_objects(
         out.management.push(Object::new(&tenant)?);
         out.management
             .push(Object::new(&csi::controller_deployment(inp, &hash))?);
+        if inp.hosted {
+            let hash = config_hash(&[&inp.guest_kubeconfig]);
+            out.management
+                .push(Object::new(&snapshots::controller_deployment(inp, &hash))?);
+        }
 
         out.guest.push(Object::new(&guest::namespace(inp))?);
         out.guest.push(Object::new(&service_account(

@@ -11,13 +11,18 @@ use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service, ServiceA
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::api::storage::v1::{CSIDriver, StorageClass};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::core::ApiResource;
 use kube::runtime::controller::Action;
+use kube::runtime::wait::Condition;
+use kube::runtime::wait::await_condition;
+use kube::runtime::wait::conditions::is_crd_established;
 use kube::{Api, Resource};
 use kubevirt_infra::snapshot::VolumeSnapshotClass;
 
+use super::components;
 use super::controlplane::{self, ControlPlane, EtcdState};
 use super::history;
 use super::tokens;
@@ -32,7 +37,8 @@ use crate::desired::join::{self, JoinCluster};
 use crate::desired::kubeconfig::endpoint;
 use crate::desired::object::{Object, ObjectKey};
 use crate::desired::sets::{self, side, side_selector};
-use crate::error::{Error, Result, Target};
+use crate::desired::snapshots;
+use crate::error::{Error, Result, Target, is_not_found};
 use crate::names;
 use crate::skew;
 use crate::version::Refusal;
@@ -89,6 +95,8 @@ pub struct Converged {
     pub snapshots_wanted: bool,
     /// When an infra token needs refreshing.
     pub refresh_at: Option<jiff::Timestamp>,
+    /// Whether the CSI controller and the CCM run.
+    pub components: Vec<components::Found>,
 }
 
 /// Bring every cluster of `hc` to its desired state. `keep` are management
@@ -105,7 +113,20 @@ pub async fn converge(
         .as_deref()
         .map(endpoint)
         .transpose()?;
-    let inputs = ClusterInputs::new(hc, &ctx.settings.images, handles.guest_kubeconfig.clone());
+    let guest = Applier {
+        client: &handles.guest,
+        target: Target::Guest,
+        metrics: &ctx.metrics,
+    };
+    let mut inputs = ClusterInputs::new(hc, &ctx.settings.images, handles.guest_kubeconfig.clone());
+    inputs.snapshot_api = match (inputs.csi_enabled(), inputs.hosted) {
+        (false, _) => false,
+        (true, true) => {
+            provide_snapshot_api(&guest).await?;
+            true
+        }
+        (true, false) => serves_snapshots(&handles.guest).await?,
+    };
 
     let live_default = if inputs.storage_type == StorageDriverType::Default {
         Api::<StorageClass>::all(handles.guest.clone())
@@ -131,11 +152,6 @@ pub async fn converge(
     let infra = Applier {
         client: &handles.infra,
         target: Target::Infra,
-        metrics: &ctx.metrics,
-    };
-    let guest = Applier {
-        client: &handles.guest,
-        target: Target::Guest,
         metrics: &ctx.metrics,
     };
 
@@ -194,12 +210,68 @@ pub async fn converge(
             );
         }
     }
+    let components = components::observe(ctx, &inputs).await?;
     Ok(Converged {
         inputs,
         refresh_at,
         guest_apis_missing,
         snapshots_wanted,
+        components,
     })
+}
+
+/// How long a new CRD may take to be established.
+const CRD_ESTABLISHED_WITHIN: Duration = Duration::from_secs(30);
+
+/// A hosted cluster's VolumeSnapshot API: its CRDs applied in the guest
+/// and established (watched for, when new).
+async fn provide_snapshot_api(guest: &Applier<'_>) -> Result<()> {
+    let crds = snapshots::crds().map_err(|e| Error::InvalidSpec(format!("embedded CRD: {e}")))?;
+    let api: Api<CustomResourceDefinition> = Api::all(guest.client.clone());
+    for crd in &crds {
+        let mut object = Object::new(crd)?;
+        sets::tag(std::slice::from_mut(&mut object), side::GUEST);
+        guest.apply(&object).await?;
+        let name = object.name().to_string();
+        let live = api
+            .get_opt(&name)
+            .await
+            .map_err(Error::kube(Target::Guest, format!("get CRD {name}")))?;
+        if is_crd_established().matches_object(live.as_ref()) {
+            continue;
+        }
+        let established = await_condition(api.clone(), &name, is_crd_established());
+        match tokio::time::timeout(CRD_ESTABLISHED_WITHIN, established).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                return Err(Error::Pending(format!(
+                    "waiting for CRD {name} to be established: {e}"
+                )));
+            }
+            Err(_) => {
+                return Err(Error::Pending(format!(
+                    "CRD {name} is not established after {}s",
+                    CRD_ESTABLISHED_WITHIN.as_secs()
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether the guest serves the VolumeSnapshot API (an optional one).
+async fn serves_snapshots(guest: &kube::Client) -> Result<bool> {
+    match guest
+        .list_api_group_resources(&VolumeSnapshotClass::api_version(&()))
+        .await
+    {
+        Ok(list) => Ok(list.resources.iter().any(|r| r.name == "volumesnapshots")),
+        Err(e) if is_not_found(&e) => Ok(false),
+        Err(e) => Err(Error::kube(
+            Target::Guest,
+            "discover the VolumeSnapshot API",
+        )(e)),
+    }
 }
 
 /// What `kubeadm join` needs in a hosted cluster (see [`join`]), for the
@@ -328,16 +400,35 @@ pub fn status_after(
     let hc_namespace = hc.metadata.namespace.clone().unwrap_or_default();
     let hc_name = hc.metadata.name.clone().unwrap_or_default();
     status.control_plane_namespace = Some(names::control_plane_namespace(&hc_namespace, &hc_name));
-    let (available, degraded, valid_version) = match outcome {
+    let (available, reconciled, degraded, valid_version) = match outcome {
         Ok(c) => {
             status.infra_namespace = Some(c.inputs.infra_namespace.clone());
             status.observed_generation = generation;
+            for found in c.components.iter().filter(|f| !f.component.optional) {
+                let (ok, why, message) = found.condition();
+                let d = Desired::new(found.component.condition, ok, why, message);
+                conditions::set(&mut status.conditions, &d, generation, now);
+            }
             (
+                match components::not_available(&c.components) {
+                    None => Desired::new(
+                        kind::AVAILABLE,
+                        true,
+                        reason::AS_EXPECTED,
+                        "All components are available",
+                    ),
+                    Some(why) => Desired::new(
+                        kind::AVAILABLE,
+                        false,
+                        reason::COMPONENTS_NOT_AVAILABLE,
+                        why,
+                    ),
+                },
                 Desired::new(
-                    kind::AVAILABLE,
+                    kind::RECONCILIATION_SUCCEEDED,
                     true,
                     reason::AS_EXPECTED,
-                    "All components are deployed",
+                    "Every object of the cluster is in place",
                 ),
                 Desired::new(kind::DEGRADED, false, reason::AS_EXPECTED, ""),
                 match refused.cloned().map(Error::Version) {
@@ -356,15 +447,20 @@ pub fn status_after(
                 }
                 _ => Desired::new(kind::VALID_VERSION, true, reason::AS_EXPECTED, ""),
             };
-            // Keep Available if it was and only a transient failure happened.
             (
                 Desired::new(kind::AVAILABLE, false, e.reason(), message.clone()),
+                Desired::new(
+                    kind::RECONCILIATION_SUCCEEDED,
+                    false,
+                    e.reason(),
+                    message.clone(),
+                ),
                 Desired::new(kind::DEGRADED, !e.is_pending(), e.reason(), message),
                 valid_version,
             )
         }
     };
-    for d in [&available, &degraded, &valid_version] {
+    for d in [&available, &reconciled, &degraded, &valid_version] {
         conditions::set(&mut status.conditions, d, generation, now);
     }
     // The release's rollout: done when every component runs it.
@@ -398,24 +494,38 @@ fn snapshots_condition(c: &Converged) -> Option<Desired> {
         .filter(|api| api.ends_with(" VolumeSnapshotClass"))
         .map(String::as_str)
         .collect();
-    Some(if missing.is_empty() {
-        Desired::new(
-            kind::VOLUME_SNAPSHOTS_AVAILABLE,
-            true,
-            reason::AS_EXPECTED,
-            "the guest serves the VolumeSnapshot API; the driver's VolumeSnapshotClass is in place",
-        )
-    } else {
-        Desired::new(
-            kind::VOLUME_SNAPSHOTS_AVAILABLE,
-            false,
-            reason::SNAPSHOT_API_MISSING,
-            format!(
-                "the guest cluster does not serve {} (install the VolumeSnapshot CRDs and a snapshot controller there): volume snapshots are unavailable; everything else works",
-                missing.join(", ")
-            ),
-        )
-    })
+    let controller = c
+        .components
+        .iter()
+        .find(|f| f.component == components::SNAPSHOT_CONTROLLER && !f.is_available());
+    Some(
+        if let (true, Some(controller)) = (missing.is_empty(), controller) {
+            let (_, why, message) = controller.condition();
+            Desired::new(
+                kind::VOLUME_SNAPSHOTS_AVAILABLE,
+                false,
+                why,
+                format!("waiting for the snapshot controller ({message})"),
+            )
+        } else if missing.is_empty() {
+            Desired::new(
+                kind::VOLUME_SNAPSHOTS_AVAILABLE,
+                true,
+                reason::AS_EXPECTED,
+                "the guest serves the VolumeSnapshot API; the driver's VolumeSnapshotClass is in place",
+            )
+        } else {
+            Desired::new(
+                kind::VOLUME_SNAPSHOTS_AVAILABLE,
+                false,
+                reason::SNAPSHOT_API_MISSING,
+                format!(
+                    "the guest cluster does not serve {} (install the VolumeSnapshot CRDs and a snapshot controller there): volume snapshots are unavailable; everything else works",
+                    missing.join(", ")
+                ),
+            )
+        },
+    )
 }
 
 /// Write the status `compute` gives, if it changed. The object a reconcile
@@ -561,6 +671,71 @@ mod tests {
     use crate::desired::fixtures::hosted_cluster;
     use crate::version::Refusal;
 
+    /// Both daemons with their replica available.
+    fn running() -> Vec<components::Found> {
+        [components::CSI_CONTROLLER, components::CCM]
+            .into_iter()
+            .map(|component| components::Found {
+                component,
+                state: components::State::Replicas {
+                    available: 1,
+                    desired: 1,
+                },
+            })
+            .collect()
+    }
+
+    #[test]
+    fn deployed_but_not_running_is_reconciled_and_not_available() {
+        let hc = hosted_cluster();
+        let mut found = running();
+        found[1].state = components::State::Replicas {
+            available: 0,
+            desired: 1,
+        };
+        let s = status_after(
+            &hc,
+            None,
+            &Ok(Converged {
+                inputs: crate::desired::fixtures::inputs(&hc),
+                refresh_at: None,
+                guest_apis_missing: BTreeSet::new(),
+                snapshots_wanted: false,
+                components: found,
+            }),
+            None,
+            &now(),
+        );
+        assert!(conditions::is_true(
+            &s.conditions,
+            kind::RECONCILIATION_SUCCEEDED
+        ));
+        assert!(conditions::is_true(
+            &s.conditions,
+            kind::CSI_CONTROLLER_AVAILABLE
+        ));
+        let ccm =
+            conditions::find(&s.conditions, kind::CLOUD_CONTROLLER_MANAGER_AVAILABLE).expect("set");
+        assert_eq!(
+            (ccm.status.as_str(), ccm.reason.as_str()),
+            ("False", reason::WAITING_FOR_REPLICAS)
+        );
+        let available = conditions::find(&s.conditions, kind::AVAILABLE).expect("set");
+        assert_eq!(
+            (
+                available.status.as_str(),
+                available.reason.as_str(),
+                available.message.as_str()
+            ),
+            (
+                "False",
+                reason::COMPONENTS_NOT_AVAILABLE,
+                "waiting for the cloud controller manager (Deployment kubevirt-cloud-controller-manager: 0 of 1 replicas available)"
+            )
+        );
+        assert!(!conditions::is_true(&s.conditions, kind::DEGRADED));
+    }
+
     fn now() -> Time {
         Time(jiff::Timestamp::from_second(1_700_000_000).expect("ts"))
     }
@@ -578,6 +753,7 @@ mod tests {
                 refresh_at: None,
                 guest_apis_missing: BTreeSet::new(),
                 snapshots_wanted: false,
+                components: running(),
             }),
             None,
             &now(),
@@ -609,6 +785,7 @@ mod tests {
             refresh_at: None,
             guest_apis_missing: BTreeSet::new(),
             snapshots_wanted: false,
+            components: running(),
         };
         let refusal = Refusal::from(
             crate::skew::control_plane_upgrade("1.32.13", "1.34.0").expect_err("skips"),
@@ -634,6 +811,7 @@ mod tests {
             refresh_at: None,
             guest_apis_missing: BTreeSet::new(),
             snapshots_wanted: false,
+            components: running(),
         };
         let later = Time(jiff::Timestamp::from_second(1_700_000_100).expect("ts"));
         assert_eq!(
@@ -650,6 +828,7 @@ mod tests {
             refresh_at: None,
             guest_apis_missing: missing.iter().map(|s| s.to_string()).collect(),
             snapshots_wanted: true,
+            components: running(),
         };
         let s = status_after(
             &hc,
@@ -721,6 +900,7 @@ mod tests {
                 refresh_at: None,
                 guest_apis_missing: BTreeSet::new(),
                 snapshots_wanted: false,
+                components: running(),
             }),
             None,
             &now(),
@@ -736,6 +916,7 @@ mod tests {
                 refresh_at: None,
                 guest_apis_missing: BTreeSet::new(),
                 snapshots_wanted: false,
+                components: running(),
             }),
             None,
             &later,

@@ -5,6 +5,7 @@
 //! the Deployments and ConfigMaps the manager made).
 
 pub mod cleanup;
+pub mod components;
 pub mod controlplane;
 pub mod converge;
 pub mod history;

@@ -145,11 +145,11 @@ pub async fn apply(np: &NodePool, ctx: &Context) -> Result<Action> {
         )
         .await;
     };
-    let hc_available = hc
+    let hc_reconciled = hc
         .status
         .as_ref()
-        .is_some_and(|s| conditions::is_true(&s.conditions, kind::AVAILABLE));
-    if !hc_available || hc.metadata.deletion_timestamp.is_some() {
+        .is_some_and(|s| conditions::is_true(&s.conditions, kind::RECONCILIATION_SUCCEEDED));
+    if !hc_reconciled || hc.metadata.deletion_timestamp.is_some() {
         return refuse(
             ctx,
             np,

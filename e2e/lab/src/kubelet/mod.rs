@@ -121,7 +121,7 @@ impl Shared {
             spec.containers.iter().all(|c| {
                 c.image
                     .as_deref()
-                    .is_some_and(|i| self.cfg.images.program(i).is_some())
+                    .is_some_and(|i| self.cfg.images.entrypoint(i).is_some())
             })
         })
     }

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use super::status::{ContainerState, all_ready, pod_status};
 use super::{Shared, probe, remove};
 use crate::LabError;
-use crate::pod::{PodNetwork, PodRun, RunningPod};
+use crate::pod::{PodNetwork, PodRun, RunningPod, remove_pod_files};
 
 /// How often the worker looks at its processes (the kubelet's PLEG relist).
 const RELIST: Duration = Duration::from_secs(1);
@@ -133,6 +133,9 @@ pub(crate) async fn run(
         .and_then(|s| s.node_name.clone())
         .unwrap_or_default();
     let host_ip = shared.cfg.nodes.get(&node).copied().unwrap_or(ip);
+    let ns = pod.namespace().unwrap_or_default();
+    // A new incarnation of the pod starts with empty volumes.
+    remove_pod_files(&shared.cfg.dir, &ns, &pod.name_any());
     let started = jiff::Timestamp::now().to_string();
     let mut ready = false;
     let mut ready_since = started.clone();
@@ -148,6 +151,7 @@ pub(crate) async fn run(
             }
             _ = deleted.cancelled() => {
                 stop_all(&mut containers, grace(&pod)).await;
+                remove_pod_files(&shared.cfg.dir, &ns, &pod.name_any());
                 forget(&shared, &name);
                 remove(&shared.client, &pod).await;
                 return;
@@ -259,10 +263,10 @@ async fn step(
     }
 
     if c.process.is_none() && now >= c.start_at {
-        let Some(program) = container
+        let Some(entrypoint) = container
             .image
             .as_deref()
-            .and_then(|i| shared.cfg.images.program(i))
+            .and_then(|i| shared.cfg.images.entrypoint(i))
         else {
             return;
         };
@@ -274,7 +278,8 @@ async fn step(
             pod_name: &pod_name,
             spec,
             container: &c.name,
-            program: program.to_path_buf(),
+            program: entrypoint.program.clone(),
+            entrypoint_args: entrypoint.args.clone(),
             extra_args: Vec::new(),
             network: Some(PodNetwork {
                 netns: shared.cfg.netns.path(),

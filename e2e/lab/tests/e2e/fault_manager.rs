@@ -2,8 +2,8 @@
 //! while 30 operations run against it (10 HostedClusters, each with a guest
 //! control plane of its own, created; 15 spec changes: storage driver and
 //! cloud-provider options; 5 of the clusters deleted again), and restarted
-//! each time: afterwards every remaining cluster is
-//! Available with its latest generation observed and the objects of that
+//! each time: afterwards every remaining cluster is reconciled
+//! (ReconciliationSucceeded) with its latest generation observed and the objects of that
 //! spec, and every deleted one is gone with its control-plane namespace
 //! and its guest objects. The seed of the kill schedule is printed;
 //! `FAULT_SEED=<n>` replays it.
@@ -79,7 +79,7 @@ async fn scenario(
             create_hosted_cluster(lab, guest, &name(i), "0.1.0", json!({})).await?;
             ops += 1;
             // Paced by the manager, so kills land inside reconciles.
-            until_available(lab, &name(i)).await?;
+            until_reconciled(lab, &name(i)).await?;
             // A spec change on every cluster: the CSI driver goes (None);
             // on the kept ones another follows (zone and region).
             hcs.patch(
@@ -145,7 +145,7 @@ async fn scenario(
         // The latest spec is the one observed, and what exists matches it.
         until_dynamic(&hcs, &name(i), "the latest spec converged", |hc| {
             let hc = hc?;
-            (is_true(hc, "Available")
+            (is_true(hc, "ReconciliationSucceeded")
                 && hc.data["status"]["observedGeneration"] == hc.metadata.generation.unwrap_or(0))
             .then_some(())
         })

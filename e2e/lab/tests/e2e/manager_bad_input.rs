@@ -60,7 +60,7 @@ async fn unusable_resources_are_refused_with_a_reason() -> anyhow::Result<()> {
 
     let result = async {
         create_hosted_cluster(&lab, &lab.guest, "guest1", "0.1.0", json!({})).await?;
-        until_available(&lab, "guest1").await?;
+        until_reconciled(&lab, "guest1").await?;
         let hcs = hosted_clusters(&infra);
 
         // HostedClusters.
@@ -155,8 +155,8 @@ async fn unusable_resources_are_refused_with_a_reason() -> anyhow::Result<()> {
         ensure!(made == 0, "{made} VMs made for refused pools");
 
         // The good cluster is still served.
-        let hc = until_available(&lab, "guest1").await?;
-        ensure!(is_true(&hc, "Available"));
+        let hc = until_reconciled(&lab, "guest1").await?;
+        ensure!(is_true(&hc, "ReconciliationSucceeded"));
         ensure!(manager.try_wait()?.is_none(), "the manager exited");
         Ok(())
     }

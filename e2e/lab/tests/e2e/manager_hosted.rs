@@ -4,8 +4,13 @@
 //! HostedCluster published on an infra node's port becomes Available: etcd
 //! has its quorum, the API server answers `/readyz` through the endpoint,
 //! and kubectl, given the admin kubeconfig of the status, works through it
-//! (from the host, through a loopback forward to the endpoint). Deleting it
-//! stops the control plane and removes its claims.
+//! (from the host, through a loopback forward to the endpoint); the CSI
+//! controller and the CCM run (their Deployments' pods, the CSI sidecars
+//! played by the lab's stand-ins), and a claim in the hosted cluster
+//! becomes a DataVolume, a snapshot of it becomes ready (the manager
+//! installs the VolumeSnapshot API and the snapshot controller there), and
+//! both go when deleted. Deleting the cluster stops the
+//! control plane and removes its claims.
 //!
 //! A control-plane upgrade of a HighlyAvailable cluster (on four nodes,
 //! room for the surge API server) rolls etcd one member at a time, never
@@ -42,13 +47,81 @@ use crate::manager_support::hosted::*;
 use crate::manager_support::*;
 use anyhow::{Context as _, ensure};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::{Namespace, Secret, Service};
+use k8s_openapi::api::core::v1::{
+    Namespace, PersistentVolume, PersistentVolumeClaim, Secret, Service,
+};
 use kube::api::{Api, DeleteParams, PostParams};
 use kube::core::DynamicObject;
+use kubevirt_infra::cdi::DataVolume;
+use kubevirt_infra::snapshot::VolumeSnapshot;
 use kubevirt_lab::hcp;
 use serde_json::json;
 
 const CP: &str = "clusters-hosted1";
+
+/// A claim of the hosted cluster of `hosted` is provisioned as a DataVolume
+/// in the control-plane namespace and bound; a VolumeSnapshot of it becomes
+/// ready (the snapshot controller and csi-snapshotter at work); deleting
+/// both deletes the DataVolume.
+async fn a_claim_becomes_a_data_volume_and_goes_with_it(
+    hosted: &kube::Client,
+    management: &kube::Client,
+) -> anyhow::Result<()> {
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(hosted.clone(), "default");
+    let claim: PersistentVolumeClaim = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+        "metadata": {"name": "data"},
+        "spec": {"accessModes": ["ReadWriteOnce"],
+                 "storageClassName": "kubevirt-csi-infra-default",
+                 "resources": {"requests": {"storage": "1Gi"}}}
+    }))?;
+    claims.create(&PostParams::default(), &claim).await?;
+    let volume = until(&claims, "data", "claim data Bound", |c| {
+        let c = c?;
+        (c.status.as_ref()?.phase.as_deref() == Some("Bound"))
+            .then(|| c.spec.as_ref()?.volume_name.clone())
+            .flatten()
+    })
+    .await?;
+    let pv = Api::<PersistentVolume>::all(hosted.clone())
+        .get(&volume)
+        .await?;
+    let handle = pv
+        .spec
+        .and_then(|s| s.csi)
+        .map(|c| c.volume_handle)
+        .context("the volume has no CSI handle")?;
+    let dvs: Api<DataVolume> = Api::namespaced(management.clone(), CP);
+    ensure!(
+        dvs.get_opt(&handle).await?.is_some(),
+        "no DataVolume {handle} in {CP}"
+    );
+    let snapshots: Api<VolumeSnapshot> = Api::namespaced(hosted.clone(), "default");
+    let snapshot: VolumeSnapshot = serde_json::from_value(json!({
+        "apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshot",
+        "metadata": {"name": "data-snap"},
+        "spec": {"volumeSnapshotClassName": "kubevirt-csi-snapshot",
+                 "source": {"persistentVolumeClaimName": "data"}}
+    }))?;
+    snapshots.create(&PostParams::default(), &snapshot).await?;
+    until(&snapshots, "data-snap", "snapshot data-snap ready", |s| {
+        s?.status.as_ref()?.ready_to_use.filter(|r| *r)
+    })
+    .await?;
+    snapshots
+        .delete("data-snap", &DeleteParams::default())
+        .await?;
+    until(&snapshots, "data-snap", "snapshot data-snap gone", |s| {
+        s.is_none().then_some(())
+    })
+    .await?;
+    claims.delete("data", &DeleteParams::default()).await?;
+    until(&dvs, &handle, "the claim's DataVolume deleted", |dv| {
+        dv.is_none().then_some(())
+    })
+    .await?;
+    Ok(())
+}
 
 /// Writes key `key` of a Secret to `dir/<secret>-<key>`.
 fn write_key(dir: &Path, secret: &Secret, key: &str) -> anyhow::Result<std::path::PathBuf> {
@@ -226,23 +299,17 @@ async fn a_hosted_control_plane_runs_and_serves_through_its_endpoint() -> anyhow
             );
         }
         ensure!(condition_message(&hc, "EtcdAvailable") == "1 of 1 etcd members ready");
-        // A hosted guest has no VolumeSnapshot CRDs: that optional API is
-        // a condition of its own, and blocks nothing (Available above).
+        // The manager provides a hosted guest's VolumeSnapshot API: its
+        // CRDs, the snapshot controller and the driver's class.
         let snapshots = until_dynamic(&hcs, "hosted1", "VolumeSnapshotsAvailable", |hc| {
             let hc = hc?;
             let c = condition(hc, "VolumeSnapshotsAvailable")?;
-            Some((c, condition_message(hc, "VolumeSnapshotsAvailable")))
+            (c.0 == "True").then(|| condition_message(hc, "VolumeSnapshotsAvailable"))
         })
         .await?;
         ensure!(
-            snapshots.0 == ("False".to_string(), "SnapshotAPIMissing".to_string()),
-            "{snapshots:?}"
-        );
-        ensure!(
-            snapshots
-                .1
-                .contains("does not serve snapshot.storage.k8s.io/v1 VolumeSnapshotClass"),
-            "{snapshots:?}"
+            snapshots.contains("serves the VolumeSnapshot API"),
+            "{snapshots}"
         );
         let status = &hc.data["status"];
         let port = status["controlPlaneEndpoint"]["port"]
@@ -268,6 +335,22 @@ async fn a_hosted_control_plane_runs_and_serves_through_its_endpoint() -> anyhow
         // The manager's guest objects are there (through the same endpoint).
         let drivers = kubectl(&kubeconfig, &["get", "csidrivers", "-o", "name"])?;
         ensure!(drivers.contains("csi.kubevirt.io"), "{drivers}");
+
+        // The CSI controller and the CCM run as pods of the management
+        // cluster (their Deployments, as the manager wrote them), and a
+        // claim in the hosted cluster becomes a DataVolume through them:
+        // the provisioner sidecar creates the volume, the hosted
+        // kube-controller-manager binds it, and deleting the claim deletes
+        // the DataVolume.
+        for c in ["CSIControllerAvailable", "CloudControllerManagerAvailable"] {
+            ensure!(
+                condition(&hc, c).is_some_and(|(s, _)| s == "True"),
+                "{c}: {:?}",
+                hc.data["status"]
+            );
+        }
+        let (_bridge, hosted_client) = hcp::admin_client(&lab, &hc).await?;
+        a_claim_becomes_a_data_volume_and_goes_with_it(&hosted_client, &infra).await?;
 
         // Deletion stops the control plane and removes its claims.
         hcs.delete("hosted1", &DeleteParams::default()).await?;

@@ -37,7 +37,7 @@ async fn standby_takes_over_when_the_leader_stops() -> anyhow::Result<()> {
     let result = async {
         ensure!(first? == "manager-a", "manager-a started first and should lead");
         create_hosted_cluster(&lab, &lab.guest, "guest1", "0.1.0", json!({})).await?;
-        until_available(&lab, "guest1").await?;
+        until_reconciled(&lab, "guest1").await?;
 
         // The leader stops; it exits cleanly and hands the lease over.
         let status = a.terminate(Duration::from_secs(10)).await?.context("manager-a still running")?;

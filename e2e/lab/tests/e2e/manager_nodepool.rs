@@ -43,7 +43,7 @@ async fn setup(version: &str) -> anyhow::Result<(Lab, kubevirt_lab::daemon::Daem
     let lab = lab().await?;
     let manager = start_manager(&lab, &[]).await?;
     create_hosted_cluster(&lab, &lab.guest, "guest1", version, json!({})).await?;
-    until_available(&lab, "guest1").await?;
+    until_reconciled(&lab, "guest1").await?;
     let agent = NodeAgent::start(
         lab.infra_client(),
         lab.guest_client(),

@@ -40,7 +40,7 @@ async fn many_clusters_available_quietly() -> anyhow::Result<()> {
         let hcs = hosted_clusters(&infra);
         tokio::time::timeout(
             AVAILABLE_WITHIN,
-            kubevirt_lab::hcp::all_available(&hcs, CLUSTERS),
+            kubevirt_lab::hcp::all_reconciled(&hcs, CLUSTERS),
         )
         .await
         .with_context(|| {

@@ -218,7 +218,7 @@ async fn scenario(lab: &Lab, external: &Lab, tenants: &mut Vec<Tenant>) -> anyho
     }
 
     for t in tenants.iter_mut() {
-        until_available(lab, &t.name).await?;
+        until_reconciled(lab, &t.name).await?;
         let nodes: Api<Node> = Api::all(t.guest_client());
         t.node = until_list(
             &nodes,

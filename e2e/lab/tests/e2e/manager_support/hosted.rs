@@ -16,7 +16,7 @@ use serde_json::json;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::NS;
+use super::{NS, condition_message};
 
 /// The first infra node's address.
 pub const NODE_ADDRESS: &str = "192.168.100.10";
@@ -38,15 +38,6 @@ pub fn hosted(name: &str, kubernetes_version: Option<&str>) -> anyhow::Result<Dy
             }}],
         }
     }))?)
-}
-
-pub fn condition_message(hc: &DynamicObject, type_: &str) -> String {
-    hc.data["status"]["conditions"]
-        .as_array()
-        .and_then(|cs| cs.iter().find(|c| c["type"] == type_))
-        .and_then(|c| c["message"].as_str())
-        .unwrap_or_default()
-        .to_string()
 }
 
 /// The admin kubeconfig of hosted cluster `name` (from its status), written

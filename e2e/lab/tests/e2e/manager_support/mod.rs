@@ -131,6 +131,15 @@ pub async fn create_hosted_cluster(
     Ok(hcp::create_hosted_cluster(&lab.infra_client(), guest, name, version, platform).await?)
 }
 
+pub fn condition_message(hc: &DynamicObject, type_: &str) -> String {
+    hc.data["status"]["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == type_))
+        .and_then(|c| c["message"].as_str())
+        .unwrap_or_default()
+        .to_string()
+}
+
 /// The condition `type_` of a dynamic object: (status, reason).
 pub fn condition(obj: &DynamicObject, type_: &str) -> Option<(String, String)> {
     obj.data["status"]["conditions"]
@@ -218,6 +227,23 @@ where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + 'static,
 {
     crate::common::until_list_within(api, labels, what, WAIT, check).await
+}
+
+/// Waits until the HostedCluster is reconciled: every object in place. (In
+/// a lab without a management kubelet nothing runs the CSI controller and
+/// the CCM, so such a cluster is never Available.)
+pub async fn until_reconciled(lab: &Lab, name: &str) -> anyhow::Result<DynamicObject> {
+    let api = hosted_clusters(&lab.infra_client());
+    until_dynamic(
+        &api,
+        name,
+        &format!("HostedCluster {name} reconciled"),
+        |hc| {
+            hc.filter(|hc| is_true(hc, "ReconciliationSucceeded"))
+                .cloned()
+        },
+    )
+    .await
 }
 
 /// Waits until the HostedCluster is Available.

@@ -1,0 +1,141 @@
+//! The VolumeSnapshot API of a hosted cluster, which the manager provides
+//! as a cluster administrator would: the API's CRDs in the guest (as
+//! external-snapshotter defines them) and the snapshot controller,
+//! run in the control-plane namespace with the guest kubeconfig. An
+//! external guest cluster is its owner's: there the API is only looked for
+//! (`VolumeSnapshotsAvailable`).
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
+use k8s_openapi::api::core::v1::{PodSpec, PodTemplateSpec, VolumeMount};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+
+use super::ClusterInputs;
+use super::controlplane::meta;
+use super::csi::{CONFIG_HASH_ANNOTATION, container, requests, secret_volume};
+use crate::names;
+
+const TENANT_KUBECONFIG_DIR: &str = "/var/run/secrets/tenantcluster";
+
+/// The CRDs of `snapshot.storage.k8s.io/v1`.
+pub fn crds() -> Result<Vec<CustomResourceDefinition>, serde_yaml::Error> {
+    kubevirt_infra::snapshot::CRDS
+        .iter()
+        .map(|yaml| serde_yaml::from_str(yaml))
+        .collect()
+}
+
+/// The `csi-snapshot-controller` Deployment: the snapshot controller with
+/// the guest kubeconfig the CSI controller mounts. `config_hash` rolls it
+/// when that kubeconfig changes.
+pub fn controller_deployment(inp: &ClusterInputs, config_hash: &str) -> Deployment {
+    let app = BTreeMap::from([("app".to_string(), names::SNAPSHOT_CONTROLLER.to_string())]);
+    let mut pod_labels = inp.owner_labels();
+    pod_labels.extend(app.clone());
+    let mut controller = container(
+        "snapshot-controller",
+        &inp.images.snapshot_controller,
+        &[
+            "--v=2",
+            "--leader-election=true",
+            "--leader-election-namespace=kube-system",
+            "--kubeconfig=/var/run/secrets/tenantcluster/kubeconfig",
+        ],
+        vec![VolumeMount {
+            name: "tenantcluster".to_string(),
+            mount_path: TENANT_KUBECONFIG_DIR.to_string(),
+            ..VolumeMount::default()
+        }],
+    );
+    controller.resources = Some(requests("10m", "30Mi"));
+    Deployment {
+        metadata: meta(
+            names::SNAPSHOT_CONTROLLER,
+            Some(&inp.control_plane_namespace),
+            inp.owner_labels(),
+        ),
+        spec: Some(DeploymentSpec {
+            replicas: Some(1),
+            revision_history_limit: Some(2),
+            selector: LabelSelector {
+                match_labels: Some(app),
+                ..LabelSelector::default()
+            },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(pod_labels),
+                    annotations: Some(BTreeMap::from([(
+                        CONFIG_HASH_ANNOTATION.to_string(),
+                        config_hash.to_string(),
+                    )])),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    // It talks to the guest only.
+                    automount_service_account_token: Some(false),
+                    containers: vec![controller],
+                    volumes: Some(vec![secret_volume(
+                        "tenantcluster",
+                        names::CSI_TENANT_KUBECONFIG,
+                    )]),
+                    ..PodSpec::default()
+                }),
+            },
+            ..DeploymentSpec::default()
+        }),
+        status: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::desired::fixtures::*;
+
+    #[test]
+    fn the_crds_are_the_snapshot_api() {
+        let crds = crds().expect("parse");
+        let names: Vec<_> = crds
+            .iter()
+            .map(|c| c.metadata.name.clone().unwrap_or_default())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "volumesnapshotclasses.snapshot.storage.k8s.io",
+                "volumesnapshotcontents.snapshot.storage.k8s.io",
+                "volumesnapshots.snapshot.storage.k8s.io"
+            ]
+        );
+        assert!(crds.iter().all(|c| c.spec.versions[0].name == "v1"));
+    }
+
+    #[test]
+    fn the_controller_runs_with_the_guest_kubeconfig_only() {
+        let d = controller_deployment(&inputs(&hosted_cluster()), "h");
+        assert_eq!(d.metadata.name.as_deref(), Some("csi-snapshot-controller"));
+        assert_eq!(d.metadata.namespace.as_deref(), Some("clusters-guest1"));
+        let pod = d.spec.and_then(|s| s.template.spec).expect("pod");
+        assert_eq!(pod.automount_service_account_token, Some(false));
+        let c = &pod.containers[0];
+        assert_eq!(
+            c.image.as_deref(),
+            Some("registry.k8s.io/sig-storage/snapshot-controller:v8.2.1")
+        );
+        assert!(
+            c.args
+                .as_ref()
+                .expect("args")
+                .contains(&"--kubeconfig=/var/run/secrets/tenantcluster/kubeconfig".to_string())
+        );
+        assert_eq!(
+            pod.volumes.expect("volumes")[0]
+                .secret
+                .as_ref()
+                .and_then(|s| s.secret_name.as_deref()),
+            Some("kubevirt-csi-controller-tenant-kubeconfig")
+        );
+    }
+}
