@@ -75,6 +75,8 @@ pub const CCM: &str = "kubevirt-cloud-controller-manager";
 pub const CCM_APP_LABEL_VALUE: &str = "cloud-controller-manager";
 /// The snapshot controller of a hosted cluster (in its control-plane namespace).
 pub const SNAPSHOT_CONTROLLER: &str = "csi-snapshot-controller";
+/// Its guest kubeconfig Secret (a token of its ServiceAccount there).
+pub const SNAPSHOT_CONTROLLER_KUBECONFIG: &str = "csi-snapshot-controller-kubeconfig";
 /// The CCM's ConfigMap and its key.
 pub const CCM_CLOUD_CONFIG: &str = "kubevirt-cloud-config";
 pub const CCM_CLOUD_CONFIG_KEY: &str = "cloud-config";

@@ -21,6 +21,11 @@ use crate::names;
 
 const CLOUD_CONFIG_DIR: &str = "/etc/cloud";
 const GUEST_KUBECONFIG_DIR: &str = "/etc/kubernetes/kubeconfig";
+/// The guest token of a hosted cluster's CCM, next to its kubeconfig.
+pub const GUEST_TOKEN_FILE: &str = "/etc/kubernetes/kubeconfig/token";
+/// The CCM's ServiceAccount in a hosted guest, and its leader Lease.
+pub const GUEST_ACCOUNT: &str = "cloud-controller-manager";
+pub const GUEST_ACCOUNT_NAMESPACE: &str = "kube-system";
 const INFRA_KUBECONFIG_DIR: &str = "/etc/kubernetes/infra-kubeconfig";
 /// Where the CCM finds its infra token (external infra).
 pub const INFRA_TOKEN_FILE: &str = "/etc/kubernetes/infra-kubeconfig/token";
@@ -67,6 +72,43 @@ pub fn cloud_config(inp: &ClusterInputs) -> ConfigMap {
         )])),
         ..ConfigMap::default()
     }
+}
+
+/// Rules of the CCM's ClusterRole in a hosted guest (whose control plane
+/// the manager runs, so it gives the CCM an identity of its own there):
+/// those of `manifests/cloud-provider/guest/rbac.yaml`.
+pub fn guest_cluster_role_rules() -> Vec<PolicyRule> {
+    vec![
+        rule(
+            &[""],
+            &["nodes"],
+            &["get", "list", "watch", "patch", "delete"],
+        ),
+        rule(&[""], &["nodes/status"], &["patch"]),
+        rule(&[""], &["services"], &["get", "list", "watch", "patch"]),
+        rule(&[""], &["services/status"], &["patch"]),
+        rule(
+            &["discovery.k8s.io"],
+            &["endpointslices"],
+            &["get", "list", "watch"],
+        ),
+        rule(&["events.k8s.io"], &["events"], &["create", "patch"]),
+    ]
+}
+
+/// Rules of the CCM's leader-election Role in `kube-system` of a hosted
+/// guest: its own Lease only.
+pub fn guest_leader_rules() -> Vec<PolicyRule> {
+    let mut own = rule(
+        &["coordination.k8s.io"],
+        &["leases"],
+        &["get", "list", "watch", "update"],
+    );
+    own.resource_names = Some(vec![GUEST_ACCOUNT.to_string()]);
+    vec![
+        rule(&["coordination.k8s.io"], &["leases"], &["create"]),
+        own,
+    ]
 }
 
 /// Rules of the CCM's Role on the infra namespace: HyperShift's, with the
@@ -263,6 +305,28 @@ mod tests {
         let cm = cloud_config(&inputs(&hosted_cluster()));
         assert_eq!(cm.metadata.name.as_deref(), Some("kubevirt-cloud-config"));
         assert!(cm.data.expect("data").contains_key("cloud-config"));
+    }
+
+    #[test]
+    fn a_hosted_guest_gives_the_ccm_the_rules_of_the_shipped_manifest() {
+        let text = include_str!("../../../manifests/cloud-provider/guest/rbac.yaml");
+        let mut roles = Vec::new();
+        for doc in serde_yaml::Deserializer::from_str(text) {
+            let value = <serde_yaml::Value as serde::Deserialize>::deserialize(doc).expect("yaml");
+            let kind = value["kind"].as_str().unwrap_or_default().to_string();
+            if kind == "ClusterRole" || kind == "Role" {
+                let rules: Vec<PolicyRule> =
+                    serde_yaml::from_value(value["rules"].clone()).expect("rules");
+                roles.push((kind, rules));
+            }
+        }
+        assert_eq!(
+            roles,
+            [
+                ("ClusterRole".to_string(), guest_cluster_role_rules()),
+                ("Role".to_string(), guest_leader_rules()),
+            ]
+        );
     }
 
     #[test]

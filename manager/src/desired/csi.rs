@@ -29,6 +29,8 @@ const TENANT_KUBECONFIG_DIR: &str = "/var/run/secrets/tenantcluster";
 const INFRA_KUBECONFIG_DIR: &str = "/var/run/secrets/infracluster";
 /// Where the driver finds its infra token (external infra).
 pub const INFRA_TOKEN_FILE: &str = "/var/run/secrets/infracluster/token";
+/// The guest token of a hosted cluster's CSI controller, next to its kubeconfig.
+pub const TENANT_TOKEN_FILE: &str = "/var/run/secrets/tenantcluster/token";
 /// Annotation with the hash of the configuration the pods read at start.
 pub const CONFIG_HASH_ANNOTATION: &str = "hcp.kubevirt-rs.io/config-hash";
 

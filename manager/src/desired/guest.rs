@@ -195,13 +195,14 @@ pub fn cluster_role(inp: &ClusterInputs, name: &str, rules: Vec<PolicyRule>) -> 
     }
 }
 
-/// A ClusterRoleBinding of ClusterRole `role` to ServiceAccount `account` in
-/// the guest CSI namespace.
+/// A ClusterRoleBinding of ClusterRole `role` to ServiceAccount
+/// `account_namespace/account`.
 pub fn cluster_role_binding(
     inp: &ClusterInputs,
     name: &str,
     role: &str,
     account: &str,
+    account_namespace: &str,
 ) -> ClusterRoleBinding {
     ClusterRoleBinding {
         metadata: meta(name, None, inp.owner_labels()),
@@ -213,7 +214,7 @@ pub fn cluster_role_binding(
         subjects: Some(vec![Subject {
             kind: "ServiceAccount".to_string(),
             name: account.to_string(),
-            namespace: Some(names::GUEST_CSI_NAMESPACE.to_string()),
+            namespace: Some(account_namespace.to_string()),
             ..Subject::default()
         }]),
     }
@@ -719,6 +720,7 @@ mod tests {
             names::GUEST_CSI_NODE_BINDING,
             names::GUEST_CSI_NODE_CLUSTER_ROLE,
             names::GUEST_CSI_NODE_SA,
+            names::GUEST_CSI_NAMESPACE,
         );
         assert_eq!(
             b.metadata.name.as_deref(),

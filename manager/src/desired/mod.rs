@@ -130,8 +130,10 @@ pub struct ClusterInputs {
     /// csi-snapshotter (which exits at start when the API is missing).
     pub snapshot_api: bool,
     /// The manager hosts the cluster's control plane (and so provides its
-    /// VolumeSnapshot API).
+    /// VolumeSnapshot API, and identities of their own to the daemons there).
     pub hosted: bool,
+    /// A hosted guest's endpoint, for the daemons' token kubeconfigs.
+    pub guest_endpoint: Option<kubeconfig::ClusterEndpoint>,
 }
 
 impl ClusterInputs {
@@ -164,6 +166,7 @@ impl ClusterInputs {
             guest_kubeconfig,
             snapshot_api: true,
             hosted: hc.is_hosted(),
+            guest_endpoint: None,
             hc_namespace,
             hc_name,
         }

@@ -4,10 +4,12 @@
 //! set and pruning what carries the cluster's labels but is not in the set
 //! converges that cluster.
 //!
-//! The token kubeconfig Secrets of an external infra are not in these sets:
-//! their tokens come from the TokenRequest API and are refreshed on their own
-//! schedule (see [`super::kubeconfig`]); [`infra_kubeconfigs`] gives their
-//! names and token-free kubeconfig text.
+//! The token kubeconfig Secrets (of an external infra cluster, and of a
+//! hosted guest, where the daemons get identities of their own instead of
+//! the admin kubeconfig) are not in these sets: their tokens come from the
+//! TokenRequest API and are refreshed on their own schedule (see
+//! [`super::kubeconfig`]); [`infra_kubeconfigs`] and [`guest_kubeconfigs`]
+//! give their names and token-free kubeconfig text.
 
 use k8s_openapi::api::core::v1::ServiceAccount;
 
@@ -59,42 +61,78 @@ pub struct ClusterObjects {
     pub guest: Vec<Object>,
 }
 
-/// A daemon's token kubeconfig on an external infra cluster.
+/// A daemon's token kubeconfig: of its ServiceAccount on an external infra
+/// cluster, or in a hosted guest.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct InfraKubeconfig {
+pub struct TokenKubeconfig {
     /// Secret name in the control-plane namespace.
     pub secret: &'static str,
-    /// The ServiceAccount on the infra cluster whose token it holds.
+    /// The ServiceAccount whose token it holds, and its namespace.
     pub account: &'static str,
+    pub account_namespace: String,
     /// The kubeconfig text (the token is in a file next to it).
     pub kubeconfig: String,
 }
 
 /// The token kubeconfigs the daemons need on an external infra cluster.
-pub fn infra_kubeconfigs(inp: &ClusterInputs, endpoint: &ClusterEndpoint) -> Vec<InfraKubeconfig> {
+pub fn infra_kubeconfigs(inp: &ClusterInputs, endpoint: &ClusterEndpoint) -> Vec<TokenKubeconfig> {
+    let token = |secret, account, file| TokenKubeconfig {
+        secret,
+        account,
+        account_namespace: inp.infra_namespace.clone(),
+        kubeconfig: token_kubeconfig(endpoint, account, file, &inp.infra_namespace),
+    };
     let mut out = Vec::new();
     if inp.csi_enabled() {
-        out.push(InfraKubeconfig {
-            secret: names::CSI_INFRA_KUBECONFIG,
-            account: names::CSI_INFRA_SERVICE_ACCOUNT,
-            kubeconfig: token_kubeconfig(
-                endpoint,
-                names::CSI_INFRA_SERVICE_ACCOUNT,
-                csi::INFRA_TOKEN_FILE,
-                &inp.infra_namespace,
-            ),
-        });
+        out.push(token(
+            names::CSI_INFRA_KUBECONFIG,
+            names::CSI_INFRA_SERVICE_ACCOUNT,
+            csi::INFRA_TOKEN_FILE,
+        ));
     }
-    out.push(InfraKubeconfig {
-        secret: names::CCM_INFRA_KUBECONFIG,
-        account: names::CCM,
-        kubeconfig: token_kubeconfig(
-            endpoint,
-            names::CCM,
-            ccm::INFRA_TOKEN_FILE,
-            &inp.infra_namespace,
-        ),
-    });
+    out.push(token(
+        names::CCM_INFRA_KUBECONFIG,
+        names::CCM,
+        ccm::INFRA_TOKEN_FILE,
+    ));
+    out
+}
+
+/// The token kubeconfigs of the daemons in a hosted guest (none for a
+/// guest the user runs: there they get the kubeconfig the user gave): the
+/// CSI controller and the snapshot controller as their ServiceAccounts in
+/// the CSI namespace, the CCM as `kube-system/cloud-controller-manager`.
+pub fn guest_kubeconfigs(inp: &ClusterInputs) -> Vec<TokenKubeconfig> {
+    let Some(endpoint) = inp.guest_endpoint.as_ref() else {
+        return Vec::new();
+    };
+    let token = |secret, account, namespace: &str, file| TokenKubeconfig {
+        secret,
+        account,
+        account_namespace: namespace.to_string(),
+        kubeconfig: token_kubeconfig(endpoint, account, file, namespace),
+    };
+    let mut out = Vec::new();
+    if inp.csi_enabled() {
+        out.push(token(
+            names::CSI_TENANT_KUBECONFIG,
+            names::GUEST_CSI_CONTROLLER_SA,
+            names::GUEST_CSI_NAMESPACE,
+            csi::TENANT_TOKEN_FILE,
+        ));
+        out.push(token(
+            names::SNAPSHOT_CONTROLLER_KUBECONFIG,
+            names::SNAPSHOT_CONTROLLER,
+            names::GUEST_CSI_NAMESPACE,
+            snapshots::GUEST_TOKEN_FILE,
+        ));
+    }
+    out.push(token(
+        names::CCM_GUEST_KUBECONFIG,
+        ccm::GUEST_ACCOUNT,
+        ccm::GUEST_ACCOUNT_NAMESPACE,
+        ccm::GUEST_TOKEN_FILE,
+    ));
     out
 }
 
@@ -119,6 +157,15 @@ pub fn cluster_objects(
             .find(|k| k.secret == secret)
             .map(|k| k.kubeconfig.as_bytes())
             .unwrap_or_default()
+    };
+    let guest_kubeconfigs = guest_kubeconfigs(inp);
+    // What a daemon's guest kubeconfig Secret holds, for its config hash:
+    // its token kubeconfig in a hosted guest, else the user's kubeconfig.
+    let guest_kubeconfig = |secret: &str| {
+        guest_kubeconfigs
+            .iter()
+            .find(|k| k.secret == secret)
+            .map_or(inp.guest_kubeconfig.as_slice(), |k| k.kubeconfig.as_bytes())
     };
     let mut out = ClusterObjects::default();
     let cp = &inp.control_plane_namespace;
@@ -155,7 +202,7 @@ pub fn cluster_objects(
             data.get(names::CSI_KEY_ENFORCEMENT)
                 .map(String::as_bytes)
                 .unwrap_or_default(),
-            &inp.guest_kubeconfig,
+            guest_kubeconfig(names::CSI_TENANT_KUBECONFIG),
             infra_kubeconfig(names::CSI_INFRA_KUBECONFIG),
         ]);
         if inp.external_infra {
@@ -172,11 +219,13 @@ pub fn cluster_objects(
             )?);
         }
         out.management.push(Object::new(&config)?);
-        out.management.push(Object::new(&tenant)?);
+        if !inp.hosted {
+            out.management.push(Object::new(&tenant)?);
+        }
         out.management
             .push(Object::new(&csi::controller_deployment(inp, &hash))?);
         if inp.hosted {
-            let hash = config_hash(&[&inp.guest_kubeconfig]);
+            let hash = config_hash(&[guest_kubeconfig(names::SNAPSHOT_CONTROLLER_KUBECONFIG)]);
             out.management
                 .push(Object::new(&snapshots::controller_deployment(inp, &hash))?);
         }
@@ -207,13 +256,24 @@ pub fn cluster_objects(
             names::GUEST_CSI_NODE_BINDING,
             names::GUEST_CSI_NODE_CLUSTER_ROLE,
             names::GUEST_CSI_NODE_SA,
+            names::GUEST_CSI_NAMESPACE,
         ))?);
         out.guest.push(Object::new(&guest::cluster_role_binding(
             inp,
             names::GUEST_CSI_CONTROLLER_BINDING,
             names::GUEST_CSI_CONTROLLER_CLUSTER_ROLE,
             names::GUEST_CSI_CONTROLLER_SA,
+            names::GUEST_CSI_NAMESPACE,
         ))?);
+        if inp.hosted {
+            out.guest.extend(guest_account(
+                inp,
+                names::SNAPSHOT_CONTROLLER,
+                names::GUEST_CSI_NAMESPACE,
+                snapshots::guest_cluster_role_rules(),
+                snapshots::guest_leader_rules(),
+            )?);
+        }
         out.guest.push(Object::new(&guest::csi_driver(inp))?);
         out.guest.push(Object::new(&guest::node_daemonset(inp))?);
         for sc in guest::storage_classes(inp, live_default_annotation) {
@@ -228,9 +288,18 @@ pub fn cluster_objects(
     let guest_secret = guest_kubeconfig_secret(inp, names::CCM_GUEST_KUBECONFIG);
     let hash = config_hash(&[
         ccm::cloud_config_yaml(inp).as_bytes(),
-        &inp.guest_kubeconfig,
+        guest_kubeconfig(names::CCM_GUEST_KUBECONFIG),
         infra_kubeconfig(names::CCM_INFRA_KUBECONFIG),
     ]);
+    if inp.hosted {
+        out.guest.extend(guest_account(
+            inp,
+            ccm::GUEST_ACCOUNT,
+            ccm::GUEST_ACCOUNT_NAMESPACE,
+            ccm::guest_cluster_role_rules(),
+            ccm::guest_leader_rules(),
+        )?);
+    }
     if inp.external_infra {
         out.management.push(pod_account(names::CCM)?);
         out.infra
@@ -240,13 +309,42 @@ pub fn cluster_objects(
             .extend(infra_rbac(names::CCM, ccm::infra_role_rules())?);
     }
     out.management.push(Object::new(&cloud)?);
-    out.management.push(Object::new(&guest_secret)?);
+    if !inp.hosted {
+        out.management.push(Object::new(&guest_secret)?);
+    }
     out.management
         .push(Object::new(&ccm::deployment(inp, &hash))?);
     tag(&mut out.management, side::MANAGEMENT);
     tag(&mut out.infra, side::INFRA);
     tag(&mut out.guest, side::GUEST);
     Ok(out)
+}
+
+/// A daemon's identity in a hosted guest: ServiceAccount `account` in
+/// `namespace`, a ClusterRole of `rules` and a Role of `leader_rules` in
+/// that namespace (both named after the account), bound to it.
+fn guest_account(
+    inp: &ClusterInputs,
+    account: &str,
+    namespace: &str,
+    rules: Vec<k8s_openapi::api::rbac::v1::PolicyRule>,
+    leader_rules: Vec<k8s_openapi::api::rbac::v1::PolicyRule>,
+) -> Result<Vec<Object>, SerializeError> {
+    let labels = inp.owner_labels();
+    let cluster_role = format!("kubevirt-{account}");
+    Ok(vec![
+        Object::new(&service_account(account, namespace, labels.clone()))?,
+        Object::new(&guest::cluster_role(inp, &cluster_role, rules))?,
+        Object::new(&guest::cluster_role_binding(
+            inp,
+            &cluster_role,
+            &cluster_role,
+            account,
+            namespace,
+        ))?,
+        Object::new(&role(account, namespace, labels.clone(), leader_rules))?,
+        Object::new(&role_binding(account, namespace, labels))?,
+    ])
 }
 
 #[cfg(test)]
@@ -364,6 +462,75 @@ mod tests {
                 .kubeconfig
                 .contains("/etc/kubernetes/infra-kubeconfig/token")
         );
+    }
+
+    #[test]
+    fn a_hosted_guests_daemons_get_identities_of_their_own() {
+        let mut inp = inputs(&hosted_cluster());
+        inp.hosted = true;
+        inp.guest_endpoint = Some(ClusterEndpoint {
+            server: "https://192.168.0.10:30443".to_string(),
+            certificate_authority_data: Some("Q0E=".to_string()),
+            insecure_skip_tls_verify: false,
+        });
+        let set = cluster_objects(&inp, None, None).expect("objects");
+        let management = keys(&set.management);
+        // No copy of the admin kubeconfig: token Secrets instead.
+        assert!(
+            !management.iter().any(|k| k.ends_with("tenant-kubeconfig")
+                || k.ends_with("service-network-admin-kubeconfig")),
+            "{management:?}"
+        );
+        assert!(
+            management.contains(&"Deployment/clusters-guest1/csi-snapshot-controller".to_string())
+        );
+        let guest = keys(&set.guest);
+        for k in [
+            "ServiceAccount/kube-system/cloud-controller-manager",
+            "ClusterRole/-/kubevirt-cloud-controller-manager",
+            "Role/kube-system/cloud-controller-manager",
+            "ServiceAccount/kubevirt-csi-driver/csi-snapshot-controller",
+            "ClusterRoleBinding/-/kubevirt-csi-snapshot-controller",
+            "RoleBinding/kubevirt-csi-driver/csi-snapshot-controller",
+        ] {
+            assert!(guest.contains(&k.to_string()), "{k} not in {guest:?}");
+        }
+        let kcs = guest_kubeconfigs(&inp);
+        assert_eq!(
+            kcs.iter()
+                .map(|k| (k.secret, k.account, k.account_namespace.as_str()))
+                .collect::<Vec<_>>(),
+            [
+                (
+                    "kubevirt-csi-controller-tenant-kubeconfig",
+                    "kubevirt-csi-controller-sa",
+                    "kubevirt-csi-driver"
+                ),
+                (
+                    "csi-snapshot-controller-kubeconfig",
+                    "csi-snapshot-controller",
+                    "kubevirt-csi-driver"
+                ),
+                (
+                    "service-network-admin-kubeconfig",
+                    "cloud-controller-manager",
+                    "kube-system"
+                ),
+            ]
+        );
+        assert!(kcs[0].kubeconfig.contains("https://192.168.0.10:30443"));
+        assert!(
+            kcs[0]
+                .kubeconfig
+                .contains("/var/run/secrets/tenantcluster/token")
+        );
+        assert!(
+            kcs[2]
+                .kubeconfig
+                .contains("/etc/kubernetes/kubeconfig/token")
+        );
+        // A guest the user runs: the kubeconfig the user gave.
+        assert!(guest_kubeconfigs(&inputs(&hosted_cluster())).is_empty());
     }
 
     #[test]

@@ -9,15 +9,74 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{PodSpec, PodTemplateSpec, VolumeMount};
+use k8s_openapi::api::rbac::v1::PolicyRule;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 
 use super::ClusterInputs;
-use super::controlplane::meta;
+use super::controlplane::{meta, rule};
 use super::csi::{CONFIG_HASH_ANNOTATION, container, requests, secret_volume};
 use crate::names;
 
-const TENANT_KUBECONFIG_DIR: &str = "/var/run/secrets/tenantcluster";
+const KUBECONFIG_DIR: &str = "/var/run/secrets/tenantcluster";
+/// Its guest token, next to its kubeconfig.
+pub const GUEST_TOKEN_FILE: &str = "/var/run/secrets/tenantcluster/token";
+
+/// Rules of the snapshot controller's ClusterRole in the guest: upstream's
+/// `snapshot-controller-runner` (without the group snapshot API, which is
+/// off).
+pub fn guest_cluster_role_rules() -> Vec<PolicyRule> {
+    vec![
+        rule(&[""], &["persistentvolumes"], &["get", "list", "watch"]),
+        rule(
+            &[""],
+            &["persistentvolumeclaims"],
+            &["get", "list", "watch", "update"],
+        ),
+        rule(
+            &[""],
+            &["events"],
+            &["list", "watch", "create", "update", "patch"],
+        ),
+        rule(
+            &["snapshot.storage.k8s.io"],
+            &["volumesnapshotclasses"],
+            &["get", "list", "watch"],
+        ),
+        rule(
+            &["snapshot.storage.k8s.io"],
+            &["volumesnapshotcontents"],
+            &[
+                "create", "get", "list", "watch", "update", "delete", "patch",
+            ],
+        ),
+        rule(
+            &["snapshot.storage.k8s.io"],
+            &["volumesnapshotcontents/status"],
+            &["patch"],
+        ),
+        rule(
+            &["snapshot.storage.k8s.io"],
+            &["volumesnapshots"],
+            &["get", "list", "watch", "update", "patch", "delete"],
+        ),
+        rule(
+            &["snapshot.storage.k8s.io"],
+            &["volumesnapshots/status"],
+            &["update", "patch"],
+        ),
+    ]
+}
+
+/// Rules of its leader-election Role in the guest CSI namespace (upstream's
+/// `snapshot-controller-leaderelection`).
+pub fn guest_leader_rules() -> Vec<PolicyRule> {
+    vec![rule(
+        &["coordination.k8s.io"],
+        &["leases"],
+        &["get", "watch", "list", "delete", "update", "create"],
+    )]
+}
 
 /// The CRDs of `snapshot.storage.k8s.io/v1`.
 pub fn crds() -> Result<Vec<CustomResourceDefinition>, serde_yaml::Error> {
@@ -28,8 +87,8 @@ pub fn crds() -> Result<Vec<CustomResourceDefinition>, serde_yaml::Error> {
 }
 
 /// The `csi-snapshot-controller` Deployment: the snapshot controller with
-/// the guest kubeconfig the CSI controller mounts. `config_hash` rolls it
-/// when that kubeconfig changes.
+/// its guest kubeconfig (a token of its ServiceAccount there). `config_hash`
+/// rolls it when that kubeconfig changes.
 pub fn controller_deployment(inp: &ClusterInputs, config_hash: &str) -> Deployment {
     let app = BTreeMap::from([("app".to_string(), names::SNAPSHOT_CONTROLLER.to_string())]);
     let mut pod_labels = inp.owner_labels();
@@ -40,12 +99,12 @@ pub fn controller_deployment(inp: &ClusterInputs, config_hash: &str) -> Deployme
         &[
             "--v=2",
             "--leader-election=true",
-            "--leader-election-namespace=kube-system",
+            "--leader-election-namespace=kubevirt-csi-driver",
             "--kubeconfig=/var/run/secrets/tenantcluster/kubeconfig",
         ],
         vec![VolumeMount {
             name: "tenantcluster".to_string(),
-            mount_path: TENANT_KUBECONFIG_DIR.to_string(),
+            mount_path: KUBECONFIG_DIR.to_string(),
             ..VolumeMount::default()
         }],
     );
@@ -78,7 +137,7 @@ pub fn controller_deployment(inp: &ClusterInputs, config_hash: &str) -> Deployme
                     containers: vec![controller],
                     volumes: Some(vec![secret_volume(
                         "tenantcluster",
-                        names::CSI_TENANT_KUBECONFIG,
+                        names::SNAPSHOT_CONTROLLER_KUBECONFIG,
                     )]),
                     ..PodSpec::default()
                 }),
@@ -135,7 +194,7 @@ mod tests {
                 .secret
                 .as_ref()
                 .and_then(|s| s.secret_name.as_deref()),
-            Some("kubevirt-csi-controller-tenant-kubeconfig")
+            Some("csi-snapshot-controller-kubeconfig")
         );
     }
 }

@@ -80,6 +80,8 @@ pub fn guest_kinds() -> Vec<(ApiResource, bool)> {
         (ar::<CSIDriver>(), false),
         (ar::<ClusterRoleBinding>(), false),
         (ar::<ClusterRole>(), false),
+        (ar::<RoleBinding>(), true),
+        (ar::<Role>(), true),
         (ar::<ServiceAccount>(), true),
         (ar::<Namespace>(), false),
     ]
@@ -119,6 +121,11 @@ pub async fn converge(
         metrics: &ctx.metrics,
     };
     let mut inputs = ClusterInputs::new(hc, &ctx.settings.images, handles.guest_kubeconfig.clone());
+    if inputs.hosted {
+        inputs.guest_endpoint = Some(crate::desired::kubeconfig::endpoint(
+            &String::from_utf8_lossy(&handles.guest_kubeconfig),
+        )?);
+    }
     inputs.snapshot_api = match (inputs.csi_enabled(), inputs.hosted) {
         (false, _) => false,
         (true, true) => {
@@ -161,11 +168,32 @@ pub async fn converge(
     let mut refresh_at = None;
     if let Some(ep) = &endpoint {
         infra.apply_all(&set.infra).await?;
-        let (token_keys, next) = tokens::ensure(ctx, &inputs, &handles.infra, ep).await?;
+        let (token_keys, next) = tokens::ensure(
+            ctx,
+            &inputs,
+            &handles.infra,
+            Target::Infra,
+            sets::infra_kubeconfigs(&inputs, ep),
+        )
+        .await?;
         keep_management.extend(token_keys);
         refresh_at = next;
     }
     let guest_apis_missing = guest.apply_all(&set.guest).await?;
+    // A hosted guest's daemons: tokens of their accounts there (made above).
+    let (token_keys, next) = tokens::ensure(
+        ctx,
+        &inputs,
+        &handles.guest,
+        Target::Guest,
+        sets::guest_kubeconfigs(&inputs),
+    )
+    .await?;
+    keep_management.extend(token_keys);
+    refresh_at = match (refresh_at, next) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
     let snapshots_wanted = set
         .guest
         .iter()

@@ -59,6 +59,72 @@ use serde_json::json;
 
 const CP: &str = "clusters-hosted1";
 
+/// In the hosted cluster (reached through `admin`'s endpoint) the CSI
+/// controller, the snapshot controller and the CCM are their own
+/// ServiceAccounts, not its administrator: the tokens their Secrets hold
+/// authenticate as those accounts, which may do their work and not more.
+async fn daemons_act_as_their_own_accounts(
+    lab: &kubevirt_lab::Lab,
+    admin: &Path,
+) -> anyhow::Result<()> {
+    let secrets: Api<Secret> = Api::namespaced(lab.infra_client(), CP);
+    let base: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(admin)?)?;
+    for (secret, user, may, may_not) in [
+        (
+            "kubevirt-csi-controller-tenant-kubeconfig",
+            "system:serviceaccount:kubevirt-csi-driver:kubevirt-csi-controller-sa",
+            ["create", "persistentvolumes"],
+            ["create", "namespaces"],
+        ),
+        (
+            "csi-snapshot-controller-kubeconfig",
+            "system:serviceaccount:kubevirt-csi-driver:csi-snapshot-controller",
+            ["create", "volumesnapshotcontents.snapshot.storage.k8s.io"],
+            ["delete", "persistentvolumes"],
+        ),
+        (
+            "service-network-admin-kubeconfig",
+            "system:serviceaccount:kube-system:cloud-controller-manager",
+            ["patch", "nodes"],
+            ["get", "secrets"],
+        ),
+    ] {
+        let data = secrets.get(secret).await?.data.unwrap_or_default();
+        let token = String::from_utf8(data.get("token").context("no token")?.0.clone())?;
+        ensure!(
+            String::from_utf8_lossy(&data.get("kubeconfig").context("no kubeconfig")?.0)
+                .contains("tokenFile"),
+            "{secret}: not a token kubeconfig"
+        );
+        let mut doc = base.clone();
+        for u in doc["users"].as_sequence_mut().context("users")? {
+            u["user"] = serde_yaml::to_value(json!({"token": token}))?;
+        }
+        let path = lab.dir.join(format!("{secret}.as-daemon.kubeconfig"));
+        std::fs::write(&path, serde_yaml::to_string(&doc)?)?;
+        let me = kubectl(
+            &path,
+            &[
+                "auth",
+                "whoami",
+                "-o",
+                "jsonpath={.status.userInfo.username}",
+            ],
+        )?;
+        ensure!(me == user, "{secret}: authenticates as {me}");
+        ensure!(
+            kubectl(&path, &["auth", "can-i", may[0], may[1]])?.trim() == "yes",
+            "{user} may not {may:?}"
+        );
+        // `can-i` answers "no" with exit status 1.
+        ensure!(
+            kubectl(&path, &["auth", "can-i", may_not[0], may_not[1]]).is_err(),
+            "{user} may {may_not:?}"
+        );
+    }
+    Ok(())
+}
+
 /// A claim of the hosted cluster of `hosted` is provisioned as a DataVolume
 /// in the control-plane namespace and bound; a VolumeSnapshot of it becomes
 /// ready (the snapshot controller and csi-snapshotter at work); deleting
@@ -349,6 +415,7 @@ async fn a_hosted_control_plane_runs_and_serves_through_its_endpoint() -> anyhow
                 hc.data["status"]
             );
         }
+        daemons_act_as_their_own_accounts(&lab, &kubeconfig).await?;
         let (_bridge, hosted_client) = hcp::admin_client(&lab, &hc).await?;
         a_claim_becomes_a_data_volume_and_goes_with_it(&hosted_client, &infra).await?;
 
