@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Secret, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::api::storage::v1::{CSIDriver, StorageClass};
@@ -599,6 +599,53 @@ pub async fn write_status(
     Ok(())
 }
 
+/// `(node, kubelet version)` of the hosted guest's Nodes. The guest may be
+/// what an upgrade is meant to repair: unreachable, its Nodes are not
+/// looked at (each pool then counts as running the control plane's version).
+async fn guest_kubelets(hc: &HostedCluster, ctx: &Context) -> Vec<(String, String)> {
+    let nodes = match ctx.clients.handles(hc).await {
+        Ok(handles) => Api::<Node>::all(handles.guest)
+            .list(&ListParams::default())
+            .await
+            .map_err(Error::kube(Target::Guest, "list Nodes")),
+        Err(e) => Err(e),
+    };
+    match nodes {
+        Ok(list) => list
+            .items
+            .into_iter()
+            .filter_map(|n| {
+                let version = n.status?.node_info?.kubelet_version;
+                Some((n.metadata.name?, version))
+            })
+            .collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, "skew check without the guest's Nodes");
+            Vec::new()
+        }
+    }
+}
+
+/// The kubelets the skew policy weighs, as `(who, version)`: each pool's
+/// own version, or for a pool without one, each of its Nodes' (`nodes`:
+/// `(node, kubelet version)`).
+fn kubelets_of(pools: &[NodePool], nodes: &[(String, String)]) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for np in pools {
+        let pool = np.metadata.name.clone().unwrap_or_default();
+        match &np.spec.release.kubernetes_version {
+            Some(v) => out.push((pool, v.clone())),
+            None => out.extend(
+                nodes
+                    .iter()
+                    .filter(|(node, _)| crate::watches::pool_of_node(node) == Some(pool.as_str()))
+                    .map(|(node, v)| (format!("{pool} (node {node})"), v.clone())),
+            ),
+        }
+    }
+    out
+}
+
 /// A hosted cluster's change of Kubernetes version that the skew policy
 /// forbids (see [`skew`]): looked at while the spec's version is not the
 /// newest rollout's, against the version last rolled out everywhere and
@@ -615,16 +662,25 @@ async fn refused_kubernetes(hc: &HostedCluster, ctx: &Context) -> Result<Option<
     }
     let ns = hc.metadata.namespace.clone().unwrap_or_default();
     let name = hc.metadata.name.clone().unwrap_or_default();
-    let pools = Api::<NodePool>::namespaced(ctx.client.clone(), &ns)
+    let pools: Vec<NodePool> = Api::<NodePool>::namespaced(ctx.client.clone(), &ns)
         .list(&ListParams::default())
         .await
-        .map_err(Error::kube(Target::Management, "list NodePools"))?;
-    let kubelets: Vec<(String, String)> = pools
+        .map_err(Error::kube(Target::Management, "list NodePools"))?
         .items
         .into_iter()
         .filter(|np| np.spec.cluster_name == name)
-        .filter_map(|np| Some((np.metadata.name?, np.spec.release.kubernetes_version?)))
         .collect();
+    // A pool without a version of its own: what its Nodes' kubelets report
+    // (they may predate the control plane's last upgrade).
+    let nodes = if pools
+        .iter()
+        .any(|np| np.spec.release.kubernetes_version.is_none())
+    {
+        guest_kubelets(hc, ctx).await
+    } else {
+        Vec::new()
+    };
+    let kubelets = kubelets_of(&pools, &nodes);
     Ok(
         skew::cluster_upgrade(history::completed_kubernetes(version), desired, &kubelets)
             .err()
@@ -711,6 +767,47 @@ mod tests {
                 },
             })
             .collect()
+    }
+
+    #[test]
+    fn a_pool_without_a_version_is_weighed_by_its_nodes_kubelets() {
+        let pool = |name: &str, version: Option<&str>| {
+            let mut np: NodePool = serde_json::from_value(serde_json::json!({
+                "metadata": {"name": name, "namespace": "clusters"},
+                "spec": {"clusterName": "hc", "replicas": 1,
+                         "release": {"version": "0.1.0"},
+                         "platform": {"kubevirt": {"bootImage": {"containerDiskImage": "img"}}}}
+            }))
+            .expect("pool");
+            np.spec.release.kubernetes_version = version.map(str::to_string);
+            np
+        };
+        let nodes = [
+            ("plain-b2c4d".to_string(), "v1.29.3".to_string()),
+            ("other-d4f5g".to_string(), "v1.32.13".to_string()),
+        ];
+        assert_eq!(
+            kubelets_of(
+                &[pool("pinned", Some("1.31.0")), pool("plain", None)],
+                &nodes
+            ),
+            [
+                ("pinned".to_string(), "1.31.0".to_string()),
+                (
+                    "plain (node plain-b2c4d)".to_string(),
+                    "v1.29.3".to_string()
+                ),
+            ]
+        );
+        // Its node's kubelet would be four minors behind 1.33.
+        assert!(
+            crate::skew::cluster_upgrade(
+                Some("1.32.13"),
+                "1.33.0",
+                &kubelets_of(&[pool("plain", None)], &nodes)
+            )
+            .is_err()
+        );
     }
 
     #[test]
