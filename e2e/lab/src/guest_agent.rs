@@ -16,6 +16,11 @@
 //!    reports it Ready, and renews its Lease in `kube-node-lease` every
 //!    10 s while the VMI runs.
 //!
+//! A VMI annotated [`RUNTIME_ANNOTATION`]`: down` is a VM whose container
+//! runtime has stopped: its kubelet keeps its Lease but reports the Node
+//! NotReady (`KubeletNotReady`), as a real kubelet does; without the
+//! annotation it reports Ready again.
+//!
 //! Every connection leaves from the VM's address inside the lab's network
 //! namespace, to the endpoint the user data names. A VM whose user data is
 //! missing or bad, or whose token is refused, never joins: the failure is
@@ -41,6 +46,7 @@ use kubevirt_infra::kubevirt::{VirtualMachineInstance, phase};
 use lab_net::Netns;
 use lab_net::bridge::Bridge;
 use serde_json::{Value, json};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 /// How often the node renews its Lease (kubelet's default).
@@ -53,6 +59,17 @@ const KUBELET_SIGNER: &str = "kubernetes.io/kube-apiserver-client-kubelet";
 const FIELD_MANAGER: &str = "kubelet";
 /// A boot image without kubeadm: cloud-init's `kubeadm join` is not found.
 pub const NO_KUBEADM_IMAGE: &str = "kubevirt-lab/no-kubeadm";
+/// On a VMI, `down`: the VM's container runtime has stopped (see the module
+/// docs).
+pub const RUNTIME_ANNOTATION: &str = "lab.kubevirt.io/container-runtime";
+
+fn runtime_down(vmi: &VirtualMachineInstance) -> bool {
+    vmi.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(RUNTIME_ANNOTATION))
+        .is_some_and(|v| v == "down")
+}
 
 /// Why a VM did not join.
 #[derive(Debug, thiserror::Error)]
@@ -201,7 +218,7 @@ fn user_data_secret(vmi: &VirtualMachineInstance) -> Option<String> {
 /// Runs the agents of every VM booted with user data until dropped.
 pub async fn run(infra: Client, netns: Arc<Netns>) {
     let vmis: Api<VirtualMachineInstance> = Api::all(infra.clone());
-    let mut running: HashMap<String, JoinHandle<()>> = HashMap::new();
+    let mut running: HashMap<String, (JoinHandle<()>, watch::Sender<bool>)> = HashMap::new();
     let mut events = watcher::watcher(vmis, watcher::Config::default()).boxed();
     while let Some(event) = events.next().await {
         let (vmi, live) = match event {
@@ -218,26 +235,31 @@ pub async fn run(infra: Client, netns: Arc<Netns>) {
         };
         let address = kubevirt_sim_address(&vmi);
         let boots = live && vmi.phase() == phase::RUNNING && address.is_some();
-        match (boots, running.contains_key(&uid)) {
-            (true, false) => {
+        match (boots, running.get(&uid)) {
+            (true, None) => {
                 let (Some(secret), Some(address)) = (user_data_secret(&vmi), address) else {
                     continue;
                 };
+                let (down, runtime) = watch::channel(runtime_down(&vmi));
                 let agent = Agent {
                     infra: infra.clone(),
                     netns: netns.clone(),
                     vmi: vmi.clone(),
                     secret,
                     address,
+                    runtime,
                 };
-                running.insert(uid, tokio::spawn(agent.run()));
+                running.insert(uid, (tokio::spawn(agent.run()), down));
             }
-            (false, true) => {
-                if let Some(task) = running.remove(&uid) {
+            (true, Some((_, down))) => {
+                down.send_if_modified(|d| std::mem::replace(d, runtime_down(&vmi)) != *d);
+            }
+            (false, Some(_)) => {
+                if let Some((task, _)) = running.remove(&uid) {
                     task.abort();
                 }
             }
-            _ => {}
+            (false, None) => {}
         }
     }
 }
@@ -253,6 +275,8 @@ struct Agent {
     vmi: VirtualMachineInstance,
     secret: String,
     address: IpAddr,
+    /// Whether its container runtime is down ([`RUNTIME_ANNOTATION`]).
+    runtime: watch::Receiver<bool>,
 }
 
 impl Agent {
@@ -308,7 +332,7 @@ impl Agent {
             .map(|u| u.trim_start_matches("docker://").to_string()))
     }
 
-    async fn join(&self) -> Result<(), JoinError> {
+    async fn join(mut self) -> Result<(), JoinError> {
         let plan = parse_user_data(&self.user_data().await?)?;
         if let Some(image) = self.boot_image().await?
             && image.starts_with(NO_KUBEADM_IMAGE)
@@ -381,13 +405,27 @@ impl Agent {
         let leases: Api<Lease> = Api::namespaced(node.clone(), "kube-node-lease");
         self.register(&node, &plan).await?;
         renew(&leases, &plan.node_name).await?;
-        self.report_ready(&node, &plan, &version).await?;
+        let down = *self.runtime.borrow_and_update();
+        self.report_status(&node, &plan, &version, !down).await?;
         tracing::info!(vm = %plan.node_name, "node joined");
         let mut tick = tokio::time::interval(LEASE_RENEW);
         loop {
-            tick.tick().await;
-            if let Err(e) = renew(&leases, &plan.node_name).await {
-                tracing::debug!(vm = %plan.node_name, error = %e, "lease renewal");
+            tokio::select! {
+                _ = tick.tick() => {
+                    if let Err(e) = renew(&leases, &plan.node_name).await {
+                        tracing::debug!(vm = %plan.node_name, error = %e, "lease renewal");
+                    }
+                }
+                changed = self.runtime.changed() => {
+                    if changed.is_err() {
+                        return Ok(());
+                    }
+                    let down = *self.runtime.borrow_and_update();
+                    tracing::info!(vm = %plan.node_name, runtime_down = down, "container runtime changed");
+                    if let Err(e) = self.report_status(&node, &plan, &version, !down).await {
+                        tracing::warn!(vm = %plan.node_name, "node status: {e}");
+                    }
+                }
             }
         }
     }
@@ -506,12 +544,14 @@ impl Agent {
         Ok(())
     }
 
-    /// Reports the Node Ready with its addresses, as kubelet does.
-    async fn report_ready(
+    /// Reports the Node with its addresses, Ready or (its container
+    /// runtime down) not, as kubelet does.
+    async fn report_status(
         &self,
         client: &Client,
         plan: &JoinPlan,
         version: &str,
+        ready: bool,
     ) -> Result<(), JoinError> {
         let nodes: Api<Node> = Api::all(client.clone());
         let now = jiff::Timestamp::now();
@@ -530,7 +570,11 @@ impl Agent {
                 condition("MemoryPressure", "False", "KubeletHasSufficientMemory", "kubelet has sufficient memory available"),
                 condition("DiskPressure", "False", "KubeletHasNoDiskPressure", "kubelet has no disk pressure"),
                 condition("PIDPressure", "False", "KubeletHasSufficientPID", "kubelet has sufficient PID available"),
-                condition("Ready", "True", "KubeletReady", "kubelet is posting ready status"),
+                if ready {
+                    condition("Ready", "True", "KubeletReady", "kubelet is posting ready status")
+                } else {
+                    condition("Ready", "False", "KubeletNotReady", "container runtime is down")
+                },
             ],
             "capacity": {"cpu": "2", "memory": "4Gi", "pods": "110"},
             "allocatable": {"cpu": "2", "memory": "4Gi", "pods": "110"},

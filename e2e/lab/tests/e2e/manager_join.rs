@@ -16,6 +16,9 @@
 //! - a VM that cannot join (here: its boot image has no kubeadm) never
 //!   joins, keeps its token, and its NodePool names it; with auto-repair,
 //!   the pool replaces it;
+//! - with auto-repair, a joined node whose kubelet reports NotReady (the
+//!   VM's container runtime stopped) for longer than the unhealthy timeout
+//!   is replaced by a new VM that joins;
 //! - Kubernetes' version skew policy: a pool of kubelets four minor
 //!   versions behind is refused, and so is a control-plane upgrade that
 //!   skips a minor version, which leaves the control plane where it runs;
@@ -92,6 +95,70 @@ fn refused_for_skew(o: Option<&DynamicObject>) -> Option<String> {
     (status == "False" && reason == "UnsupportedSkew").then(|| condition_message(o, "ValidVersion"))
 }
 
+/// With auto-repair, a joined node whose kubelet reports NotReady (its
+/// VM's container runtime stopped) for longer than the unhealthy timeout is
+/// replaced: its VM goes, a new one (a new uid) joins, and the pool is back
+/// to two Ready nodes.
+async fn a_node_not_ready_is_replaced(
+    pools: &Api<DynamicObject>,
+    vms: &Api<VirtualMachine>,
+    infra: &kube::Client,
+    nodes: &Api<Node>,
+    joined: &BTreeMap<String, Node>,
+) -> anyhow::Result<()> {
+    pools
+        .patch(
+            POOL,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"management": {"autoRepair": true}}})),
+        )
+        .await?;
+    let sick = joined.keys().next().context("a joined node")?.clone();
+    let sick_uid = vms.get(&sick).await?.metadata.uid;
+    Api::<VirtualMachineInstance>::namespaced(infra.clone(), CP)
+        .patch(
+            &sick,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {
+                kubevirt_lab::guest_agent::RUNTIME_ANNOTATION: "down"
+            }}})),
+        )
+        .await?;
+    until_nodes(nodes, "the sick node NotReady", |n| {
+        n.get(&sick).filter(|node| !node_ready(node)).map(|_| ())
+    })
+    .await?;
+    crate::common::until_list_within(
+        vms,
+        &format!("{NODE_POOL_LABEL}={POOL}"),
+        "the NotReady node's VM replaced",
+        JOIN_WAIT,
+        |list: &[VirtualMachine]| {
+            let live: Vec<&VirtualMachine> = list
+                .iter()
+                .filter(|vm| vm.metadata.deletion_timestamp.is_none())
+                .collect();
+            (live.len() == 2 && live.iter().all(|vm| vm.metadata.uid != sick_uid)).then_some(())
+        },
+    )
+    .await?;
+    until_nodes(nodes, "2 Ready nodes of the pool again", |n| {
+        let ready = n
+            .iter()
+            .filter(|(name, node)| name.starts_with(&format!("{POOL}-")) && node_ready(node))
+            .count();
+        (ready == 2).then_some(())
+    })
+    .await?;
+    until_dynamic(pools, POOL, "pool Ready with 2 nodes again", |np| {
+        let np = np?;
+        (np.data["status"]["readyReplicas"] == 2 && is_true(np, "Ready")).then_some(())
+    })
+    .await?;
+    println!("auto-repair replaced the NotReady node {sick}");
+    Ok(())
+}
+
 /// The skew policy, on the running cluster: a pool four minor versions
 /// behind is refused; an upgrade skipping a minor version is refused and
 /// leaves the control plane (Available) at its version until undone.
@@ -162,7 +229,14 @@ async fn tokens(guest: &kube::Client) -> anyhow::Result<Vec<Secret>> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_pool_joins_its_hosted_control_plane_with_bootstrap_tokens() -> anyhow::Result<()> {
     let lab = management_lab().await?;
-    let mut manager = start_manager_in_netns(&lab, &["--node-join-timeout-seconds=15"]).await?;
+    let mut manager = start_manager_in_netns(
+        &lab,
+        &[
+            "--node-join-timeout-seconds=15",
+            "--node-unhealthy-timeout-seconds=3",
+        ],
+    )
+    .await?;
     let infra = lab.infra_client();
     let hcs = hosted_clusters(&infra);
     let pools = node_pools(&infra);
@@ -347,6 +421,8 @@ async fn a_node_pool_joins_its_hosted_control_plane_with_bootstrap_tokens() -> a
         )
         .await?;
         println!("auto-repair replaced VM {stuck} with a new VM {replacement}");
+
+        a_node_not_ready_is_replaced(&pools, &vms, &infra, &nodes, &joined).await?;
 
         version_skew(&hcs, &pools, &infra).await?;
 
