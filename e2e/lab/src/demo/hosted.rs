@@ -2,28 +2,34 @@
 //! applied to the management cluster as it is. The manager hosts its control
 //! plane (the management kubelet runs the real etcd and Kubernetes binaries
 //! from the manager's manifests); the step narrates the conditions as they
-//! change, shows where each control-plane pod runs, and talks to the hosted
+//! change, shows where each pod of the control-plane namespace runs (etcd,
+//! the Kubernetes control plane, the CSI controller, the CCM and the
+//! snapshot controller), and talks to the hosted
 //! API server through its published endpoint with the admin kubeconfig the
 //! status names. Then it applies `examples/nodepool.yaml` and follows the
 //! VMs joining the hosted cluster (the lab's guest agent runs their
 //! `kubeadm join`): each Node as it registers and turns Ready, and the
-//! CSRs the hosted kube-controller-manager approved and signed.
+//! CSRs the hosted kube-controller-manager approved and signed. Last, a
+//! claim in the hosted cluster becomes a DataVolume through the CSI
+//! controller the manager runs for it, and a snapshot of it becomes ready.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
-use kube::api::{Api, ListParams, PostParams};
+use k8s_openapi::api::core::v1::{Namespace, Node, PersistentVolume, PersistentVolumeClaim, Pod};
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::core::DynamicObject;
 use kube::runtime::watcher::{self, Event};
 use kube::{Client, ResourceExt};
+use kubevirt_infra::cdi::DataVolume;
+use kubevirt_infra::snapshot::VolumeSnapshot;
 
 use super::{Demo, Timeline};
-use crate::LabError;
 use crate::hcp::{self, hc_resource};
 use crate::lab::ensure_namespace;
+use crate::{LabError, wait};
 
 /// The example, as the README's quickstart applies it.
 const EXAMPLE: &str = include_str!("../../../../examples/hostedcluster.yaml");
@@ -32,7 +38,15 @@ const POOL_EXAMPLE: &str = include_str!("../../../../examples/nodepool.yaml");
 /// Bound of the wait for Available (a hang guard).
 const TIMEOUT: Duration = Duration::from_secs(180);
 /// The conditions narrated, in the order they come true.
-const CONDITIONS: [&str; 3] = ["EtcdAvailable", "KubeAPIServerAvailable", "Available"];
+const CONDITIONS: [&str; 7] = [
+    "EtcdAvailable",
+    "KubeAPIServerAvailable",
+    "ReconciliationSucceeded",
+    "CSIControllerAvailable",
+    "CloudControllerManagerAvailable",
+    "VolumeSnapshotsAvailable",
+    "Available",
+];
 
 fn invalid(what: &str) -> impl FnOnce(String) -> LabError + '_ {
     move |e| LabError::Invalid(format!("{what}: {e}"))
@@ -82,7 +96,8 @@ pub async fn hosted_cluster(demo: &Demo, t: &Timeline) -> Result<(), LabError> {
     let pods: Api<Pod> = Api::namespaced(management.clone(), &cp_ns);
     let mut listed = pods.list(&ListParams::default()).await?.items;
     listed.sort_by_key(|p| p.name_any());
-    for pod in listed.iter().filter(|p| is_control_plane(p)) {
+    // The control plane and the daemons the manager runs beside it.
+    for pod in &listed {
         let spec = pod.spec.as_ref();
         t.event(format!(
             "management: {cp_ns}/{} on {} at {}",
@@ -128,7 +143,7 @@ pub async fn hosted_cluster(demo: &Demo, t: &Timeline) -> Result<(), LabError> {
             what: format!("{replicas} Ready nodes in the hosted cluster"),
             after: TIMEOUT,
         })??;
-    let csrs = Api::<CertificateSigningRequest>::all(hosted)
+    let csrs = Api::<CertificateSigningRequest>::all(hosted.clone())
         .list(&ListParams::default())
         .await?
         .items;
@@ -146,6 +161,73 @@ pub async fn hosted_cluster(demo: &Demo, t: &Timeline) -> Result<(), LabError> {
             csr.spec.username.as_deref().unwrap_or("?"),
         ));
     }
+    storage(&hosted, &management, &cp_ns, t).await
+}
+
+/// Storage in the hosted cluster: a claim provisioned by the CSI controller
+/// the manager runs for it (a DataVolume in the control-plane namespace),
+/// bound by the hosted kube-controller-manager, and a snapshot of it made
+/// ready by the snapshot controller and csi-snapshotter; both deleted again.
+async fn storage(
+    hosted: &Client,
+    management: &Client,
+    cp_ns: &str,
+    t: &Timeline,
+) -> Result<(), LabError> {
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(hosted.clone(), "default");
+    let claim: PersistentVolumeClaim = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "demo-data"},
+        "spec": {"accessModes": ["ReadWriteOnce"],
+                 "storageClassName": "kubevirt-csi-infra-default",
+                 "resources": {"requests": {"storage": "1Gi"}}}
+    }))
+    .map_err(|e| invalid("claim")(e.to_string()))?;
+    claims.create(&PostParams::default(), &claim).await?;
+    let volume = wait::until(&claims, "demo-data", TIMEOUT, |c| {
+        let c = c?;
+        (c.status.as_ref()?.phase.as_deref() == Some("Bound"))
+            .then(|| c.spec.as_ref()?.volume_name.clone())
+            .flatten()
+    })
+    .await?;
+    let handle = Api::<PersistentVolume>::all(hosted.clone())
+        .get(&volume)
+        .await?
+        .spec
+        .and_then(|s| s.csi)
+        .map(|c| c.volume_handle)
+        .unwrap_or_default();
+    let dv = Api::<DataVolume>::namespaced(management.clone(), cp_ns)
+        .get_opt(&handle)
+        .await?;
+    t.event(format!(
+        "hosted cluster: claim default/demo-data Bound to {volume}; management: DataVolume {cp_ns}/{handle} {}",
+        if dv.is_some() { "made by its CSI controller" } else { "missing" }
+    ));
+    let snapshots: Api<VolumeSnapshot> = Api::namespaced(hosted.clone(), "default");
+    let snapshot: VolumeSnapshot = serde_json::from_value(serde_json::json!({
+        "apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshot",
+        "metadata": {"name": "demo-data-snap"},
+        "spec": {"volumeSnapshotClassName": "kubevirt-csi-snapshot",
+                 "source": {"persistentVolumeClaimName": "demo-data"}}
+    }))
+    .map_err(|e| invalid("snapshot")(e.to_string()))?;
+    snapshots.create(&PostParams::default(), &snapshot).await?;
+    let content = wait::until(&snapshots, "demo-data-snap", TIMEOUT, |s| {
+        let status = s?.status.as_ref()?;
+        status
+            .ready_to_use
+            .filter(|r| *r)
+            .and(status.bound_volume_snapshot_content_name.clone())
+    })
+    .await?;
+    t.event(format!(
+        "hosted cluster: VolumeSnapshot default/demo-data-snap ready to use (content {content}; the manager installed the snapshot API and controller)"
+    ));
+    snapshots
+        .delete("demo-data-snap", &DeleteParams::default())
+        .await?;
+    claims.delete("demo-data", &DeleteParams::default()).await?;
     Ok(())
 }
 
@@ -195,16 +277,6 @@ async fn narrate_joins(hosted: &Client, n: usize, t: &Timeline) -> Result<(), La
     Err(LabError::Watch {
         what: "hosted Nodes".into(),
         message: "the watch ended".into(),
-    })
-}
-
-/// An etcd or kube-* pod of the control plane (not the CSI controller or
-/// the CCM, which wait for the cluster's nodes).
-fn is_control_plane(pod: &Pod) -> bool {
-    pod.spec.as_ref().is_some_and(|s| {
-        s.containers
-            .iter()
-            .any(|c| c.image.as_deref().is_some_and(hcp::is_control_plane_image))
     })
 }
 

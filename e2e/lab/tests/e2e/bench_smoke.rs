@@ -69,7 +69,7 @@ async fn bench_runs_every_scenario_and_reports_json() -> anyhow::Result<()> {
         // The count is what the controller listed: its cache may lag the
         // last creations by a moment.
         ("CSI controller", "controller RSS holding "),
-        ("manager", "2 HostedClusters created -> all Available"),
+        ("manager", "2 HostedClusters created -> all reconciled"),
         ("manager", "manager RSS holding 2 HostedClusters"),
         (
             "hosted control planes",
