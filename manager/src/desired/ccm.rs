@@ -5,18 +5,13 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
-use k8s_openapi::api::core::v1::{
-    ConfigMap, ConfigMapVolumeSource, PodSpec, PodTemplateSpec, Volume, VolumeMount,
-};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, ConfigMapVolumeSource, PodSpec, Volume, VolumeMount};
 use k8s_openapi::api::rbac::v1::PolicyRule;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 
 use super::ClusterInputs;
 use super::controlplane::{meta, rule};
-use super::csi::{
-    CONFIG_HASH_ANNOTATION, container, empty_dir, pod_ip_env, requests, secret_volume,
-};
+use super::csi::{container, daemon_deployment, empty_dir, pod_ip_env, requests, secret_volume};
 use crate::names;
 
 const CLOUD_CONFIG_DIR: &str = "/etc/cloud";
@@ -170,10 +165,6 @@ pub fn args(inp: &ClusterInputs) -> Vec<String> {
 
 /// The `kubevirt-cloud-controller-manager` Deployment.
 pub fn deployment(inp: &ClusterInputs, config_hash: &str) -> Deployment {
-    let app = BTreeMap::from([("app".to_string(), names::CCM_APP_LABEL_VALUE.to_string())]);
-    let mut pod_labels = inp.owner_labels();
-    pod_labels.extend(app.clone());
-
     let mut mounts = vec![
         VolumeMount {
             name: "cloud-config".into(),
@@ -220,44 +211,21 @@ pub fn deployment(inp: &ClusterInputs, config_hash: &str) -> Deployment {
     ccm.env = Some(vec![pod_ip_env()]);
     ccm.resources = Some(requests("75m", "60Mi"));
 
-    Deployment {
-        metadata: meta(
-            names::CCM,
-            Some(&inp.control_plane_namespace),
-            inp.owner_labels(),
-        ),
-        spec: Some(DeploymentSpec {
-            replicas: Some(1),
-            revision_history_limit: Some(2),
-            selector: LabelSelector {
-                match_labels: Some(app),
-                ..LabelSelector::default()
-            },
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(pod_labels),
-                    annotations: Some(BTreeMap::from([
-                        (CONFIG_HASH_ANNOTATION.to_string(), config_hash.to_string()),
-                        (
-                            "cluster-autoscaler.kubernetes.io/safe-to-evict-local-volumes"
-                                .to_string(),
-                            "tmp-dir".to_string(),
-                        ),
-                    ])),
-                    ..ObjectMeta::default()
-                }),
-                spec: Some(PodSpec {
-                    service_account_name: Some(names::CCM.to_string()),
-                    automount_service_account_token: Some(!inp.external_infra),
-                    containers: vec![ccm],
-                    volumes: Some(volumes),
-                    ..PodSpec::default()
-                }),
-            },
-            ..DeploymentSpec::default()
-        }),
-        status: None,
-    }
+    daemon_deployment(
+        inp,
+        names::CCM,
+        names::CCM_APP_LABEL_VALUE,
+        config_hash,
+        Some("tmp-dir"),
+        None,
+        PodSpec {
+            service_account_name: Some(names::CCM.to_string()),
+            automount_service_account_token: Some(!inp.external_infra),
+            containers: vec![ccm],
+            volumes: Some(volumes),
+            ..PodSpec::default()
+        },
+    )
 }
 
 #[cfg(test)]

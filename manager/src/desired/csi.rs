@@ -272,6 +272,54 @@ pub(crate) fn container(
     }
 }
 
+/// A single-replica Deployment `name` of one of the cluster's daemons in
+/// its control-plane namespace: labelled for the cluster, selecting its
+/// pods by `app`, their template annotated with `config_hash` (which rolls
+/// them) and the emptyDirs `local_volumes` a cluster autoscaler may evict.
+pub(crate) fn daemon_deployment(
+    inp: &ClusterInputs,
+    name: &str,
+    app: &str,
+    config_hash: &str,
+    local_volumes: Option<&str>,
+    strategy: Option<DeploymentStrategy>,
+    pod: PodSpec,
+) -> Deployment {
+    let selector = BTreeMap::from([("app".to_string(), app.to_string())]);
+    let mut pod_labels = inp.owner_labels();
+    pod_labels.extend(selector.clone());
+    let mut annotations =
+        BTreeMap::from([(CONFIG_HASH_ANNOTATION.to_string(), config_hash.to_string())]);
+    if let Some(volumes) = local_volumes {
+        annotations.insert(
+            "cluster-autoscaler.kubernetes.io/safe-to-evict-local-volumes".to_string(),
+            volumes.to_string(),
+        );
+    }
+    Deployment {
+        metadata: meta(name, Some(&inp.control_plane_namespace), inp.owner_labels()),
+        spec: Some(DeploymentSpec {
+            replicas: Some(1),
+            revision_history_limit: Some(2),
+            selector: LabelSelector {
+                match_labels: Some(selector),
+                ..LabelSelector::default()
+            },
+            strategy,
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(pod_labels),
+                    annotations: Some(annotations),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(pod),
+            },
+            ..DeploymentSpec::default()
+        }),
+        status: None,
+    }
+}
+
 pub(crate) fn secret_volume(name: &str, secret: &str) -> Volume {
     Volume {
         name: name.to_string(),
@@ -319,9 +367,6 @@ pub fn controller_args(external_infra: bool) -> Vec<String> {
 /// The `kubevirt-csi-controller` Deployment. `config_hash` changes whenever
 /// something the pods read only at start changes, which rolls them.
 pub fn controller_deployment(inp: &ClusterInputs, config_hash: &str) -> Deployment {
-    let app = BTreeMap::from([("app".to_string(), names::CSI_APP_LABEL_VALUE.to_string())]);
-    let mut pod_labels = inp.owner_labels();
-    pod_labels.extend(app.clone());
     let common_mounts = || {
         vec![
             mount("socket-dir", SOCKET_DIR),
@@ -469,48 +514,24 @@ pub fn controller_deployment(inp: &ClusterInputs, config_hash: &str) -> Deployme
         volumes.push(secret_volume("infracluster", names::CSI_INFRA_KUBECONFIG));
     }
 
-    Deployment {
-        metadata: meta(
-            names::CSI_CONTROLLER,
-            Some(&inp.control_plane_namespace),
-            inp.owner_labels(),
-        ),
-        spec: Some(DeploymentSpec {
-            replicas: Some(1),
-            revision_history_limit: Some(2),
-            selector: LabelSelector {
-                match_labels: Some(app),
-                ..LabelSelector::default()
-            },
-            strategy: Some(DeploymentStrategy {
-                type_: Some("Recreate".to_string()),
-                rolling_update: None,
-            }),
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(pod_labels),
-                    annotations: Some(BTreeMap::from([
-                        (CONFIG_HASH_ANNOTATION.to_string(), config_hash.to_string()),
-                        (
-                            "cluster-autoscaler.kubernetes.io/safe-to-evict-local-volumes"
-                                .to_string(),
-                            "socket-dir,tmp-dir".to_string(),
-                        ),
-                    ])),
-                    ..ObjectMeta::default()
-                }),
-                spec: Some(PodSpec {
-                    service_account_name: Some(names::CSI_INFRA_SERVICE_ACCOUNT.to_string()),
-                    automount_service_account_token: Some(!inp.external_infra),
-                    containers,
-                    volumes: Some(volumes),
-                    ..PodSpec::default()
-                }),
-            },
-            ..DeploymentSpec::default()
+    daemon_deployment(
+        inp,
+        names::CSI_CONTROLLER,
+        names::CSI_APP_LABEL_VALUE,
+        config_hash,
+        Some("socket-dir,tmp-dir"),
+        Some(DeploymentStrategy {
+            type_: Some("Recreate".to_string()),
+            rolling_update: None,
         }),
-        status: None,
-    }
+        PodSpec {
+            service_account_name: Some(names::CSI_INFRA_SERVICE_ACCOUNT.to_string()),
+            automount_service_account_token: Some(!inp.external_infra),
+            containers,
+            volumes: Some(volumes),
+            ..PodSpec::default()
+        },
+    )
 }
 
 #[cfg(test)]

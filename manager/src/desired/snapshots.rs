@@ -5,17 +5,14 @@
 //! external guest cluster is its owner's: there the API is only looked for
 //! (`VolumeSnapshotsAvailable`).
 
-use std::collections::BTreeMap;
-
-use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
-use k8s_openapi::api::core::v1::{PodSpec, PodTemplateSpec, VolumeMount};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{PodSpec, VolumeMount};
 use k8s_openapi::api::rbac::v1::PolicyRule;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 
 use super::ClusterInputs;
-use super::controlplane::{meta, rule};
-use super::csi::{CONFIG_HASH_ANNOTATION, container, requests, secret_volume};
+use super::controlplane::rule;
+use super::csi::{container, daemon_deployment, requests, secret_volume};
 use crate::names;
 
 const KUBECONFIG_DIR: &str = "/var/run/secrets/tenantcluster";
@@ -90,9 +87,6 @@ pub fn crds() -> Result<Vec<CustomResourceDefinition>, serde_yaml::Error> {
 /// its guest kubeconfig (a token of its ServiceAccount there). `config_hash`
 /// rolls it when that kubeconfig changes.
 pub fn controller_deployment(inp: &ClusterInputs, config_hash: &str) -> Deployment {
-    let app = BTreeMap::from([("app".to_string(), names::SNAPSHOT_CONTROLLER.to_string())]);
-    let mut pod_labels = inp.owner_labels();
-    pod_labels.extend(app.clone());
     let mut controller = container(
         "snapshot-controller",
         &inp.images.snapshot_controller,
@@ -109,43 +103,24 @@ pub fn controller_deployment(inp: &ClusterInputs, config_hash: &str) -> Deployme
         }],
     );
     controller.resources = Some(requests("10m", "30Mi"));
-    Deployment {
-        metadata: meta(
-            names::SNAPSHOT_CONTROLLER,
-            Some(&inp.control_plane_namespace),
-            inp.owner_labels(),
-        ),
-        spec: Some(DeploymentSpec {
-            replicas: Some(1),
-            revision_history_limit: Some(2),
-            selector: LabelSelector {
-                match_labels: Some(app),
-                ..LabelSelector::default()
-            },
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(pod_labels),
-                    annotations: Some(BTreeMap::from([(
-                        CONFIG_HASH_ANNOTATION.to_string(),
-                        config_hash.to_string(),
-                    )])),
-                    ..ObjectMeta::default()
-                }),
-                spec: Some(PodSpec {
-                    // It talks to the guest only.
-                    automount_service_account_token: Some(false),
-                    containers: vec![controller],
-                    volumes: Some(vec![secret_volume(
-                        "tenantcluster",
-                        names::SNAPSHOT_CONTROLLER_KUBECONFIG,
-                    )]),
-                    ..PodSpec::default()
-                }),
-            },
-            ..DeploymentSpec::default()
-        }),
-        status: None,
-    }
+    daemon_deployment(
+        inp,
+        names::SNAPSHOT_CONTROLLER,
+        names::SNAPSHOT_CONTROLLER,
+        config_hash,
+        None,
+        None,
+        PodSpec {
+            // It talks to the guest only.
+            automount_service_account_token: Some(false),
+            containers: vec![controller],
+            volumes: Some(vec![secret_volume(
+                "tenantcluster",
+                names::SNAPSHOT_CONTROLLER_KUBECONFIG,
+            )]),
+            ..PodSpec::default()
+        },
+    )
 }
 
 #[cfg(test)]
