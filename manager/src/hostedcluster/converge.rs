@@ -97,7 +97,8 @@ pub struct Converged {
     pub snapshots_wanted: bool,
     /// When an infra token needs refreshing.
     pub refresh_at: Option<jiff::Timestamp>,
-    /// Whether the CSI controller and the CCM run.
+    /// Whether the CSI controller and the CCM (and a hosted cluster's
+    /// snapshot controller) run.
     pub components: Vec<components::Found>,
 }
 
