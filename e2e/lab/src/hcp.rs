@@ -375,7 +375,24 @@ pub async fn all_available(
     hcs: &Api<DynamicObject>,
     n: usize,
 ) -> Result<BTreeMap<String, std::time::Instant>, LabError> {
-    all_true(hcs, n, "Available").await
+    all_where(hcs, n, |hc| is_true(hc, "Available")).await
+}
+
+/// Watches until `n` HostedClusters have settled: Available, their release
+/// rolled out everywhere (`status.version.history[0]` Completed: the
+/// controller manager and scheduler too, which come up after the API
+/// server), VolumeSnapshotsAvailable. Then a reconcile has nothing left to
+/// report.
+pub async fn all_settled(
+    hcs: &Api<DynamicObject>,
+    n: usize,
+) -> Result<BTreeMap<String, std::time::Instant>, LabError> {
+    all_where(hcs, n, |hc| {
+        is_true(hc, "Available")
+            && is_true(hc, "VolumeSnapshotsAvailable")
+            && hc.data["status"]["version"]["history"][0]["state"] == "Completed"
+    })
+    .await
 }
 
 /// Watches until `n` HostedClusters report ReconciliationSucceeded (every
@@ -385,21 +402,21 @@ pub async fn all_reconciled(
     hcs: &Api<DynamicObject>,
     n: usize,
 ) -> Result<BTreeMap<String, std::time::Instant>, LabError> {
-    all_true(hcs, n, "ReconciliationSucceeded").await
+    all_where(hcs, n, |hc| is_true(hc, "ReconciliationSucceeded")).await
 }
 
-/// Watches until `n` HostedClusters have condition `type_` True; returns
-/// when each was first seen so.
-async fn all_true(
+/// Watches until `n` HostedClusters are as `settled` says; returns when
+/// each was first seen so.
+async fn all_where(
     hcs: &Api<DynamicObject>,
     n: usize,
-    type_: &str,
+    settled: impl Fn(&DynamicObject) -> bool,
 ) -> Result<BTreeMap<String, std::time::Instant>, LabError> {
     let mut available = BTreeMap::new();
     let mut events = std::pin::pin!(watcher::watcher(hcs.clone(), watcher::Config::default()));
     while let Some(event) = events.next().await {
         if let Ok(Event::Apply(hc) | Event::InitApply(hc)) = event
-            && is_true(&hc, type_)
+            && settled(&hc)
         {
             available
                 .entry(hc.name_any())

@@ -156,7 +156,7 @@ pub async fn control_planes(n: usize, report: &mut Report) -> Result<(), LabErro
         if let Some(rss) = mean_rss_mib(&lab, (0..n).map(|i| format!("{NS}-hcp{i}"))) {
             report.add(
                 SECTION,
-                "memory per hosted control plane (RSS of its four processes)",
+                "memory per hosted cluster on the management side (RSS of every process of its control-plane namespace)",
                 rss,
                 "MiB",
             );
@@ -170,6 +170,14 @@ pub async fn control_planes(n: usize, report: &mut Report) -> Result<(), LabErro
             );
         }
 
+        // The last cluster may still be finishing its rollout (its status
+        // then changes): the poke waits for every cluster to settle.
+        tokio::time::timeout(WAIT, hcp::all_settled(&hcs, n))
+            .await
+            .map_err(|_| LabError::Timeout {
+                what: format!("{n} HostedClusters settled"),
+                after: WAIT,
+            })??;
         let before = lab.infra.counters().writes_by(hcp::USER);
         for i in 0..n {
             hcs.patch(
@@ -250,7 +258,7 @@ pub async fn shared_etcd(n: usize, report: &mut Report) -> Result<(), LabError> 
         if let Some(rss) = mean_rss_mib(&lab, (0..n).map(|i| format!("{NS}-shared{i}"))) {
             report.add(
                 SECTION,
-                "memory per hosted control plane on a shared etcd (RSS of its three processes)",
+                "memory per hosted cluster on a shared etcd (RSS of every process of its control-plane namespace)",
                 rss,
                 "MiB",
             );

@@ -75,7 +75,7 @@ async fn bench_runs_every_scenario_and_reports_json() -> anyhow::Result<()> {
             "hosted control planes",
             "HostedCluster created -> Available, p50 of 1",
         ),
-        ("hosted control planes", "memory per hosted control plane"),
+        ("hosted control planes", "memory per hosted cluster"),
         (
             "hosted control planes",
             "2 clusters on one shared etcd, created at once",
