@@ -7,6 +7,7 @@
 //! that an object read and written back loses nothing.
 
 pub mod cdi;
+pub mod duration;
 pub mod hotplug;
 pub mod kubevirt;
 pub mod labels;

@@ -37,6 +37,7 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use kube::Client;
 use kubevirt_csi_proto::v1::ProbeRequest;
+use kubevirt_infra::duration::parse_go_duration;
 use lab_guest::{Csi, Ctx, SidecarConfig};
 
 use crate::LabError;
@@ -99,9 +100,9 @@ pub enum Sidecar {
         leader_election: Option<bool>,
         #[arg(long)]
         leader_election_namespace: Option<String>,
-        #[arg(long, value_parser = go_duration)]
+        #[arg(long, value_parser = parse_go_duration)]
         resync_period: Option<Duration>,
-        #[arg(long, value_parser = go_duration)]
+        #[arg(long, value_parser = parse_go_duration)]
         retry_crd_interval_max: Option<Duration>,
         #[arg(long)]
         worker_threads: Option<u32>,
@@ -115,7 +116,7 @@ pub enum Sidecar {
         #[arg(long, default_value = "/run/csi/socket")]
         csi_address: String,
         /// Deadline of each Probe call.
-        #[arg(long, default_value = "1s", value_parser = go_duration)]
+        #[arg(long, default_value = "1s", value_parser = parse_go_duration)]
         probe_timeout: Duration,
         /// Port of /healthz on every address (when --http-endpoint is empty).
         #[arg(long, default_value_t = 9808)]
@@ -138,50 +139,18 @@ pub struct Common {
     #[arg(long)]
     kubeconfig: Option<PathBuf>,
     /// Deadline of each CSI call.
-    #[arg(long, default_value = "15s", value_parser = go_duration)]
+    #[arg(long, default_value = "15s", value_parser = parse_go_duration)]
     timeout: Duration,
     #[arg(long = "v", default_value_t = 0)]
     verbosity: u8,
-    #[arg(long, value_parser = go_duration)]
+    #[arg(long, value_parser = parse_go_duration)]
     retry_interval_start: Option<Duration>,
-    #[arg(long, value_parser = go_duration)]
+    #[arg(long, value_parser = parse_go_duration)]
     retry_interval_max: Option<Duration>,
     #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", action = ArgAction::Set)]
     leader_election: Option<bool>,
     #[arg(long)]
     worker_threads: Option<u32>,
-}
-
-/// A Go `time.Duration` as flags spell it: `3m`, `15s`, `1m30s`, `500ms`.
-pub fn go_duration(text: &str) -> Result<Duration, String> {
-    let bad = || format!("invalid duration {text:?} (e.g. 15s, 3m, 500ms)");
-    let mut rest = text;
-    let mut total = Duration::ZERO;
-    if rest.is_empty() {
-        return Err(bad());
-    }
-    while !rest.is_empty() {
-        let digits = rest
-            .find(|c: char| !c.is_ascii_digit() && c != '.')
-            .ok_or_else(bad)?;
-        let value: f64 = rest[..digits].parse().map_err(|_| bad())?;
-        rest = &rest[digits..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        let seconds = match &rest[..unit_len] {
-            "h" => 3600.0,
-            "m" => 60.0,
-            "s" => 1.0,
-            "ms" => 1e-3,
-            "us" | "µs" => 1e-6,
-            "ns" => 1e-9,
-            _ => return Err(bad()),
-        };
-        total += Duration::from_secs_f64(value * seconds);
-        rest = &rest[unit_len..];
-    }
-    Ok(total)
 }
 
 fn socket(address: &str) -> &Path {
@@ -350,16 +319,6 @@ async fn healthz(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn go_durations_parse_as_flags_spell_them() {
-        assert_eq!(go_duration("3m"), Ok(Duration::from_secs(180)));
-        assert_eq!(go_duration("1m30s"), Ok(Duration::from_secs(90)));
-        assert_eq!(go_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert!(go_duration("3").is_err());
-        assert!(go_duration("").is_err());
-        assert!(go_duration("3x").is_err());
-    }
 
     #[test]
     fn the_manifests_flags_parse_and_unknown_ones_do_not() {
