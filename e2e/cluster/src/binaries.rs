@@ -101,8 +101,16 @@ fn unpack(packed: &Path, dest: &Path) -> Result<PathBuf, Error> {
     }
     let dir = dest.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(Error::io("create", dir))?;
-    let tmp = dest.with_extension(format!("tmp-{}", std::process::id()));
-    let out = std::fs::File::create(&tmp).map_err(Error::io("create", &tmp))?;
+    // A temporary file of its own for every unpacker, threads included;
+    // removed if anything below fails.
+    let tmp = tempfile::Builder::new()
+        .prefix(".unpacking-")
+        .tempfile_in(dir)
+        .map_err(Error::io("create a temporary file in", dir))?;
+    let out = tmp
+        .as_file()
+        .try_clone()
+        .map_err(Error::io("open", tmp.path()))?;
     let status = Command::new("gzip")
         .arg("-dc")
         .arg(packed)
@@ -110,16 +118,16 @@ fn unpack(packed: &Path, dest: &Path) -> Result<PathBuf, Error> {
         .status()
         .map_err(Error::io("run gzip -dc on", packed))?;
     if !status.success() {
-        let _ = std::fs::remove_file(&tmp);
         return Err(Error::Invalid(format!(
             "gzip -dc {} failed ({status})",
             packed.display()
         )));
     }
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))
-        .map_err(Error::io("chmod", &tmp))?;
-    std::fs::rename(&tmp, dest).map_err(Error::io("rename into", dest))?;
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755))
+        .map_err(Error::io("chmod", tmp.path()))?;
+    tmp.persist(dest)
+        .map_err(|e| Error::io("rename into", dest)(e.error))?;
     tracing::info!(binary = %dest.display(), "unpacked {}", packed.display());
     Ok(dest.to_path_buf())
 }
