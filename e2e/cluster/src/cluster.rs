@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{Namespace, Service, ServiceAccount, ServicePort, ServiceSpec};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::{
     APIService, APIServiceSpec, ServiceReference,
@@ -39,7 +40,7 @@ use crate::binaries::Binaries;
 use crate::etcd::Etcd;
 use crate::process::Process;
 use crate::proxy::{Faults, FrontProxy};
-use crate::{Error, kubeconfig, pki, ports};
+use crate::{Error, crds, kubeconfig, pki, ports};
 
 /// How long kube-apiserver gets to become ready.
 const APISERVER_READY: Duration = Duration::from_secs(60);
@@ -80,6 +81,11 @@ pub struct ClusterConfig {
     pub netns: Option<Arc<Netns>>,
     /// Run kube-scheduler too (a cluster whose pods something runs).
     pub scheduler: bool,
+    /// CustomResourceDefinitions installed before kube-controller-manager
+    /// starts, so that its garbage collector and quota controllers watch
+    /// their resources from the first moment (they discover resources
+    /// installed later only on their 30 s resync).
+    pub crds: Vec<CustomResourceDefinition>,
 }
 
 impl ClusterConfig {
@@ -96,6 +102,7 @@ impl ClusterConfig {
             runtime_config: Vec::new(),
             netns: None,
             scheduler: false,
+            crds: Vec::new(),
         }
     }
 }
@@ -194,6 +201,16 @@ impl Cluster {
         )?;
         let proxy = FrontProxy::start(&proxy_cert, &pki.ca.cert_pem(), &apiserver_url).await?;
 
+        let admin = client(&kubeconfig::render(
+            &cfg.name,
+            &apiserver_url,
+            &pki.ca.cert_pem(),
+            tokens.get(ADMIN).map(String::as_str).unwrap_or_default(),
+            Some("default"),
+        ))
+        .await?;
+        crds::apply(&admin, &cfg.crds).await?;
+
         // In the lab's namespace, kube-controller-manager reaches
         // kube-apiserver where the namespace has it: the advertise address.
         let in_netns_url = in_netns_url(&cfg, &apiserver_url);
@@ -236,14 +253,6 @@ impl Cluster {
             None
         };
 
-        let admin = client(&kubeconfig::render(
-            &cfg.name,
-            &apiserver_url,
-            &pki.ca.cert_pem(),
-            tokens.get(ADMIN).map(String::as_str).unwrap_or_default(),
-            Some("default"),
-        ))
-        .await?;
         let cluster = Cluster {
             inner: Arc::new(Inner {
                 admin,

@@ -8,6 +8,7 @@
 pub mod audit;
 pub mod binaries;
 pub mod cluster;
+pub mod crds;
 mod error;
 pub mod etcd;
 pub mod kubeconfig;

@@ -272,7 +272,6 @@ impl Lab {
         ];
         let client = infra.client();
 
-        lab_sim::crds::apply(&client).await?;
         ensure_namespace(&client, &cfg.infra_namespace).await?;
         ensure_storage_classes(&client).await?;
 
@@ -700,6 +699,7 @@ fn common_config(name: &str, dir: &Path, net: &Arc<Netns>) -> ClusterConfig {
 fn infra_config(dir: &Path, net: &Arc<Netns>, scheduler: bool) -> Result<ClusterConfig, LabError> {
     let mut cfg = common_config("infra", &dir.join("clusters/infra"), net);
     cfg.scheduler = scheduler;
+    cfg.crds = lab_sim::crds::definitions()?;
     cfg.service_cidr = lab_net::service_cidr(0)?;
     // A management cluster's nodes have a kubelet that heartbeats: the
     // node lifecycle controller then clears their not-ready taint.

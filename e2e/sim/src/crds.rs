@@ -1,17 +1,11 @@
 //! The CustomResourceDefinitions the simulators serve (KubeVirt VM/VMI, CDI
 //! DataVolume from `e2e/crds/`; the CSI snapshot API as the product
-//! installs it, `infra/crds/`), and [`apply`], which creates or updates them
-//! and waits until the API server reports them Established.
-
-use std::time::Duration;
+//! installs it, `infra/crds/`). The lab installs them before the infra
+//! cluster's controllers start (`lab_cluster::ClusterConfig::crds`).
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, PostParams};
-use kube::runtime::wait::{await_condition, conditions};
-use kube::{Client, ResourceExt};
 
 use crate::Error;
-use crate::error::not_found_ok;
 
 /// `(file name, YAML)` of every embedded CRD.
 pub const CRDS: &[(&str, &str)] = &[
@@ -41,9 +35,6 @@ pub const CRDS: &[(&str, &str)] = &[
     ),
 ];
 
-/// How long [`apply`] waits for each CRD to become Established.
-const ESTABLISH_TIMEOUT: Duration = Duration::from_secs(30);
-
 /// The embedded CRDs, parsed.
 pub fn definitions() -> Result<Vec<CustomResourceDefinition>, Error> {
     CRDS.iter()
@@ -53,44 +44,10 @@ pub fn definitions() -> Result<Vec<CustomResourceDefinition>, Error> {
         .collect()
 }
 
-/// Creates every CRD, or replaces the spec of one that already exists, then
-/// waits until each is Established.
-pub async fn apply(client: &Client) -> Result<(), Error> {
-    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let crds = definitions()?;
-    for crd in &crds {
-        let name = crd.name_any();
-        match not_found_ok(api.get(&name).await)? {
-            None => {
-                api.create(&PostParams::default(), crd).await?;
-            }
-            Some(existing) if existing.spec != crd.spec => {
-                let mut updated = existing;
-                updated.spec = crd.spec.clone();
-                api.replace(&name, &PostParams::default(), &updated).await?;
-            }
-            Some(_) => {}
-        }
-    }
-    for crd in &crds {
-        let name = crd.name_any();
-        let established = await_condition(api.clone(), &name, conditions::is_crd_established());
-        match tokio::time::timeout(ESTABLISH_TIMEOUT, established).await {
-            Ok(result) => {
-                result.map_err(|e| Error::NotReady(format!("waiting for CRD {name}: {e}")))?;
-            }
-            Err(_) => {
-                return Err(Error::NotReady(format!(
-                    "CRD {name} not Established after {ESTABLISH_TIMEOUT:?}"
-                )));
-            }
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
+    use kube::ResourceExt;
+
     use super::*;
 
     #[test]

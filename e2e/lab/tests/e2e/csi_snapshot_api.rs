@@ -232,7 +232,7 @@ async fn scenario(
     );
 
     // The CRD installed: the next call is served.
-    lab_sim::crds::apply(infra).await?;
+    lab_cluster::crds::apply(infra, &lab_sim::crds::definitions()?).await?;
     ensure!(crds.get_opt(CRD).await?.is_some(), "the CRD is back");
     let snap = tokio::time::timeout(
         WAIT,

@@ -132,7 +132,7 @@ async fn files_guest_nodes_and_infra_defaults() -> anyhow::Result<()> {
     let change = json!({"spec": {"names": {"shortNames": ["changed"]}}});
     crds.patch(name, &PatchParams::default(), &Patch::Merge(&change))
         .await?;
-    lab_sim::crds::apply(&infra).await?;
+    lab_cluster::crds::apply(&infra, &lab_sim::crds::definitions()?).await?;
     let names = crds
         .get(name)
         .await?
