@@ -1,6 +1,6 @@
 //! What runs inside a VM that joins a hosted control plane, played for the
 //! KubeVirt simulator's VMs: cloud-init reads the VM's NoCloud user data
-//! (the Secret its `cloudInitNoCloud.userDataSecretRef` names), writes its
+//! (the Secret its `cloudInitNoCloud.secretRef` names), writes its
 //! files, and `kubeadm join` with the JoinConfiguration it holds does what
 //! kubeadm and kubelet do:
 //!
@@ -209,7 +209,7 @@ fn user_data_secret(vmi: &VirtualMachineInstance) -> Option<String> {
     vmi.spec.volumes.iter().find_map(|v| {
         v.extra
             .get("cloudInitNoCloud")?
-            .pointer("/userDataSecretRef/name")?
+            .pointer("/secretRef/name")?
             .as_str()
             .map(str::to_string)
     })

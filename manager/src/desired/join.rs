@@ -41,7 +41,8 @@ pub const TOKEN_SECRET_TYPE: &str = "bootstrap.kubernetes.io/token";
 /// Lifetime of a token; a VM that has not joined gets a new one when a
 /// third of it is left.
 pub const TOKEN_LIFETIME: jiff::SignedDuration = jiff::SignedDuration::from_hours(24);
-/// The user data key KubeVirt reads from a `userDataSecretRef` Secret.
+/// The user data key KubeVirt reads from the Secret a cloud-init volume's
+/// `secretRef` names (Go's `UserDataSecretRef`).
 pub const USER_DATA_KEY: &str = "userdata";
 /// Where the user data puts the discovery kubeconfig and join configuration.
 pub const DISCOVERY_KUBECONFIG_PATH: &str = "/etc/kubernetes/discovery.kubeconfig";

@@ -304,7 +304,7 @@ pub fn virtual_machine(inp: &PoolInputs, name: &str, template_hash: &str) -> Vir
             name: CLOUD_INIT_DISK.to_string(),
             extra: BTreeMap::from([(
                 "cloudInitNoCloud".to_string(),
-                json!({"userDataSecretRef": {"name": super::join::user_data_secret_name(name)}}),
+                json!({"secretRef": {"name": super::join::user_data_secret_name(name)}}),
             )]),
             ..Volume::default()
         });
@@ -445,7 +445,7 @@ pub(crate) mod tests {
         );
         assert_eq!(
             spec["volumes"][1],
-            json!({"name": "cloudinitdisk", "cloudInitNoCloud": {"userDataSecretRef": {"name": "workers-abcde-user-data"}}})
+            json!({"name": "cloudinitdisk", "cloudInitNoCloud": {"secretRef": {"name": "workers-abcde-user-data"}}})
         );
     }
 
