@@ -271,8 +271,10 @@ pub struct VmiInterface {
 #[serde(rename_all = "camelCase")]
 pub struct VolumeStatus {
     pub name: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub target: Option<String>,
+    /// The disk's target in the guest (`sda`), empty until it has one.
+    /// Always written: KubeVirt's CRD requires it.
+    #[serde(default)]
+    pub target: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -291,7 +293,11 @@ pub struct VolumeStatus {
 pub struct HotplugVolumeStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attach_pod_name: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "attachPodUID",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub attach_pod_uid: Option<String>,
 }
 

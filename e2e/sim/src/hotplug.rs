@@ -416,8 +416,11 @@ pub fn plan(
         .unwrap_or_default();
     let by_name: HashMap<&str, &VolumeStatus> =
         current.iter().map(|s| (s.name.as_str(), s)).collect();
-    let mut used_targets: HashSet<String> =
-        current.iter().filter_map(|s| s.target.clone()).collect();
+    let mut used_targets: HashSet<String> = current
+        .iter()
+        .filter(|s| !s.target.is_empty())
+        .map(|s| s.target.clone())
+        .collect();
     let mut out = Plan::default();
     let pod_name = attach_pod.attach_pod_name.clone().unwrap_or_default();
     let set = |s: &mut VolumeStatus, phase: &str, reason: &str, message: String| {
@@ -435,10 +438,10 @@ pub fn plan(
                 name: name.to_string(),
                 ..VolumeStatus::default()
             });
-            if s.target.is_none() {
+            if s.target.is_empty() {
                 let t = next_target(bus.as_deref().unwrap_or("virtio"), &used_targets);
                 used_targets.insert(t.clone());
-                s.target = Some(t);
+                s.target = t;
             }
             out.statuses.push(s);
             continue;
@@ -525,10 +528,10 @@ pub fn plan(
                     "VolumeReady",
                     format!("Successfully attach hotplugged volume {name} to VM"),
                 );
-                if s.target.is_none() {
+                if s.target.is_empty() {
                     let t = next_target(bus.as_deref().unwrap_or("scsi"), &used_targets);
                     used_targets.insert(t.clone());
-                    s.target = Some(t);
+                    s.target = t;
                 }
                 out.stepped.push(name.to_string());
                 out.attach.push(name.to_string());
@@ -594,7 +597,7 @@ fn leave(
             next.message = Some(format!(
                 "Volume {name} has been unmounted from virt-launcher pod"
             ));
-            next.target = None;
+            next.target = String::new();
             Some(next)
         }
     }
@@ -701,16 +704,14 @@ mod tests {
             ]
         );
         let ready = v.volume_status("pvc-1").expect("status entry");
-        assert_eq!(ready.target.as_deref(), Some("sda"));
+        assert_eq!(ready.target, "sda");
         assert_eq!(
             ready.message.as_deref(),
             Some("Successfully attach hotplugged volume pvc-1 to VM")
         );
         assert_eq!(ready.hotplug_volume, Some(pod()));
         assert_eq!(
-            v.volume_status("root")
-                .and_then(|s| s.target.clone())
-                .as_deref(),
+            v.volume_status("root").map(|s| s.target.as_str()),
             Some("vda")
         );
         assert_eq!(

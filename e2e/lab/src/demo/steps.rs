@@ -211,10 +211,11 @@ async fn follow_volume(
                 Some(s) => t.event(format!(
                     "infra: VMI {vm} volumeStatus {volume}: {}{}",
                     phase.as_deref().unwrap_or("-"),
-                    s.target
-                        .as_deref()
-                        .map(|target| format!(" (target {target})"))
-                        .unwrap_or_default()
+                    if s.target.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" (target {})", s.target)
+                    }
                 )),
                 None if last.is_some() => {
                     t.event(format!("infra: VMI {vm} volumeStatus {volume}: gone"))

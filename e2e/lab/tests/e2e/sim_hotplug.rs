@@ -121,7 +121,7 @@ async fn addvolume_walks_to_ready_and_removevolume_walks_back_out() -> anyhow::R
 
     let vmi = vmis.get(&vm).await?;
     let status = vmi.volume_status("pvc-hot").context("volume status")?;
-    ensure!(status.target.as_deref() == Some("sda"));
+    ensure!(status.target == "sda");
     ensure!(status.reason.as_deref() == Some("VolumeReady"));
     ensure!(
         status
