@@ -51,7 +51,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn embedded_crds_parse_and_only_the_snapshot_api_is_structural() -> Result<(), Error> {
+    fn embedded_crds_parse_and_none_is_open() -> Result<(), Error> {
         let crds = definitions()?;
         let names: Vec<_> = crds.iter().map(|c| c.name_any()).collect();
         assert_eq!(
@@ -72,15 +72,15 @@ mod tests {
                 .as_ref()
                 .and_then(|s| s.open_api_v3_schema.as_ref())
                 .expect("every CRD has a schema");
-            // KubeVirt's and CDI's lab copies are still open; the snapshot
-            // API is the product's, with its full schema.
-            let open = crd.spec.group != "snapshot.storage.k8s.io";
-            assert_eq!(
-                schema.x_kubernetes_preserve_unknown_fields == Some(true),
-                open,
+            // Every one has a schema of named fields, so that
+            // kube-apiserver prunes the fields the real project's does.
+            assert_ne!(
+                schema.x_kubernetes_preserve_unknown_fields,
+                Some(true),
                 "{}",
                 crd.name_any()
             );
+            assert!(schema.properties.is_some(), "{}", crd.name_any());
             let has_status = version
                 .subresources
                 .as_ref()
@@ -101,6 +101,39 @@ mod tests {
         assert_eq!(short("VirtualMachine"), ["vm", "vms"]);
         assert_eq!(short("VirtualMachineInstance"), ["vmi", "vmis"]);
         assert_eq!(short("DataVolume"), ["dv", "dvs"]);
+        Ok(())
+    }
+
+    /// The schema of `kind`'s first version, as JSON.
+    fn schema(crds: &[CustomResourceDefinition], kind: &str) -> serde_json::Value {
+        let crd = crds
+            .iter()
+            .find(|c| c.spec.names.kind == kind)
+            .expect("the CRD is embedded");
+        let schema = crd.spec.versions[0]
+            .schema
+            .as_ref()
+            .and_then(|s| s.open_api_v3_schema.as_ref())
+            .expect("a schema");
+        serde_json::to_value(schema).expect("a schema serializes")
+    }
+
+    #[test]
+    fn a_vm_embeds_the_vmi_and_data_volume_schemas() -> Result<(), Error> {
+        let crds = definitions()?;
+        let (vm, vmi, dv) = (
+            schema(&crds, "VirtualMachine"),
+            schema(&crds, "VirtualMachineInstance"),
+            schema(&crds, "DataVolume"),
+        );
+        assert_eq!(
+            vm.pointer("/properties/spec/properties/template/properties/spec"),
+            vmi.pointer("/properties/spec")
+        );
+        assert_eq!(
+            vm.pointer("/properties/spec/properties/dataVolumeTemplates/items/properties/spec"),
+            dv.pointer("/properties/spec")
+        );
         Ok(())
     }
 }

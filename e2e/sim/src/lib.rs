@@ -6,8 +6,10 @@
 //!
 //! Each simulator module exposes `run(client, config)`, which reconciles until
 //! its future is dropped, and keeps its "object in, desired object out" logic
-//! in pure functions next to it. [`crds`] installs the custom resource
-//! definitions they serve; [`virt_api`] is the HTTP side of KubeVirt's hotplug
+//! in pure functions next to it. [`crds`] holds the custom resource
+//! definitions they serve (KubeVirt's and CDI's with their projects' schemas
+//! for the fields this project writes, so kube-apiserver prunes what theirs
+//! would); [`virt_api`] is the HTTP side of KubeVirt's hotplug
 //! subresources; [`devices`] turns attached volumes into loop devices.
 
 pub mod cdi;
