@@ -6,6 +6,7 @@
 //! or writes; every other field is kept verbatim in a flattened `extra` map so
 //! that an object read and written back loses nothing.
 
+pub mod api_error;
 pub mod cdi;
 pub mod duration;
 pub mod hotplug;

@@ -185,31 +185,7 @@ impl Error {
     }
 }
 
-/// A Kubernetes error as a person reads it: the server's message and its
-/// HTTP code, not a dump of the client's structures. A body that is not a
-/// Status (a plain `404 page not found`: the server does not serve that
-/// API at all) says so.
-pub fn describe(e: &kube::Error) -> String {
-    match e {
-        kube::Error::Api(s) if s.reason == "Failed to parse error data" => {
-            let text = s.message.trim();
-            if s.code == 404 {
-                format!("the API server does not serve this API ({text})")
-            } else {
-                format!("HTTP {}: {text}", s.code)
-            }
-        }
-        kube::Error::Api(s) => {
-            let message = s.message.trim();
-            match (message.is_empty(), s.reason.is_empty()) {
-                (false, _) => format!("{message} (HTTP {})", s.code),
-                (true, false) => format!("{} (HTTP {})", s.reason, s.code),
-                (true, true) => format!("HTTP {}", s.code),
-            }
-        }
-        other => other.to_string(),
-    }
-}
+pub use kubevirt_infra::api_error::describe;
 
 /// A finalizer helper's error in words: the reconcile's own error as it is,
 /// a failed finalizer write through [`describe`].

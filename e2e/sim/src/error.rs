@@ -7,7 +7,7 @@ use std::path::PathBuf;
 /// Why a simulator step failed.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("Kubernetes API: {0}")]
+    #[error("Kubernetes API: {}", kubevirt_infra::api_error::describe(.0))]
     Kube(#[from] kube::Error),
     #[error("finalizer: {0}")]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
@@ -74,11 +74,21 @@ impl Error {
     }
 
     /// An API conflict (stale resourceVersion): worth an immediate retry.
+    /// Through the finalizer helper too: its own writes (a 422 there is a
+    /// stale finalizer list) and the reconcile it wrapped.
     pub fn is_conflict(&self) -> bool {
-        matches!(self, Error::Kube(kube::Error::Api(s)) if s.is_conflict())
-            || matches!(self, Error::Finalizer(f) if matches!(**f,
-                kube::runtime::finalizer::Error::AddFinalizer(kube::Error::Api(ref s))
-                | kube::runtime::finalizer::Error::RemoveFinalizer(kube::Error::Api(ref s)) if s.is_conflict() || s.code == 422))
+        use kube::runtime::finalizer::Error as F;
+        match self {
+            Error::Kube(kube::Error::Api(s)) => s.is_conflict(),
+            Error::Finalizer(f) => match &**f {
+                F::AddFinalizer(kube::Error::Api(s)) | F::RemoveFinalizer(kube::Error::Api(s)) => {
+                    s.is_conflict() || s.code == 422
+                }
+                F::ApplyFailed(e) | F::CleanupFailed(e) => e.is_conflict(),
+                _ => false,
+            },
+            _ => false,
+        }
     }
 }
 
