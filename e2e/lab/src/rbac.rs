@@ -358,15 +358,6 @@ fn lab_guest_storage() -> Role {
     }
 }
 
-/// The kubelet stand-in holds a pod with its finalizer until its volumes
-/// are down; a kubelet relies on the pod's graceful deletion instead.
-fn lab_kubelet_finalizer() -> Role {
-    Role {
-        component: "kubelet-volume-finalizer",
-        rules: vec![rule(&[""], &["pods"], &["patch"])],
-    }
-}
-
 /// One actor's grant: its user, the server's roles and the lab's.
 pub struct Grant {
     pub user: &'static str,
@@ -463,7 +454,7 @@ pub fn guest(users: &GuestUsers) -> Vec<Grant> {
             // The kubelet stand-in also attaches (the attach/detach
             // controller is off in guests).
             builtin: &["system:node", "system:controller:attachdetach-controller"],
-            roles: vec![lab_kubelet_finalizer()],
+            roles: vec![],
         },
         Grant {
             user: users.service_proxy,

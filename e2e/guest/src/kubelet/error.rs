@@ -39,8 +39,9 @@ pub enum Error {
     /// The pod or volume can never be handled as it is (e.g. a PV of another driver).
     #[error("{0}")]
     Invalid(String),
-    #[error("finalizer: {0}")]
-    Finalizer(String),
+    /// The pod's volumes are down but deleting it failed.
+    #[error("{0}")]
+    KillPod(String),
     #[error("registering the CSI plugin: {0}")]
     Register(#[source] crate::GuestError),
 }
@@ -86,7 +87,7 @@ impl Error {
                 "NodeGetInfo" => "FailedRegistration",
                 _ => "FailedMount",
             },
-            Error::Finalizer(_) => "FailedKillPod",
+            Error::KillPod(_) => "FailedKillPod",
             Error::Register(_) => "FailedRegistration",
             _ => "FailedMount",
         }

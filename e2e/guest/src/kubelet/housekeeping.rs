@@ -1,7 +1,7 @@
 //! Volumes (and workloads) of pods that are gone: kubelet's orphaned-pod cleanup. A pod
 //! normally leaves only after the stand-in took its volumes down (its
-//! finalizer), but one can vanish without it (finalizer removed by hand,
-//! deleted while the stand-in was not running). [`run`] watches this node's
+//! graceful deletion), but one can vanish without it (deleted with grace
+//! period 0, or while the stand-in was not running). [`run`] watches this node's
 //! pods: a deleted pod, and after every (re)list any pod directory whose pod
 //! is not in the store, has its recorded volumes taken down, retried with
 //! backoff until done.

@@ -8,9 +8,9 @@
 //! `csi-<sha256(handle+driver+node)>` as kube-controller-manager does), then
 //! calls NodeStageVolume and NodePublishVolume on the node plugin's socket
 //! and reports the pod Running. A grown volume gets NodeExpandVolume and
-//! the claim its new capacity. A deleted pod is kept (a finalizer) until
-//! its volumes are unpublished, unstaged and detached when no other pod
-//! here uses them. Failures become Warning Events on the pod and are
+//! the claim its new capacity. A deleted pod's volumes are unpublished,
+//! unstaged and detached when no other pod here uses them, then the pod is
+//! deleted for good, kubelet's end of a graceful deletion. Failures become Warning Events on the pod and are
 //! retried with backoff. The plugin is registered (CSINode) at start.
 //!
 //! What a "container" sees of a volume is [`volume_path`]: a directory for a
@@ -21,12 +21,11 @@
 //! Modules: `paths` (kubelet's layout and names), `volumes` (pod, PV and
 //! attachment → CSI requests), `status` (pod and claim status bodies),
 //! `records` (what the node published, on disk), `network` (pod addresses
-//! and the echo workload), `finalizer`, `locks`,
+//! and the echo workload), `locks`,
 //! `plugin` (CSI Node client, registration), `reconcile` (the pod
 //! controller), `housekeeping` (pods that vanished), `node` (one node's setup).
 
 mod error;
-mod finalizer;
 mod housekeeping;
 mod locks;
 mod network;
@@ -52,7 +51,6 @@ use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 
 pub use error::Error;
-pub use finalizer::FINALIZER;
 pub use node::GuestNode;
 pub use paths::{attachment_name, staging_path, volume_path};
 pub use plugin::Plugin;

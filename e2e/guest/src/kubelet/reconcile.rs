@@ -22,7 +22,6 @@ use kube::runtime::reflector::Store;
 use kube::{Client, ResourceExt};
 
 use super::error::{Error, not_found_ok};
-use super::finalizer::{self, FINALIZER};
 use super::locks::Locks;
 use super::network::PodNetwork;
 use super::plugin::Plugin;
@@ -156,45 +155,18 @@ async fn reconcile_pod(pod: &Pod, ctx: &Context) -> Result<Action, Error> {
         return Ok(Action::await_change());
     }
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &pod.namespace().unwrap_or_default());
-    let has_finalizer = pod.finalizers().iter().any(|f| f == FINALIZER);
-    let deleting = pod.metadata.deletion_timestamp.is_some();
-    let claims = volumes::pod_claims(pod);
-    match (deleting, has_finalizer) {
-        (true, true) => {
-            ctx.network.release(&pod.uid().unwrap_or_default());
-            cleanup(pod, ctx).await?;
-            release(&api, pod).await?;
-            Ok(Action::await_change())
-        }
-        // Deleted and nothing of ours to wait for: confirm the deletion.
-        (true, false) => {
-            ctx.network.release(&pod.uid().unwrap_or_default());
-            release(&api, pod).await?;
-            Ok(Action::await_change())
-        }
-        (false, false) if !claims.is_empty() => {
-            // The finalizer first, so that a deletion waits for the volumes
-            // to come down; its update triggers the next reconcile.
-            let rv = pod.resource_version().unwrap_or_default();
-            let patch = Patch::Json::<()>(finalizer::add(pod.finalizers(), &rv, FINALIZER));
-            match api
-                .patch(&pod.name_any(), &PatchParams::default(), &patch)
-                .await
-            {
-                Ok(_) => Ok(Action::await_change()),
-                // The pod changed meanwhile (the version test failed): try
-                // again on the newer version.
-                Err(kube::Error::Api(s)) if s.code == 409 || s.code == 422 => {
-                    Ok(Action::requeue(BACKOFF_BASE))
-                }
-                Err(e) => Err(Error::kube(format!(
-                    "adding the finalizer to pod {}",
-                    pod.name_any()
-                ))(e)),
-            }
-        }
-        (false, _) => apply(pod, &claims, ctx, &api).await,
+    if pod.metadata.deletion_timestamp.is_some() {
+        // Kubelet's part of a graceful deletion: the server keeps the pod
+        // until the kubelet, its volumes down, deletes it for good.
+        ctx.network.release(&pod.uid().unwrap_or_default());
+        cleanup(pod, ctx).await?;
+        confirm_deletion(&api, pod)
+            .await
+            .map_err(|e| Error::KillPod(format!("deleting pod {}: {e}", pod.name_any())))?;
+        return Ok(Action::await_change());
     }
+    let claims = volumes::pod_claims(pod);
+    apply(pod, &claims, ctx, &api).await
 }
 
 /// Brings every claim of `pod` up, then reports the pod Running.
@@ -421,24 +393,6 @@ async fn delete_attachment(ctx: &Context, name: &str) -> Result<(), Error> {
         format!("deleting VolumeAttachment {name}"),
     )?;
     Ok(())
-}
-
-/// Lets the pod go: removes the finalizer, then finishes the graceful
-/// deletion as kubelet does ([`confirm_deletion`]), in case the server
-/// still holds the pod for its grace period.
-async fn release(api: &Api<Pod>, pod: &Pod) -> Result<(), Error> {
-    let name = pod.name_any();
-    if let Some(patch) = finalizer::remove(pod.finalizers(), FINALIZER) {
-        not_found_ok(
-            api.patch(&name, &PatchParams::default(), &Patch::Json::<()>(patch))
-                .await,
-            format!("removing the finalizer of pod {name}"),
-        )
-        .map_err(|e| Error::Finalizer(e.to_string()))?;
-    }
-    confirm_deletion(api, pod)
-        .await
-        .map_err(|e| Error::Finalizer(format!("deleting pod {name}: {e}")))
 }
 
 /// Kubelet's end of a graceful deletion: the pod's containers are stopped,

@@ -9,10 +9,9 @@
 //! Build the driver first: `cargo build -p kubevirt-csi-driver`.
 
 use crate::storage_support::*;
-use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::api::DeleteParams;
 use kubevirt_lab::wait;
 use lab_guest::kubelet::attachment_name;
-use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn filesystem_claim_used_by_a_pod() -> anyhow::Result<()> {
@@ -123,19 +122,12 @@ async fn vanished_pod_scenario(s: &mut Storage) -> anyhow::Result<()> {
     let pod = s.run_pod("lost", &node, &["data"]).await?;
     write_file(&pod.volume("data")?.join("f"), b"x")?;
 
-    // The pod goes while the node's kubelet is down: its finalizer removed
-    // and the pod force-deleted by hand (`kubectl delete --force
-    // --grace-period=0`), since no kubelet confirms its deletion.
+    // The pod goes while the node's kubelet is down: force-deleted by hand
+    // (`kubectl delete --force --grace-period=0`), since no kubelet
+    // confirms its deletion.
     s.stop_kubelet(&node).await?;
     s.pods()
         .delete("lost", &DeleteParams::default().grace_period(0))
-        .await?;
-    s.pods()
-        .patch(
-            "lost",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"metadata": {"finalizers": null}})),
-        )
         .await?;
     wait::until(&s.pods(), "lost", WAIT, |p| p.is_none().then_some(())).await?;
     assert_eq!(
