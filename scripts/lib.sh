@@ -60,7 +60,7 @@ ensure_inotify_instances() {
 # KUBE_BIN_DIR is exported to point there.
 KUBE_VERSION=1.32.13
 ensure_kube_binaries() {
-    local names=(kube-apiserver kube-controller-manager) missing=() name
+    local names=(kube-apiserver kube-controller-manager kube-scheduler) missing=() name
     for name in "${names[@]}"; do
         if [ -n "${KUBE_BIN_DIR:-}" ] && [ -x "$KUBE_BIN_DIR/$name" ]; then continue; fi
         if [ -f "../shared/tools/$name.gz" ]; then continue; fi
