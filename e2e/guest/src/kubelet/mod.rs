@@ -10,8 +10,9 @@
 //! and reports the pod Running. A grown volume gets NodeExpandVolume and
 //! the claim its new capacity. A deleted pod's volumes are unpublished,
 //! unstaged and detached when no other pod here uses them, then the pod is
-//! deleted for good, kubelet's end of a graceful deletion. Failures become Warning Events on the pod and are
-//! retried with backoff. The plugin is registered (CSINode) at start.
+//! deleted for good, kubelet's end of a graceful deletion. Failures become
+//! Warning Events on the pod and are retried with backoff. The plugin is
+//! registered (CSINode) at start.
 //!
 //! What a "container" sees of a volume is [`volume_path`]: a directory for a
 //! filesystem volume, a device file for a raw block one. [`GuestNode`] lays
