@@ -4,13 +4,16 @@
 //! objects that carry a cluster's labels but are no longer desired.
 //!
 //! [`contains`] is the pure comparison; [`Applier`] does the I/O for one
-//! target cluster and counts every write in the metrics.
+//! target cluster and counts every write in the metrics. An apply gives back
+//! the object as the cluster holds it ([`Outcome::live`]), status included,
+//! so that what a reconcile observes of its own objects costs no request.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
-use kube::Client;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::core::{ApiResource, DynamicObject};
+use kube::{Client, Resource};
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::desired::object::{Object, ObjectKey};
@@ -77,6 +80,13 @@ impl Applier<'_> {
 
     /// Apply one object unless the live one already holds it.
     pub async fn apply(&self, obj: &Object) -> Result<Applied> {
+        self.apply_and_read(obj).await.map(|(applied, _)| applied)
+    }
+
+    /// Apply one object unless the live one already holds it, and return
+    /// the object as the cluster now holds it (none when not served), so
+    /// that a caller reading its status needs no second request.
+    pub async fn apply_and_read(&self, obj: &Object) -> Result<(Applied, Option<DynamicObject>)> {
         let api = self.api(&obj.resource, obj.namespace());
         let name = obj.name();
         let kind = &obj.resource.kind;
@@ -84,30 +94,34 @@ impl Applier<'_> {
         // 404 error means the kind itself is not served (no CRD).
         let live = match api.get_opt(name).await {
             Ok(live) => live,
-            Err(e) if obj.optional && is_not_found(&e) => return Ok(Applied::NotServed),
+            Err(e) if obj.optional && is_not_found(&e) => return Ok((Applied::NotServed, None)),
             Err(e) => return Err(Error::kube(self.target, format!("get {kind} {name}"))(e)),
         };
-        if let Some(live) = &live {
-            let live = serde_json::to_value(live).unwrap_or(Value::Null);
-            if contains(&live, &obj.body) {
-                return Ok(Applied::Unchanged);
-            }
+        let existed = live.is_some();
+        if let Some(live) = live
+            && contains(
+                &serde_json::to_value(&live).unwrap_or(Value::Null),
+                &obj.body,
+            )
+        {
+            return Ok((Applied::Unchanged, Some(live)));
         }
         match self.patch(&api, obj).await {
-            Ok(()) => Ok(Applied::Written),
-            Err(e) if obj.optional && live.is_none() && is_not_found(&e) => Ok(Applied::NotServed),
-            Err(kube::Error::Api(s))
-                if s.code == 422 && live.is_some() && recreate_on_invalid(kind) =>
-            {
+            Ok(written) => Ok((Applied::Written, Some(written))),
+            Err(e) if obj.optional && !existed && is_not_found(&e) => {
+                Ok((Applied::NotServed, None))
+            }
+            Err(kube::Error::Api(s)) if s.code == 422 && existed && recreate_on_invalid(kind) => {
                 tracing::info!(%kind, name, "immutable fields changed; recreating");
                 api.delete(name, &DeleteParams::background())
                     .await
                     .map_err(Error::kube(self.target, format!("delete {kind} {name}")))?;
                 self.metrics.wrote(self.target.as_str(), kind, "delete");
-                self.patch(&api, obj)
+                let written = self
+                    .patch(&api, obj)
                     .await
                     .map_err(Error::kube(self.target, format!("apply {kind} {name}")))?;
-                Ok(Applied::Written)
+                Ok((Applied::Written, Some(written)))
             }
             Err(e) => Err(Error::kube(self.target, format!("apply {kind} {name}"))(e)),
         }
@@ -117,28 +131,32 @@ impl Applier<'_> {
         &self,
         api: &Api<DynamicObject>,
         obj: &Object,
-    ) -> std::result::Result<(), kube::Error> {
+    ) -> std::result::Result<DynamicObject, kube::Error> {
         let params = PatchParams::apply(names::FIELD_MANAGER).force();
         self.metrics
             .wrote(self.target.as_str(), &obj.resource.kind, "apply");
         api.patch(obj.name(), &params, &Patch::Apply(&obj.body))
             .await
-            .map(|_| ())
     }
 
-    /// Apply objects in order. Returns the APIs (`<apiVersion> <kind>`) of
-    /// the optional objects skipped because the cluster does not serve them.
-    pub async fn apply_all(&self, objects: &[Object]) -> Result<BTreeSet<String>> {
-        let mut not_served = BTreeSet::new();
+    /// Apply objects in order.
+    pub async fn apply_all(&self, objects: &[Object]) -> Result<Outcome> {
+        let mut outcome = Outcome::default();
         for obj in objects {
-            if self.apply(obj).await? == Applied::NotServed {
-                not_served.insert(format!(
-                    "{} {}",
-                    obj.resource.api_version, obj.resource.kind
-                ));
+            match self.apply_and_read(obj).await? {
+                (Applied::NotServed, _) => {
+                    outcome.not_served.insert(format!(
+                        "{} {}",
+                        obj.resource.api_version, obj.resource.kind
+                    ));
+                }
+                (_, Some(live)) => {
+                    outcome.live.insert(obj.key(), live);
+                }
+                (_, None) => {}
             }
         }
-        Ok(not_served)
+        Ok(outcome)
     }
 
     /// Delete the objects of `kinds` matching `selector` (in `namespace`, or
@@ -245,6 +263,28 @@ impl Applier<'_> {
     }
 }
 
+/// What applying a set of objects found.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// The APIs (`<apiVersion> <kind>`) of the optional objects skipped
+    /// because the cluster does not serve them.
+    pub not_served: BTreeSet<String>,
+    /// Each applied object as the cluster holds it, status included.
+    live: BTreeMap<ObjectKey, DynamicObject>,
+}
+
+impl Outcome {
+    /// The cluster's copy of the applied object `namespace/name` of type
+    /// `K`: read from the apply, so that observing it costs no request.
+    pub fn live<K>(&self, namespace: Option<&str>, name: &str) -> Option<K>
+    where
+        K: Resource<DynamicType = ()> + DeserializeOwned,
+    {
+        let key = ObjectKey::of(&ApiResource::erase::<K>(&()), namespace, name);
+        self.live.get(&key)?.clone().try_parse().ok()
+    }
+}
+
 /// The keys of a set of objects.
 pub fn keys(objects: &[Object]) -> BTreeSet<ObjectKey> {
     objects.iter().map(Object::key).collect()
@@ -280,5 +320,26 @@ mod tests {
         assert!(contains(&live, &json!({"spec": {"missing": {}}})));
         assert!(contains(&live, &json!({"spec": {"missing": null}})));
         assert!(!contains(&json!({"a": null}), &json!({"a": "x"})));
+    }
+
+    #[test]
+    fn an_outcome_gives_back_what_was_applied_by_kind_and_name() {
+        use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+        let read: DynamicObject = serde_json::from_value(json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "ccm", "namespace": "cp"},
+            "spec": {"selector": {}, "template": {}},
+            "status": {"availableReplicas": 1},
+        }))
+        .expect("object");
+        let key = ObjectKey::of(&ApiResource::erase::<Deployment>(&()), Some("cp"), "ccm");
+        let outcome = Outcome {
+            live: BTreeMap::from([(key, read)]),
+            ..Outcome::default()
+        };
+        let d: Deployment = outcome.live(Some("cp"), "ccm").expect("applied");
+        assert_eq!(d.status.and_then(|s| s.available_replicas), Some(1));
+        assert!(outcome.live::<Deployment>(Some("other"), "ccm").is_none());
+        assert!(outcome.live::<StatefulSet>(Some("cp"), "ccm").is_none());
     }
 }

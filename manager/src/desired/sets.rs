@@ -74,25 +74,43 @@ pub struct TokenKubeconfig {
     pub kubeconfig: String,
 }
 
+impl TokenKubeconfig {
+    /// Secret `secret`: a kubeconfig for `endpoint` as ServiceAccount
+    /// `namespace/account`, whose token the pod reads from `token_file`.
+    fn new(
+        endpoint: &ClusterEndpoint,
+        secret: &'static str,
+        account: &'static str,
+        namespace: &str,
+        token_file: &str,
+    ) -> Self {
+        Self {
+            secret,
+            account,
+            account_namespace: namespace.to_string(),
+            kubeconfig: token_kubeconfig(endpoint, account, token_file, namespace),
+        }
+    }
+}
+
 /// The token kubeconfigs the daemons need on an external infra cluster.
 pub fn infra_kubeconfigs(inp: &ClusterInputs, endpoint: &ClusterEndpoint) -> Vec<TokenKubeconfig> {
-    let token = |secret, account, file| TokenKubeconfig {
-        secret,
-        account,
-        account_namespace: inp.infra_namespace.clone(),
-        kubeconfig: token_kubeconfig(endpoint, account, file, &inp.infra_namespace),
-    };
+    let namespace = &inp.infra_namespace;
     let mut out = Vec::new();
     if inp.csi_enabled() {
-        out.push(token(
+        out.push(TokenKubeconfig::new(
+            endpoint,
             names::CSI_INFRA_KUBECONFIG,
             names::CSI_INFRA_SERVICE_ACCOUNT,
+            namespace,
             csi::INFRA_TOKEN_FILE,
         ));
     }
-    out.push(token(
+    out.push(TokenKubeconfig::new(
+        endpoint,
         names::CCM_INFRA_KUBECONFIG,
         names::CCM,
+        namespace,
         ccm::INFRA_TOKEN_FILE,
     ));
     out
@@ -106,28 +124,25 @@ pub fn guest_kubeconfigs(inp: &ClusterInputs) -> Vec<TokenKubeconfig> {
     let Some(endpoint) = inp.guest_endpoint.as_ref() else {
         return Vec::new();
     };
-    let token = |secret, account, namespace: &str, file| TokenKubeconfig {
-        secret,
-        account,
-        account_namespace: namespace.to_string(),
-        kubeconfig: token_kubeconfig(endpoint, account, file, namespace),
-    };
     let mut out = Vec::new();
     if inp.csi_enabled() {
-        out.push(token(
+        out.push(TokenKubeconfig::new(
+            endpoint,
             names::CSI_TENANT_KUBECONFIG,
             names::GUEST_CSI_CONTROLLER_SA,
             names::GUEST_CSI_NAMESPACE,
             csi::TENANT_TOKEN_FILE,
         ));
-        out.push(token(
+        out.push(TokenKubeconfig::new(
+            endpoint,
             names::SNAPSHOT_CONTROLLER_KUBECONFIG,
             names::SNAPSHOT_CONTROLLER,
             names::GUEST_CSI_NAMESPACE,
             snapshots::GUEST_TOKEN_FILE,
         ));
     }
-    out.push(token(
+    out.push(TokenKubeconfig::new(
+        endpoint,
         names::CCM_GUEST_KUBECONFIG,
         ccm::GUEST_ACCOUNT,
         ccm::GUEST_ACCOUNT_NAMESPACE,

@@ -7,12 +7,10 @@
 //! with how many replicas are available.
 
 use k8s_openapi::api::apps::v1::Deployment;
-use kube::Api;
 
 use crate::api::conditions::{kind, reason};
-use crate::context::Context;
+use crate::apply::Outcome;
 use crate::desired::ClusterInputs;
-use crate::error::{Error, Result, Target};
 use crate::names;
 
 /// One daemon: its condition type, what users call it, its Deployment.
@@ -116,30 +114,26 @@ pub fn not_available(found: &[Found]) -> Option<String> {
     (!waiting.is_empty()).then(|| format!("waiting for {}", waiting.join("; ")))
 }
 
-/// Reads the daemons' Deployments of the cluster of `inp`.
-pub async fn observe(ctx: &Context, inp: &ClusterInputs) -> Result<Vec<Found>> {
-    let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), &inp.control_plane_namespace);
-    let mut found = Vec::new();
+/// The daemons of the cluster of `inp`, from their Deployments as the
+/// apply of the management objects read them back.
+pub fn observe(inp: &ClusterInputs, applied: &Outcome) -> Vec<Found> {
     let mut components = vec![CSI_CONTROLLER, CCM];
     if inp.hosted && inp.csi_enabled() {
         components.push(SNAPSHOT_CONTROLLER);
     }
-    for component in components {
-        let state = if component == CSI_CONTROLLER && !inp.csi_enabled() {
-            State::NotDeployed
-        } else {
-            let d = api
-                .get_opt(component.deployment)
-                .await
-                .map_err(Error::kube(
-                    Target::Management,
-                    format!("get Deployment {}", component.deployment),
-                ))?;
-            replicas(d.as_ref())
-        };
-        found.push(Found { component, state });
-    }
-    Ok(found)
+    components
+        .into_iter()
+        .map(|component| {
+            let state = if component == CSI_CONTROLLER && !inp.csi_enabled() {
+                State::NotDeployed
+            } else {
+                let d: Option<Deployment> =
+                    applied.live(Some(&inp.control_plane_namespace), component.deployment);
+                replicas(d.as_ref())
+            };
+            Found { component, state }
+        })
+        .collect()
 }
 
 #[cfg(test)]

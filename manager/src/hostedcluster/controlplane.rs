@@ -182,15 +182,11 @@ pub async fn converge(hc: &HostedCluster, ctx: &Context) -> Result<ControlPlane>
     };
     services.push(hosted::apiserver::service(&inp)?);
     first.extend(objects(services)?);
-    management.apply_all(&first).await?;
+    let svc: Option<Service> = management
+        .apply_all(&first)
+        .await?
+        .live(Some(&inp.namespace), names::KUBE_APISERVER);
     applied.extend(first);
-    let svc = Api::<Service>::namespaced(client.clone(), &inp.namespace)
-        .get_opt(names::KUBE_APISERVER)
-        .await
-        .map_err(Error::kube(
-            Target::Management,
-            "get Service kube-apiserver",
-        ))?;
     let endpoint = svc.as_ref().and_then(|s| published_endpoint(&inp, s));
 
     // The PKI.
@@ -277,33 +273,23 @@ pub async fn converge(hc: &HostedCluster, ctx: &Context) -> Result<ControlPlane>
         ])?);
         workloads.extend(objects(hosted::apiserver::disruption_budget(&inp)?)?);
     }
-    management.apply_all(&workloads).await?;
+    let workloads_live = management.apply_all(&workloads).await?;
     applied.extend(workloads);
 
-    // What runs.
+    // What runs, as the applies read it back.
     let of = |ready: Option<i32>| Readiness {
         ready: ready.unwrap_or(0),
         desired: inp.replicas(),
     };
-    let deployments = Api::<Deployment>::namespaced(client.clone(), &inp.namespace);
-    let mut running = Vec::new();
-    for name in [
+    let running: Vec<Option<Deployment>> = [
         names::KUBE_APISERVER,
         names::KUBE_CONTROLLER_MANAGER,
         names::KUBE_SCHEDULER,
-    ] {
-        running.push(deployments.get_opt(name).await.map_err(Error::kube(
-            Target::Management,
-            format!("get Deployment {name}"),
-        ))?);
-    }
-    let etcd_set = match &inp.shared_etcd {
-        Some(_) => None,
-        None => Api::<StatefulSet>::namespaced(client.clone(), &inp.namespace)
-            .get_opt(names::ETCD)
-            .await
-            .map_err(Error::kube(Target::Management, "get StatefulSet etcd"))?,
-    };
+    ]
+    .into_iter()
+    .map(|name| workloads_live.live(Some(&inp.namespace), name))
+    .collect();
+    let etcd_set: Option<StatefulSet> = workloads_live.live(Some(&inp.namespace), names::ETCD);
     let etcd = match &inp.shared_etcd {
         Some(shared) => EtcdState::Shared {
             endpoints: shared.endpoints.join(","),

@@ -163,7 +163,7 @@ pub async fn converge(
         metrics: &ctx.metrics,
     };
 
-    management.apply_all(&set.management).await?;
+    let management_applied = management.apply_all(&set.management).await?;
     let mut keep_management = keys(&set.management);
     keep_management.extend(keep);
     let mut refresh_at = None;
@@ -180,7 +180,7 @@ pub async fn converge(
         keep_management.extend(token_keys);
         refresh_at = next;
     }
-    let guest_apis_missing = guest.apply_all(&set.guest).await?;
+    let guest_apis_missing = guest.apply_all(&set.guest).await?.not_served;
     // A hosted guest's daemons: tokens of their accounts there (made above).
     let (token_keys, next) = tokens::ensure(
         ctx,
@@ -239,7 +239,7 @@ pub async fn converge(
             );
         }
     }
-    let components = components::observe(ctx, &inputs).await?;
+    let components = components::observe(&inputs, &management_applied);
     Ok(Converged {
         inputs,
         refresh_at,
@@ -260,12 +260,9 @@ async fn provide_snapshot_api(guest: &Applier<'_>) -> Result<()> {
     for crd in &crds {
         let mut object = Object::new(crd)?;
         sets::tag(std::slice::from_mut(&mut object), side::GUEST);
-        guest.apply(&object).await?;
+        let (_, live) = guest.apply_and_read(&object).await?;
         let name = object.name().to_string();
-        let live = api
-            .get_opt(&name)
-            .await
-            .map_err(Error::kube(Target::Guest, format!("get CRD {name}")))?;
+        let live = live.and_then(|o| o.try_parse::<CustomResourceDefinition>().ok());
         if is_crd_established().matches_object(live.as_ref()) {
             continue;
         }
