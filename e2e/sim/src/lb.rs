@@ -20,7 +20,6 @@ use kube::{Client, ResourceExt};
 use serde_json::json;
 
 use crate::Error;
-use crate::error::not_found_ok;
 use crate::meta::{is_deleting, key};
 use crate::pool::{AddressPool, Family};
 use crate::runner::{drain, error_policy};
@@ -88,15 +87,16 @@ pub async fn reassign(
         .await?)
 }
 
-async fn reconcile(stale: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, Error> {
-    let ns = stale.namespace().unwrap_or_default();
+/// Works from the watch's copy, as an allocator does from its informer: an
+/// address it wrote that the copy does not show yet is in `pending`, and
+/// writing it again changes nothing.
+async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+    let svc = svc.as_ref();
+    let ns = svc.namespace().unwrap_or_default();
     let services: Api<Service> = Api::namespaced(ctx.client.clone(), &ns);
-    let Some(svc) = not_found_ok(services.get(&stale.name_any()).await)? else {
-        return Ok(Action::await_change());
-    };
     let uid = svc.uid().unwrap_or_default();
-    let current = ingress_ips(&svc);
-    if !managed(&svc) {
+    let current = ingress_ips(svc);
+    if !managed(svc) {
         if let Ok(mut pending) = ctx.pending.lock() {
             pending.remove(&uid);
         }
@@ -115,7 +115,7 @@ async fn reconcile(stale: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, Error> 
                     &Patch::Merge(&patch),
                 )
                 .await?;
-            tracing::info!(service = %key(&svc), "load balancer released");
+            tracing::info!(service = %key(svc), "load balancer released");
         }
         return Ok(Action::await_change());
     }
@@ -139,7 +139,7 @@ async fn reconcile(stale: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, Error> 
                 .filter(|(u, _)| **u != uid)
                 .flat_map(|(_, ips)| ips.iter().copied()),
         );
-        let desired = allocate(&svc, &current, &used, &ctx.v4, &ctx.v6)?;
+        let desired = allocate(svc, &current, &used, &ctx.v4, &ctx.v6)?;
         pending.insert(uid.clone(), desired.clone());
         desired
     };
@@ -152,7 +152,7 @@ async fn reconcile(stale: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, Error> 
                 &Patch::Merge(&patch),
             )
             .await?;
-        tracing::info!(service = %key(&svc), ingress = ?desired, "load balancer assigned");
+        tracing::info!(service = %key(svc), ingress = ?desired, "load balancer assigned");
     }
     Ok(Action::await_change())
 }
