@@ -48,6 +48,8 @@ const APISERVER_READY: Duration = Duration::from_secs(60);
 const CONTROLLERS_READY: Duration = Duration::from_secs(60);
 /// How often a start is retried when its port was taken meanwhile.
 const PORT_ATTEMPTS: usize = 3;
+/// How long a stopped kube-apiserver gets before SIGKILL.
+const APISERVER_SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 /// The lab's administrator.
 pub const ADMIN: &str = "admin";
 /// Field manager of what the lab itself applies.
@@ -560,7 +562,15 @@ impl Cluster {
             scheduler.lock().await.stop().await;
         }
         self.inner.controller_manager.lock().await.stop().await;
-        self.inner.apiserver.lock().await.stop().await;
+        // kube-apiserver stops listening at once, then waits for the watches
+        // still open to end, up to its request timeout (a minute). A lab
+        // cluster being thrown away has nothing to drain.
+        self.inner
+            .apiserver
+            .lock()
+            .await
+            .stop_within(APISERVER_SHUTDOWN_GRACE)
+            .await;
     }
 
     /// The binaries this cluster runs.

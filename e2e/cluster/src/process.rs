@@ -158,8 +158,13 @@ impl Process {
 
     /// SIGTERM, SIGKILL after a grace period, and reap.
     pub async fn stop(&mut self) {
+        self.stop_within(GRACE).await;
+    }
+
+    /// SIGTERM, SIGKILL after `grace`, and reap.
+    pub async fn stop_within(&mut self, grace: Duration) {
         if let Some(child) = self.child.take() {
-            let _ = tokio::task::spawn_blocking(move || terminate(child)).await;
+            let _ = tokio::task::spawn_blocking(move || terminate(child, grace)).await;
         }
     }
 }
@@ -167,7 +172,7 @@ impl Process {
 impl Drop for Process {
     fn drop(&mut self) {
         if let Some(child) = self.child.take() {
-            terminate(child);
+            terminate(child, GRACE);
         }
     }
 }
@@ -176,7 +181,7 @@ fn pid(child: &Child) -> Pid {
     Pid::from_raw(child.id() as i32)
 }
 
-fn terminate(mut child: Child) {
+fn terminate(mut child: Child, grace: Duration) {
     let group = pid(&child);
     let _ = killpg(group, Signal::SIGTERM);
     let (tx, rx) = std::sync::mpsc::channel();
@@ -184,7 +189,7 @@ fn terminate(mut child: Child) {
         let _ = child.wait();
         let _ = tx.send(());
     });
-    if rx.recv_timeout(GRACE).is_err() {
+    if rx.recv_timeout(grace).is_err() {
         let _ = killpg(group, Signal::SIGKILL);
         let _ = rx.recv();
     }

@@ -262,18 +262,24 @@ impl Lab {
                 etcd.clone()
             ),
         )?;
-        rbac::apply(&infra, &rbac::infra(&INFRA_USERS)).await?;
-        rbac::apply(&guest, &rbac::guest(&GUEST_USERS)).await?;
-        let infra_proxy = start_proxy(&infra, &net, true).await?;
-        let guest_proxy = start_proxy(&guest, &net, false).await?;
-        let dns = vec![
-            start_dns(&infra, &net, 0).await?,
-            start_dns(&guest, &net, 1).await?,
-        ];
+        let (infra_grants, guest_grants) = (rbac::infra(&INFRA_USERS), rbac::guest(&GUEST_USERS));
+        tokio::try_join!(
+            rbac::apply(&infra, &infra_grants),
+            rbac::apply(&guest, &guest_grants),
+        )?;
+        let (infra_proxy, guest_proxy, infra_dns, guest_dns) = tokio::try_join!(
+            start_proxy(&infra, &net, true),
+            start_proxy(&guest, &net, false),
+            start_dns(&infra, &net, 0),
+            start_dns(&guest, &net, 1),
+        )?;
+        let dns = vec![infra_dns, guest_dns];
         let client = infra.client();
 
         ensure_namespace(&client, &cfg.infra_namespace).await?;
-        ensure_storage_classes(&client).await?;
+        // Made while the rest starts: kube-apiserver takes some two seconds
+        // to store the first VolumeSnapshotClass after its CRD appeared.
+        let storage_classes = tokio::spawn(ensure_storage_classes(client.clone()));
 
         let devices = if cfg.devices {
             Some(Devices::open(&DeviceConfig {
@@ -420,6 +426,9 @@ impl Lab {
                 0,
             )
             .await?;
+        storage_classes
+            .await
+            .map_err(|e| LabError::Invalid(format!("storage classes: {e}")))??;
         lab.write_env()?;
         tracing::info!(dir = %lab.dir.display(), nodes = ?lab.nodes, "lab ready");
         Ok(lab)
@@ -803,7 +812,7 @@ async fn actor_client(cluster: &Cluster, user: &str) -> Result<Client, LabError>
 
 /// The infra cluster's default StorageClass (expandable, provisioned by the
 /// CDI simulator) and default VolumeSnapshotClass.
-async fn ensure_storage_classes(client: &Client) -> Result<(), LabError> {
+async fn ensure_storage_classes(client: Client) -> Result<(), LabError> {
     let classes: Api<StorageClass> = Api::all(client.clone());
     if classes.get_opt(INFRA_STORAGE_CLASS).await?.is_none() {
         let class = StorageClass {
