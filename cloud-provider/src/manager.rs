@@ -305,14 +305,9 @@ pub async fn run(clusters: Clusters, settings: Settings, rt: Runtime) {
     }
     {
         let (svc_tx, eps_tx) = (svc_tx.clone(), eps_tx.clone());
-        let (store, sweep) = (guest_services.store(), sweep.clone());
         infra_services.subscribe(move |infra_svc| {
             if let Some((ns, name)) = tenant_service_of(&infra_svc.metadata) {
                 let key = ObjectRef::new(&name).within(&ns);
-                if store.get(&key).is_none() {
-                    // Its guest Service went while it was being made.
-                    sweep.notify_one();
-                }
                 send(&svc_tx, &key);
                 send(&eps_tx, &key);
             }

@@ -101,18 +101,29 @@ async fn ensure(svc: &Service, ctx: &Context) -> Result<Action> {
     let (ns, name) = (svc.namespace().unwrap_or_default(), svc.name_any());
     let guest_api: Api<Service> = Api::namespaced(ctx.guest.clone(), &ns);
 
-    // The finalizer and the infra Service are written at once, one round
-    // trip less before the ingress. Should the guest Service go before its
-    // finalizer lands, the infra Service made meanwhile has no owner left:
-    // its creation wakes the orphan sweep, which removes it.
+    let mut svc = svc.clone();
+    if !has_finalizer(&svc.metadata) {
+        let mut finalizers = svc.metadata.finalizers.clone().unwrap_or_default();
+        finalizers.push(LOAD_BALANCER_FINALIZER.to_string());
+        let patch = json!({"metadata": {
+            "finalizers": finalizers,
+            "resourceVersion": svc.metadata.resource_version,
+        }});
+        let written = guest_api
+            .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map_err(Error::kube(
+                "add finalizer to",
+                format!("Service {ns}/{name}"),
+            ))?;
+        svc = (*ctx.fresh_guest.record(written)).clone();
+    }
+
     let infra_name = desired.name_any();
-    let infra = async {
-        match ctx.cached_infra(&infra_name) {
-            Some(existing) => update_infra(existing, &desired, ctx).await,
-            None => create_infra(&desired, svc, ctx).await,
-        }
+    let infra = match ctx.cached_infra(&infra_name) {
+        Some(existing) => update_infra(existing, &desired, ctx).await?,
+        None => create_infra(&desired, &svc, ctx).await?,
     };
-    let (svc, infra) = tokio::try_join!(add_finalizer(svc, &guest_api, ctx), infra)?;
 
     let ingress = infra_ingress(&infra);
     if let Some(patch) = status_patch(&svc, ingress) {
@@ -131,28 +142,6 @@ async fn ensure(svc: &Service, ctx: &Context) -> Result<Action> {
     }
     ctx.warned(&infra_name, false);
     Ok(Action::await_change())
-}
-
-/// `svc` with our finalizer, added unless it is there.
-async fn add_finalizer(svc: &Service, guest_api: &Api<Service>, ctx: &Context) -> Result<Service> {
-    if has_finalizer(&svc.metadata) {
-        return Ok(svc.clone());
-    }
-    let mut finalizers = svc.metadata.finalizers.clone().unwrap_or_default();
-    finalizers.push(LOAD_BALANCER_FINALIZER.to_string());
-    let patch = json!({"metadata": {
-        "finalizers": finalizers,
-        "resourceVersion": svc.metadata.resource_version,
-    }});
-    let name = svc.name_any();
-    let written = guest_api
-        .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .map_err(Error::kube(
-            "add finalizer to",
-            format!("Service {}/{name}", svc.namespace().unwrap_or_default()),
-        ))?;
-    Ok((*ctx.fresh_guest.record(written)).clone())
 }
 
 async fn update_infra(
