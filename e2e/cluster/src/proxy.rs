@@ -175,6 +175,8 @@ impl FrontProxy {
                     r.clone(),
                 );
                 tokio::spawn(async move {
+                    // As a load balancer forwards: no Nagle delay of its own.
+                    let _ = tcp.set_nodelay(true);
                     let Ok(tls) = acceptor.accept(tcp).await else {
                         return;
                     };
@@ -264,11 +266,14 @@ where
         .map_err(|e| Error::Tls(e.to_string()))?
         .with_root_certificates(roots)
         .with_no_client_auth();
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
     let connector = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_only()
         .enable_http1()
-        .build();
+        .wrap_connector(http);
     Ok(Client::builder(TokioExecutor::new()).build(connector))
 }
 

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
+use crate::relay::relay;
 use crate::{Error, Netns};
 
 /// A running bridge; dropping it closes the listener.
@@ -60,16 +61,13 @@ impl Bridge {
             .map_err(Error::socket("listen on", host))?;
         let task = tokio::spawn(async move {
             loop {
-                let Ok((mut inbound, _)) = listener.accept().await else {
+                let Ok((inbound, _)) = listener.accept().await else {
                     continue;
                 };
                 let netns = netns.clone();
                 tokio::spawn(async move {
                     match netns.connect_tcp(target, from).await {
-                        Ok(mut outbound) => {
-                            let _ =
-                                tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                        }
+                        Ok(outbound) => relay(inbound, outbound).await,
                         Err(e) => tracing::debug!(%target, error = %e, "bridge"),
                     }
                 });
@@ -101,16 +99,13 @@ impl Bridge {
             .map_err(Error::socket("listen on", listen))?;
         let task = tokio::spawn(async move {
             loop {
-                let Ok((mut inbound, _)) = listener.accept().await else {
+                let Ok((inbound, _)) = listener.accept().await else {
                     continue;
                 };
                 tokio::spawn(async move {
                     // Made on a runtime thread: a socket of the host's namespace.
                     match TcpStream::connect(host).await {
-                        Ok(mut outbound) => {
-                            let _ =
-                                tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                        }
+                        Ok(outbound) => relay(inbound, outbound).await,
                         Err(e) => tracing::debug!(%host, error = %e, "bridge"),
                     }
                 });

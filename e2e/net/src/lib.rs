@@ -17,7 +17,8 @@
 //!
 //! Modules: [`netns`] (the namespace and its sockets), [`proxy`] (the
 //! service proxy), [`echo`] (the echo workload), [`bridge`] (forwarding
-//! between host loopback and the namespace), [`client`] (requests from
+//! between host loopback and the namespace), [`relay`] (what both use to
+//! forward a connection), [`client`] (requests from
 //! inside the namespace, for tests, the demo and benchmarks).
 
 pub mod bridge;
@@ -27,6 +28,7 @@ pub mod echo;
 mod error;
 pub mod netns;
 pub mod proxy;
+pub mod relay;
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 

@@ -22,6 +22,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::desired::{Backend, Forward, Health, Listen, Route, Source};
+use crate::relay::relay;
 use crate::{Netns, Protocol};
 
 /// How long a UDP session lives without a reply (conntrack's UDP timeout).
@@ -197,7 +198,7 @@ async fn serve_tcp(listener: TcpListener, route: watch::Receiver<Route>, netns: 
 }
 
 async fn forward_tcp(
-    mut inbound: TcpStream,
+    inbound: TcpStream,
     client: SocketAddr,
     forward: Forward,
     balancer: Arc<Balancer>,
@@ -206,9 +207,9 @@ async fn forward_tcp(
     for backend in balancer.order(&forward, client.ip()) {
         let source = source_for(&forward, client.ip(), &backend);
         match netns.connect_tcp(backend.addr, source).await {
-            Ok(mut outbound) => {
+            Ok(outbound) => {
                 balancer.used(&forward, client.ip(), backend.addr);
-                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                relay(inbound, outbound).await;
                 return;
             }
             Err(e) => tracing::debug!(service = %forward.service, error = %e, "endpoint refused"),
