@@ -277,8 +277,9 @@ impl Lab {
         let client = infra.client();
 
         ensure_namespace(&client, &cfg.infra_namespace).await?;
-        // Made while the rest starts: kube-apiserver takes some two seconds
-        // to store the first VolumeSnapshotClass after its CRD appeared.
+        // Made while the rest starts: kube-apiserver holds a create back 2 s
+        // when the kind's CRD became Established under 2 s before (for HA
+        // API servers to catch up), as the VolumeSnapshotClass CRD just did.
         let storage_classes = tokio::spawn(ensure_storage_classes(client.clone()));
 
         let devices = if cfg.devices {
