@@ -7,10 +7,18 @@
 
 use std::collections::BTreeMap;
 use std::io::{Read, Seek, SeekFrom};
+use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::time::Duration;
 
+use nix::errno::Errno;
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 use serde::Deserialize;
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
+
+use crate::Error;
 
 /// The audit policy: Metadata for everyone but the control plane itself.
 pub const POLICY: &str = r#"apiVersion: audit.k8s.io/v1
@@ -139,6 +147,84 @@ impl AuditLog {
         }
         state.counters.clone()
     }
+
+    /// The counters once `ready` holds for them, or as they stand after
+    /// `timeout`. kube-apiserver appends a request's line after it has
+    /// answered, so another client can see a write take effect (through a
+    /// watch) a moment before the log records it; this waits for the log
+    /// to grow (inotify), never polling it.
+    pub async fn counters_when(
+        &self,
+        ready: impl Fn(&RequestCounters) -> bool,
+        timeout: Duration,
+    ) -> Result<RequestCounters, Error> {
+        let growth = Growth::watch(&self.path)?;
+        let wait = async {
+            loop {
+                let counters = self.counters();
+                if ready(&counters) {
+                    return Ok(counters);
+                }
+                growth.next().await?;
+            }
+        };
+        match tokio::time::timeout(timeout, wait).await {
+            Ok(result) => result,
+            Err(_) => Ok(self.counters()),
+        }
+    }
+}
+
+/// Writes to one file, as inotify reports them to tokio's reactor.
+struct Growth {
+    path: PathBuf,
+    fd: AsyncFd<InotifyFd>,
+}
+
+struct InotifyFd(Inotify);
+
+impl AsRawFd for InotifyFd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0.as_fd().as_raw_fd()
+    }
+}
+
+impl Growth {
+    fn watch(path: &Path) -> Result<Growth, Error> {
+        let io = |action| Error::io(action, path);
+        let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)
+            .map_err(|e| io("inotify for")(e.into()))?;
+        inotify
+            .add_watch(path, AddWatchFlags::IN_MODIFY)
+            .map_err(|e| io("watch")(e.into()))?;
+        // SAFETY: `InotifyFd` owns the inotify descriptor (nix keeps it in an
+        // OwnedFd) and hands out only that descriptor; the AsyncFd owns the
+        // InotifyFd, so the descriptor stays open and unchanged while it is
+        // registered.
+        #[allow(unsafe_code)]
+        let fd = unsafe { AsyncFd::register_with_interest(InotifyFd(inotify), Interest::READABLE) }
+            .map_err(|e| io("register the watch of")(e.into()))?;
+        Ok(Growth {
+            path: path.to_path_buf(),
+            fd,
+        })
+    }
+
+    /// Resolves once the file was written to since the last call.
+    async fn next(&self) -> Result<(), Error> {
+        loop {
+            let mut guard = self
+                .fd
+                .readable()
+                .await
+                .map_err(Error::io("wait for writes to", &self.path))?;
+            match guard.get_inner().0.read_events() {
+                Ok(events) if !events.is_empty() => return Ok(()),
+                Ok(_) | Err(Errno::EAGAIN) => guard.clear_ready(),
+                Err(e) => return Err(Error::io("read the watch of", &self.path)(e.into())),
+            }
+        }
+    }
 }
 
 fn read_new(path: &Path, state: &mut State) -> std::io::Result<()> {
@@ -224,5 +310,43 @@ mod tests {
         assert_eq!(c.writes_by("a"), 2);
         assert_eq!(c.count("get", "pods"), 1);
         assert_eq!(c.total(), 4);
+    }
+
+    #[tokio::test]
+    async fn counters_when_waits_for_the_line_that_makes_them_ready() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("audit.log");
+        std::fs::write(&path, "").expect("create");
+        let log = AuditLog::new(&path);
+        let line = serde_json::json!({
+            "kind": "Event", "verb": "patch", "user": {"username": "ccm"},
+            "objectRef": {"resource": "services", "subresource": "status"},
+            "requestURI": "/x", "stage": "ResponseComplete"
+        })
+        .to_string();
+        let writer = {
+            let path = path.clone();
+            tokio::spawn(async move {
+                tokio::task::yield_now().await;
+                std::fs::write(&path, format!("{line}\n")).expect("append");
+            })
+        };
+        let ready = |c: &RequestCounters| c.count_by("patch", "services/status", "ccm") == 1;
+        let counters = log
+            .counters_when(ready, Duration::from_secs(10))
+            .await
+            .expect("watch the log");
+        writer.await.expect("writer");
+        assert!(ready(&counters), "{counters:?}");
+
+        let timed_out = log
+            .counters_when(|c| c.total() > 1, Duration::from_millis(50))
+            .await
+            .expect("watch the log");
+        assert_eq!(
+            timed_out.total(),
+            1,
+            "after the timeout, the counters as they stand"
+        );
     }
 }

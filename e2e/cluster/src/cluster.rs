@@ -405,6 +405,16 @@ impl Cluster {
         self.inner.audit.counters()
     }
 
+    /// Requests counted from the audit log once `ready` holds for them, or
+    /// as they stand after `timeout` (see [`AuditLog::counters_when`]).
+    pub async fn counters_when(
+        &self,
+        ready: impl Fn(&RequestCounters) -> bool,
+        timeout: Duration,
+    ) -> Result<RequestCounters, Error> {
+        self.inner.audit.counters_when(ready, timeout).await
+    }
+
     /// A token of ServiceAccount `namespace/name` from the TokenRequest API
     /// (namespace and account created when missing), valid for a day.
     pub async fn service_account_token(

@@ -14,6 +14,7 @@ use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
+use lab_cluster::RequestCounters;
 use serde_json::json;
 
 fn lb_service(name: &str, spec: serde_json::Value) -> anyhow::Result<Service> {
@@ -77,10 +78,10 @@ fn expected_ports(guest: &Service) -> Vec<(String, String, i32, Option<IntOrStri
 }
 
 /// Writes made by `user` to Services (any verb but reads), per server.
-fn service_writes(server: &lab_cluster::Cluster, user: &str, resource: &str) -> u64 {
+fn service_writes(counters: &RequestCounters, user: &str, resource: &str) -> u64 {
     ["create", "update", "patch", "delete"]
         .iter()
-        .map(|v| server.counters().count_by(v, resource, user))
+        .map(|v| counters.count_by(v, resource, user))
         .sum()
 }
 
@@ -194,10 +195,18 @@ async fn scenario(
         "no finalizer"
     );
 
-    // Writes for one new Service: finalizer + create, plus one status patch.
-    let guest_writes = service_writes(&lab.guest, &guest_user, "services");
-    let infra_writes = service_writes(&lab.infra, &infra_user, "services");
-    let status_writes = service_writes(&lab.guest, &guest_user, "services/status");
+    // Writes for one new Service: finalizer + create, plus one status patch
+    // (its audit line may land a moment after the watch showed the ingress).
+    let guest_counters = lab
+        .guest
+        .counters_when(
+            |c| service_writes(c, &guest_user, "services/status") > 0,
+            Duration::from_secs(10),
+        )
+        .await?;
+    let guest_writes = service_writes(&guest_counters, &guest_user, "services");
+    let infra_writes = service_writes(&lab.infra.counters(), &infra_user, "services");
+    let status_writes = service_writes(&guest_counters, &guest_user, "services/status");
     println!(
         "writes: guest services {guest_writes}, infra services {infra_writes}, status {status_writes}"
     );
@@ -242,8 +251,15 @@ async fn scenario(
         s.filter(|s| infra_ports(s) == want).map(|_| ())
     })
     .await?;
+    let infra_counters = lab
+        .infra
+        .counters_when(
+            |c| service_writes(c, &infra_user, "services") > infra_writes,
+            Duration::from_secs(10),
+        )
+        .await?;
     ensure!(
-        service_writes(&lab.infra, &infra_user, "services") == infra_writes + 1,
+        service_writes(&infra_counters, &infra_user, "services") == infra_writes + 1,
         "more than one infra write for a port change"
     );
 

@@ -15,6 +15,7 @@ use crate::csi_support::*;
 use crate::fault_support::*;
 use anyhow::{Context as _, ensure};
 use futures::StreamExt;
+use lab_cluster::RequestCounters;
 use tonic::Code;
 
 const VOLUMES: usize = 20;
@@ -58,10 +59,13 @@ async fn scenario(lab: &kubevirt_lab::Lab, d: &Driver) -> anyhow::Result<()> {
     // Injected answers never reach kube-apiserver: the proxy counts them,
     // the audit log the requests that went through.
     let injected = faults.injected("virtualmachines/addvolume");
-    let passed = lab
-        .infra
-        .counters()
-        .count_by("update", "virtualmachines/addvolume", &d.user);
+    let addvolumes =
+        |c: &RequestCounters| c.count_by("update", "virtualmachines/addvolume", &d.user);
+    let passed = addvolumes(
+        &lab.infra
+            .counters_when(|c| addvolumes(c) >= VOLUMES as u64, Duration::from_secs(10))
+            .await?,
+    );
     println!(
         "{VOLUMES} volumes; driver requests: {:?}; addvolume {passed} served, {injected} failed by the proxy; sidecar retries: {}",
         requests_of(lab, &d.user),

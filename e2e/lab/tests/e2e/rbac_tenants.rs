@@ -4,6 +4,7 @@
 //! identity holds no right on the infra cluster at all.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use anyhow::ensure;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret, Service};
@@ -129,7 +130,13 @@ async fn scenario(lab: &Lab) -> anyhow::Result<()> {
             ));
         }
     }
-    let audit = lab.infra.counters();
+    let audit = lab
+        .infra
+        .counters_when(
+            |c| c.count_by("list", "datavolumes", &csi.user) >= 2,
+            Duration::from_secs(10),
+        )
+        .await?;
     ensure!(
         audit.count_by("list", "datavolumes", &csi.user) == 2,
         "the audit log counts the CSI controller's lists: {:?}",
