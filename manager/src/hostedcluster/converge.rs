@@ -163,38 +163,55 @@ pub async fn converge(
         metrics: &ctx.metrics,
     };
 
-    let management_applied = management.apply_all(&set.management).await?;
-    let mut keep_management = keys(&set.management);
-    keep_management.extend(keep);
-    let mut refresh_at = None;
-    if let Some(ep) = &endpoint {
-        infra.apply_all(&set.infra).await?;
-        let (token_keys, next) = tokens::ensure(
+    // The daemons' Deployments go last: their pods mount the token
+    // kubeconfig Secrets written in between, and a pod that starts before
+    // its Secret exists waits for the kubelet's next mount retry (a second
+    // or more). They are applied even when a step in between fails.
+    let (workloads, supporting): (Vec<Object>, Vec<Object>) = set
+        .management
+        .iter()
+        .cloned()
+        .partition(|o| o.resource.kind == "Deployment");
+    management.apply_all(&supporting).await?;
+    let between = async {
+        let mut token_keys = Vec::new();
+        let mut refresh_at = None;
+        if let Some(ep) = &endpoint {
+            infra.apply_all(&set.infra).await?;
+            let (keys, next) = tokens::ensure(
+                ctx,
+                &inputs,
+                &handles.infra,
+                Target::Infra,
+                sets::infra_kubeconfigs(&inputs, ep),
+            )
+            .await?;
+            token_keys.extend(keys);
+            refresh_at = next;
+        }
+        let guest_apis_missing = guest.apply_all(&set.guest).await?.not_served;
+        // A hosted guest's daemons: tokens of their accounts there (made above).
+        let (keys, next) = tokens::ensure(
             ctx,
             &inputs,
-            &handles.infra,
-            Target::Infra,
-            sets::infra_kubeconfigs(&inputs, ep),
+            &handles.guest,
+            Target::Guest,
+            sets::guest_kubeconfigs(&inputs),
         )
         .await?;
-        keep_management.extend(token_keys);
-        refresh_at = next;
+        token_keys.extend(keys);
+        let refresh_at = match (refresh_at, next) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        Ok::<_, Error>((guest_apis_missing, refresh_at, token_keys))
     }
-    let guest_apis_missing = guest.apply_all(&set.guest).await?.not_served;
-    // A hosted guest's daemons: tokens of their accounts there (made above).
-    let (token_keys, next) = tokens::ensure(
-        ctx,
-        &inputs,
-        &handles.guest,
-        Target::Guest,
-        sets::guest_kubeconfigs(&inputs),
-    )
-    .await?;
+    .await;
+    let management_applied = management.apply_all(&workloads).await?;
+    let (guest_apis_missing, refresh_at, token_keys) = between?;
+    let mut keep_management = keys(&set.management);
+    keep_management.extend(keep);
     keep_management.extend(token_keys);
-    refresh_at = match (refresh_at, next) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    };
     let snapshots_wanted = set
         .guest
         .iter()
