@@ -141,9 +141,12 @@ pub(crate) async fn run(
     let mut ready_since = started.clone();
     let mut reported = None;
     let mut claims: Option<BTreeMap<String, PathBuf>> = None;
+    // Each relist works at its tick's instant, so that a probe due every
+    // `periodSeconds` runs at every period'th tick, not one tick late.
     let mut tick = tokio::time::interval(RELIST);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
-        tokio::select! {
+        let now = tokio::select! {
             _ = shutdown.cancelled() => {
                 stop_all(&mut containers, Duration::ZERO).await;
                 forget(&shared, &name);
@@ -156,8 +159,8 @@ pub(crate) async fn run(
                 remove(&shared.client, &pod).await;
                 return;
             }
-            _ = tick.tick() => {}
-        }
+            at = tick.tick() => at.into_std(),
+        };
         // A claim's volume never changes once bound: looked up once.
         if claims.is_none() {
             match claims_of(&shared, &pod).await {
@@ -170,7 +173,7 @@ pub(crate) async fn run(
         }
         let Some(claims) = &claims else { continue };
         for c in containers.iter_mut() {
-            step(&shared, &pod, ip, host_ip, &node, claims, c).await;
+            step(&shared, &pod, now, (ip, host_ip), &node, claims, c).await;
         }
         let states: BTreeMap<String, ContainerState> = containers
             .iter()
@@ -234,12 +237,13 @@ async fn claims_of(shared: &Shared, pod: &Pod) -> Result<BTreeMap<String, PathBu
     Ok(out)
 }
 
-/// One relist of one container: start it when due, notice an exit, probe.
+/// One relist of one container at `now`: start it when due, notice an
+/// exit, probe.
 async fn step(
     shared: &Shared,
     pod: &Pod,
-    ip: IpAddr,
-    host_ip: IpAddr,
+    now: Instant,
+    (ip, host_ip): (IpAddr, IpAddr),
     node: &str,
     claims: &BTreeMap<String, PathBuf>,
     c: &mut Container,
@@ -252,7 +256,6 @@ async fn step(
     };
     let ns = pod.namespace().unwrap_or_default();
     let pod_name = pod.name_any();
-    let now = Instant::now();
 
     if let Some(p) = c.process.as_mut()
         && let Ok(Some(exit)) = p.daemon.try_wait()

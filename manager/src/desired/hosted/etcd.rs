@@ -94,7 +94,7 @@ pub fn statefulset(inp: &HostedInputs, config_hash: &str) -> Result<StatefulSet,
             ],
             "readinessProbe": {
                 "httpGet": {"path": "/health", "port": ETCD_HEALTH_PORT},
-                "periodSeconds": 2,
+                "periodSeconds": 1,
                 "failureThreshold": 3,
             },
             "livenessProbe": {
