@@ -25,8 +25,12 @@ const INFRA_KUBECONFIG_DIR: &str = "/etc/kubernetes/infra-kubeconfig";
 /// Where the CCM finds its infra token (external infra).
 pub const INFRA_TOKEN_FILE: &str = "/etc/kubernetes/infra-kubeconfig/token";
 
-/// The cloud config file, byte for byte as HyperShift writes it. Every
-/// value is a validated DNS label or a fixed path, so no quoting is needed.
+/// The cloud config file as HyperShift writes it, plus
+/// `enableEPSController` whenever infra Services are selectorless: a
+/// selectorless infra Service has no endpoints until someone writes its
+/// EndpointSlices, and the CCM's `kubevirt-eps` controller is what does
+/// (only for the VMs hosting ready endpoints). Every value is a validated
+/// DNS label or a fixed path, so no quoting is needed.
 pub fn cloud_config_yaml(inp: &ClusterInputs) -> String {
     let kubeconfig = if inp.external_infra {
         format!("{INFRA_KUBECONFIG_DIR}/kubeconfig")
@@ -38,7 +42,8 @@ pub fn cloud_config_yaml(inp: &ClusterInputs) -> String {
          loadBalancer:\n  \
            enabled: true\n  \
            creationPollInterval: 0\n  \
-           selectorless: {selectorless}\n\
+           selectorless: {selectorless}\n  \
+           enableEPSController: {selectorless}\n\
          instancesV2:\n  \
            enabled: true\n  \
            zoneAndRegionEnabled: {zone}\n\
@@ -235,11 +240,11 @@ mod tests {
     use crate::desired::fixtures::*;
 
     #[test]
-    fn cloud_config_matches_hypershift_byte_for_byte() {
+    fn cloud_config_is_hypershifts_with_the_endpoint_slice_controller() {
         assert_eq!(
             cloud_config_yaml(&inputs(&hosted_cluster())),
             "kubeconfig: \"\"\n\
-             loadBalancer:\n  enabled: true\n  creationPollInterval: 0\n  selectorless: true\n\
+             loadBalancer:\n  enabled: true\n  creationPollInterval: 0\n  selectorless: true\n  enableEPSController: true\n\
              instancesV2:\n  enabled: true\n  zoneAndRegionEnabled: false\n\
              namespace: clusters-guest1\n\
              infraLabels:\n  hypershift.openshift.io/infra-id: guest1-x7k2p\n"
@@ -247,7 +252,7 @@ mod tests {
         assert_eq!(
             cloud_config_yaml(&inputs(&external(hosted_cluster()))),
             "kubeconfig: /etc/kubernetes/infra-kubeconfig/kubeconfig\n\
-             loadBalancer:\n  enabled: true\n  creationPollInterval: 0\n  selectorless: true\n\
+             loadBalancer:\n  enabled: true\n  creationPollInterval: 0\n  selectorless: true\n  enableEPSController: true\n\
              instancesV2:\n  enabled: true\n  zoneAndRegionEnabled: false\n\
              namespace: guest1-vms\n\
              infraLabels:\n  hypershift.openshift.io/infra-id: guest1-x7k2p\n"
@@ -264,6 +269,7 @@ mod tests {
         let yaml = cloud_config_yaml(&inputs(&hc));
         let parsed: serde_yaml::Value = serde_yaml::from_str(&yaml).expect("yaml");
         assert_eq!(parsed["loadBalancer"]["selectorless"], false);
+        assert_eq!(parsed["loadBalancer"]["enableEPSController"], false);
         assert_eq!(parsed["instancesV2"]["zoneAndRegionEnabled"], true);
         assert_eq!(parsed["kubeconfig"], "");
     }

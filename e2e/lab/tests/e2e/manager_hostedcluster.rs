@@ -72,7 +72,7 @@ async fn hosted_cluster_deploys_every_component_and_cleans_up() -> anyhow::Resul
         let cc = cms.get("kubevirt-cloud-config").await?.data.unwrap_or_default();
         ensure!(
             cc["cloud-config"]
-                == "kubeconfig: \"\"\nloadBalancer:\n  enabled: true\n  creationPollInterval: 0\n  selectorless: true\n\
+                == "kubeconfig: \"\"\nloadBalancer:\n  enabled: true\n  creationPollInterval: 0\n  selectorless: true\n  enableEPSController: true\n\
                     instancesV2:\n  enabled: true\n  zoneAndRegionEnabled: false\nnamespace: clusters-guest1\n\
                     infraLabels:\n  hypershift.openshift.io/infra-id: guest1-id\n",
             "{}",
