@@ -331,6 +331,15 @@ pub async fn admin_client(
     lab: &Lab,
     hc: &DynamicObject,
 ) -> Result<(lab_net::bridge::Bridge, Client), LabError> {
+    let (forward, config) = admin_config(lab, hc).await?;
+    Ok((forward, Client::try_from(config)?))
+}
+
+/// The client configuration of [`admin_client`], with its bridge.
+pub async fn admin_config(
+    lab: &Lab,
+    hc: &DynamicObject,
+) -> Result<(lab_net::bridge::Bridge, kube::Config), LabError> {
     let invalid = |what: &str, e: String| LabError::Invalid(format!("{what}: {e}"));
     let status = &hc.data["status"];
     let endpoint = format!(
@@ -366,7 +375,7 @@ pub async fn admin_client(
     let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
         .await
         .map_err(|e| invalid("admin kubeconfig", e.to_string()))?;
-    Ok((forward, Client::try_from(config)?))
+    Ok((forward, config))
 }
 
 /// Watches until `n` HostedClusters report Available (their components

@@ -18,6 +18,7 @@ pub mod error;
 pub mod guest;
 pub mod guest_agent;
 pub mod hcp;
+pub mod hosted_data_plane;
 pub mod identity;
 pub mod kubelet;
 pub mod lab;

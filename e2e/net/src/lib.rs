@@ -14,6 +14,7 @@
 //! | [`MANAGEMENT_POD_NET`] | the top /16 of [`INFRA_POD_NET`]: the pods the management kubelet runs (hosted control planes); VM addresses are handed out from the bottom |
 //! | [`GUEST_POD_NET`] | guest pods: a /16 per guest cluster, a /24 per guest node ([`guest_pod_cidr`]) |
 //! | [`LB_NET`], [`LB_NET_V6`] | the infra load balancer's ingress pool |
+//! | [`HOSTED_POD_NET`], [`HOSTED_SERVICE_NET`] | the pod and Service ranges of `examples/hostedcluster.yaml` (the manager's defaults), so that one hosted cluster on them has its data plane in the lab network; tests with several give each ranges of its own inside [`GUEST_POD_NET`] and [`SERVICE_NET`] |
 //!
 //! Modules: [`netns`] (the namespace and its sockets), [`proxy`] (the
 //! service proxy), [`echo`] (the echo workload), [`bridge`] (forwarding
@@ -50,6 +51,8 @@ pub const INFRA_POD_NET: &str = "10.128.0.0/14";
 pub const INFRA_POD_NET_V6: &str = "fd10:128::/64";
 pub const MANAGEMENT_POD_NET: &str = "10.131.0.0/16";
 pub const GUEST_POD_NET: &str = "10.192.0.0/10";
+pub const HOSTED_POD_NET: &str = "10.132.0.0/14";
+pub const HOSTED_SERVICE_NET: &str = "172.31.0.0/16";
 pub const LB_NET: &str = "192.168.200.0/21";
 pub const LB_NET_V6: &str = "fd00:c0a8:c8::/112";
 
@@ -64,6 +67,8 @@ pub fn local_ranges() -> Vec<IpNet> {
         INFRA_POD_NET,
         INFRA_POD_NET_V6,
         GUEST_POD_NET,
+        HOSTED_POD_NET,
+        HOSTED_SERVICE_NET,
         LB_NET,
         LB_NET_V6,
     ]
@@ -147,7 +152,7 @@ mod tests {
         assert_eq!(guest_pod_cidr(0, 1)?.to_string(), "10.192.1.0/24");
         assert!(guest_pod_cidr(64, 0).is_err());
         let ranges = local_ranges();
-        assert_eq!(ranges.len(), 10);
+        assert_eq!(ranges.len(), 12);
         assert_eq!(dns_address(0)?.to_string(), "10.0.1.1");
         for (i, a) in ranges.iter().enumerate() {
             for b in &ranges[i + 1..] {

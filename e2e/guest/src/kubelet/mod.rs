@@ -77,6 +77,13 @@ pub struct KubeletConfig {
     pub network: Option<Arc<lab_net::Netns>>,
     /// `--cluster-dns`: the cluster DNS pods' processes resolve names with.
     pub cluster_dns: Option<std::net::IpAddr>,
+    /// Run only pods the lab can run for real: every container the echo
+    /// image (a hosted cluster's node, whose other pods, such as the CSI
+    /// node DaemonSet's, would have nothing behind them). Other pods stay
+    /// Pending, and no node plugin is registered. Off: every pod is brought
+    /// up (the lab's own guest, whose node plugins the lab runs beside the
+    /// stand-in).
+    pub echo_only: bool,
 }
 
 /// Runs the kubelet stand-in for `cfg.node_name` against the guest cluster
@@ -124,11 +131,13 @@ pub async fn run(client: Client, cfg: KubeletConfig) -> Result<(), Error> {
             }
             futures::future::ready(())
         });
-    tokio::join!(
-        register_until_done(ctx.clone()),
-        pods,
-        housekeeping::run(ctx)
-    );
+    // An echo-only node has no node plugin beside it to register.
+    let register = async {
+        if !ctx.cfg.echo_only {
+            register_until_done(ctx.clone()).await;
+        }
+    };
+    tokio::join!(register, pods, housekeeping::run(ctx.clone()));
     Ok(())
 }
 

@@ -145,6 +145,16 @@ impl PodNetwork {
 }
 
 /// The ports of `pod`'s echo containers, or None if it has none.
+/// Whether every container of `pod` runs the echo image.
+pub fn runs_echo_only(pod: &Pod) -> bool {
+    pod.spec.as_ref().is_some_and(|s| {
+        !s.containers.is_empty()
+            && s.containers
+                .iter()
+                .all(|c| c.image.as_deref().is_some_and(echo::is_echo_image))
+    })
+}
+
 fn echo_ports(pod: &Pod) -> Option<Vec<(Protocol, u16)>> {
     let containers: Vec<_> = pod
         .spec
@@ -217,5 +227,11 @@ mod tests {
             Some(vec![(Protocol::Tcp, 8080), (Protocol::Udp, 5353)])
         );
         assert_eq!(echo_ports(&pod("a", None, "nginx")), None);
+    }
+
+    #[test]
+    fn echo_only_pods_run_nothing_but_echo() {
+        assert!(runs_echo_only(&pod("a", None, "kubevirt-lab/echo:1")));
+        assert!(!runs_echo_only(&pod("a", None, "nginx")));
     }
 }

@@ -46,6 +46,7 @@ impl GuestNode {
             csi_socket: self.csi_socket.clone(),
             network,
             cluster_dns: None,
+            echo_only: false,
         }
     }
 

@@ -23,7 +23,7 @@ use kube::{Client, ResourceExt};
 
 use super::error::{Error, not_found_ok};
 use super::locks::Locks;
-use super::network::PodNetwork;
+use super::network::{self, PodNetwork};
 use super::plugin::Plugin;
 use super::volumes::{self, AttachState, MountPlan, PodClaim, VolumeRecord};
 use super::{KubeletConfig, records, status};
@@ -163,6 +163,10 @@ async fn reconcile_pod(pod: &Pod, ctx: &Context) -> Result<Action, Error> {
         confirm_deletion(&api, pod)
             .await
             .map_err(|e| Error::KillPod(format!("deleting pod {}: {e}", pod.name_any())))?;
+        return Ok(Action::await_change());
+    }
+    if ctx.cfg.echo_only && !network::runs_echo_only(pod) {
+        tracing::debug!(node = %ctx.cfg.node_name, pod = %pod.name_any(), "not an echo pod: left Pending");
         return Ok(Action::await_change());
     }
     let claims = volumes::pod_claims(pod);

@@ -9,16 +9,23 @@
 //! status names. Then it applies `examples/nodepool.yaml` and follows the
 //! VMs joining the hosted cluster (the lab's guest agent runs their
 //! `kubeadm join`): each Node as it registers and turns Ready, and the
-//! CSRs the hosted kube-controller-manager approved and signed. Last, a
+//! CSRs the hosted kube-controller-manager approved and signed. Then a
 //! claim in the hosted cluster becomes a DataVolume through the CSI
 //! controller the manager runs for it, and a snapshot of it becomes ready.
+//! Last, with the lab playing the nodes' data plane ([`HostedDataPlane`]),
+//! an echo pod on each node behind a LoadBalancer Service answers a client
+//! outside both clusters through the ingress the hosted cluster's CCM got
+//! from the infra load balancer.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
-use k8s_openapi::api::core::v1::{Namespace, Node, PersistentVolume, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::core::v1::{
+    Namespace, Node, PersistentVolume, PersistentVolumeClaim, Pod, Service,
+};
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::core::DynamicObject;
 use kube::runtime::watcher::{self, Event};
@@ -28,6 +35,7 @@ use kubevirt_infra::snapshot::VolumeSnapshot;
 
 use super::{Demo, Timeline};
 use crate::hcp::{self, hc_resource};
+use crate::hosted_data_plane::HostedDataPlane;
 use crate::lab::ensure_namespace;
 use crate::{LabError, wait};
 
@@ -161,7 +169,126 @@ pub async fn hosted_cluster(demo: &Demo, t: &Timeline) -> Result<(), LabError> {
             csr.spec.username.as_deref().unwrap_or("?"),
         ));
     }
-    storage(&hosted, &management, &cp_ns, t).await
+    storage(&hosted, &management, &cp_ns, t).await?;
+    load_balancer(demo, &hc, &hosted, t).await
+}
+
+/// Traffic in the hosted cluster: the lab plays its nodes' data plane
+/// ([`HostedDataPlane`]: kube-proxy's role, the kubelet's pod side); an
+/// echo pod on each joined node, behind a LoadBalancer Service, answers a
+/// client outside both clusters through the ingress the hosted CCM got
+/// from the infra load balancer.
+async fn load_balancer(
+    demo: &Demo,
+    hc: &DynamicObject,
+    hosted: &Client,
+    t: &Timeline,
+) -> Result<(), LabError> {
+    let lab = &demo.lab;
+    let nodes: Vec<String> = Api::<Node>::all(hosted.clone())
+        .list(&ListParams::default())
+        .await?
+        .items
+        .iter()
+        .map(|n| n.name_any())
+        .collect();
+    let plane = HostedDataPlane::start(lab, hc, &nodes).await?;
+    let result = async {
+        let pods: Api<Pod> = Api::namespaced(hosted.clone(), "default");
+        for node in &nodes {
+            let pod: Pod = serde_json::from_value(serde_json::json!({
+                "metadata": {"name": format!("demo-web-{node}"), "labels": {"app": "demo-web"}},
+                "spec": {"nodeName": node, "containers": [{
+                    "name": "web", "image": lab_net::echo::IMAGE,
+                    "ports": [{"name": "http", "containerPort": 8080}]}]}
+            }))
+            .map_err(|e| invalid("pod")(e.to_string()))?;
+            pods.create(&PostParams::default(), &pod).await?;
+        }
+        for node in &nodes {
+            let name = format!("demo-web-{node}");
+            let ip = wait::until(&pods, &name, TIMEOUT, |p| {
+                wait::pod_ready(p)?;
+                p?.status.as_ref()?.pod_ip.clone()
+            })
+            .await?;
+            t.event(format!(
+                "hosted cluster: pod {name} Running and Ready on {node}, address {ip} (the lab's kubelet stand-in)"
+            ));
+        }
+        let services: Api<Service> = Api::namespaced(hosted.clone(), "default");
+        let svc: Service = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "demo-web"},
+            "spec": {"type": "LoadBalancer", "selector": {"app": "demo-web"},
+                     "ports": [{"name": "http", "port": 80, "targetPort": "http"}]}
+        }))
+        .map_err(|e| invalid("Service")(e.to_string()))?;
+        services.create(&PostParams::default(), &svc).await?;
+        let ip = wait::until(&services, "demo-web", TIMEOUT, wait::ingress_ip).await?;
+        t.event(format!(
+            "hosted cluster: Service default/demo-web got ingress {ip} from the infra load balancer (its CCM runs in the management cluster)"
+        ));
+        let to: SocketAddr = format!("{ip}:80")
+            .parse()
+            .map_err(|e: std::net::AddrParseError| invalid("ingress")(e.to_string()))?;
+        let node_port = services
+            .get("demo-web")
+            .await?
+            .spec
+            .and_then(|s| s.ports)
+            .and_then(|p| p.first().and_then(|p| p.node_port))
+            .unwrap_or_default();
+        // Both hops route to every pod before the first request.
+        let every_node = |serving: &lab_net::proxy::Serving, addr: SocketAddr| {
+            matches!(serving.get(&lab_net::proxy::Listen { protocol: lab_net::Protocol::Tcp, addr }),
+                Some(lab_net::proxy::Route::Forward(f)) if f.backends.len() == nodes.len())
+        };
+        let routed = async {
+            lab.infra_proxy.wait_for(|s| every_node(s, to)).await;
+            plane
+                .proxy
+                .wait_for(|s| {
+                    let ports: Vec<_> = s
+                        .keys()
+                        .filter(|l| i32::from(l.addr.port()) == node_port)
+                        .map(|l| l.addr)
+                        .collect();
+                    ports.len() >= nodes.len() && ports.iter().all(|a| every_node(s, *a))
+                })
+                .await;
+        };
+        tokio::time::timeout(TIMEOUT, routed)
+            .await
+            .map_err(|_| LabError::Timeout {
+                what: format!("{to} routed to the pods of every node"),
+                after: TIMEOUT,
+            })?;
+        let client = IpAddr::V4(lab_net::OUTSIDE_CLIENT);
+        let mut seen = BTreeSet::new();
+        for _ in 0..20 {
+            let response = lab_net::client::http_get(&lab.net, to, "/", Some(client)).await?;
+            let answer = response.answer()?;
+            if seen.insert(answer.identity.pod.clone()) {
+                t.event(format!(
+                    "client {client} -> GET http://{to}/ -> {} from pod {} on {} (ingress -> virt-launcher pod = VM -> node port {node_port} -> pod)",
+                    response.status, answer.identity.pod, answer.identity.node
+                ));
+            }
+            if seen.len() == nodes.len() {
+                break;
+            }
+        }
+        services.delete("demo-web", &DeleteParams::default()).await?;
+        for node in &nodes {
+            let name = format!("demo-web-{node}");
+            pods.delete(&name, &DeleteParams::default()).await?;
+            wait::until(&pods, &name, TIMEOUT, |p| p.is_none().then_some(())).await?;
+        }
+        Ok(())
+    }
+    .await;
+    plane.stop().await;
+    result
 }
 
 /// Storage in the hosted cluster: a claim provisioned by the CSI controller

@@ -1,8 +1,9 @@
 //! `lab demo`: a narrated run of the suite in a throw-away lab. First a
 //! hosted cluster: `examples/hostedcluster.yaml` applied to the management
 //! cluster, its control plane coming up and answering through its
-//! published endpoint, and `examples/nodepool.yaml`'s VMs joining it as
-//! nodes. Then, in the lab's guest cluster, a guest
+//! published endpoint, `examples/nodepool.yaml`'s VMs joining it as
+//! nodes, and traffic through the infra load balancer reaching pods on
+//! them. Then, in the lab's guest cluster, a guest
 //! PersistentVolumeClaim becomes an infra DataVolume, is hotplugged into the
 //! worker VM its pod runs on, formatted, mounted and written, then read back
 //! from a pod on the other worker; a guest LoadBalancer Service becomes an

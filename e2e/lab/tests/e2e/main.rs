@@ -12,6 +12,7 @@ mod common;
 mod csi_support;
 mod fault_support;
 mod manager_support;
+mod net_support;
 mod storage_support;
 
 mod bench_smoke;

@@ -24,22 +24,26 @@
 //!   skips a minor version, which leaves the control plane where it runs;
 //! - deleting the pool leaves no VM, Node, user data or token behind.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use crate::manager_support::hosted::*;
 use crate::manager_support::*;
+use crate::net_support::{answers, served};
 use anyhow::{Context as _, ensure};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Node, Secret};
+use k8s_openapi::api::core::v1::{Node, Pod, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::core::DynamicObject;
 use kube::runtime::watcher::{self, Event};
 use kubevirt_infra::kubevirt::{VirtualMachine, VirtualMachineInstance};
+use kubevirt_lab::hosted_data_plane::HostedDataPlane;
 use kubevirt_lab::wait::node_ready;
+use lab_net::Protocol;
 use serde_json::json;
 
 const CLUSTER: &str = "joined1";
@@ -54,6 +58,101 @@ const TOKEN_TYPE: &str = "bootstrap.kubernetes.io/token";
 const JOINING_VM: &str = "hcp.kubevirt-rs.io/joining-vm";
 /// A hosted cluster and its VMs take longer than [`WAIT`] to come up.
 const JOIN_WAIT: Duration = Duration::from_secs(180);
+
+/// The hosted cluster's Service range: a /20 of the lab's ClusterIP range
+/// no lab cluster takes.
+const SERVICE_NETWORK: &str = "10.108.128.0/20";
+/// Its pod range, in the lab's guest pod range.
+const CLUSTER_NETWORK: &str = "10.250.0.0/16";
+
+/// The data plane of the joined nodes: an echo pod on each, behind a
+/// LoadBalancer Service of the hosted cluster, answers a client outside
+/// both clusters through the ingress the hosted CCM got from the infra
+/// load balancer: ingress -> virt-launcher pod (the VM) -> the node's
+/// node port -> the pod.
+async fn traffic_reaches_pods_on_joined_nodes(
+    lab: &kubevirt_lab::Lab,
+    hc: &DynamicObject,
+    guest: &kube::Client,
+    nodes: &[String],
+) -> anyhow::Result<()> {
+    let plane = HostedDataPlane::start(lab, hc, nodes).await?;
+    let result = async {
+        let pods: Api<Pod> = Api::namespaced(guest.clone(), "default");
+        let mut expected = BTreeSet::new();
+        for node in nodes {
+            let name = format!("echo-{node}");
+            let pod: Pod = serde_json::from_value(json!({
+                "metadata": {"name": name, "labels": {"app": "web"}},
+                "spec": {"nodeName": node, "containers": [{
+                    "name": "echo", "image": "kubevirt-lab/echo:1",
+                    "ports": [{"name": "http", "containerPort": 8080}]}]}
+            }))?;
+            pods.create(&PostParams::default(), &pod).await?;
+            expected.insert((name, node.clone()));
+        }
+        let svc: Service = serde_json::from_value(json!({
+            "metadata": {"name": "web"},
+            "spec": {"type": "LoadBalancer", "selector": {"app": "web"},
+                     "ports": [{"name": "http", "port": 80, "targetPort": "http"}]}
+        }))?;
+        let services: Api<Service> = Api::namespaced(guest.clone(), "default");
+        services.create(&PostParams::default(), &svc).await?;
+        let ip: IpAddr = until(
+            &services,
+            "web",
+            "the Service's ingress",
+            kubevirt_lab::wait::ingress_ip,
+        )
+        .await?
+        .parse()?;
+        let to = SocketAddr::new(ip, 80);
+        // Both hops route to both nodes before a request is sent.
+        let node_port = services
+            .get("web")
+            .await?
+            .spec
+            .and_then(|s| s.ports)
+            .and_then(|p| p.first().and_then(|p| p.node_port))
+            .context("node port")?;
+        served(&lab.infra_proxy, Protocol::Tcp, to, nodes.len()).await?;
+        for node in nodes {
+            let node = Api::<Node>::all(guest.clone()).get(node).await?;
+            // The Service is IPv4: its node ports are on the nodes' IPv4 addresses.
+            for address in lab_net::proxy::desired::internal_ips(&node)
+                .into_iter()
+                .filter(IpAddr::is_ipv4)
+            {
+                let port = u16::try_from(node_port)?;
+                served(
+                    &plane.proxy,
+                    Protocol::Tcp,
+                    SocketAddr::new(address, port),
+                    nodes.len(),
+                )
+                .await?;
+            }
+        }
+        let seen = answers(lab, to, 20).await?;
+        println!("through the hosted cluster's ingress {to}: {seen:?}");
+        ensure!(
+            seen == expected,
+            "answered by {seen:?}, expected {expected:?}"
+        );
+        // Gone again, through the kubelet stand-ins' end of the deletion.
+        services.delete("web", &DeleteParams::default()).await?;
+        for (pod, _) in &expected {
+            pods.delete(pod, &DeleteParams::default()).await?;
+        }
+        for (pod, _) in &expected {
+            until(&pods, pod, "echo pod gone", |p| p.is_none().then_some(())).await?;
+        }
+        Ok(())
+    }
+    .await;
+    plane.stop().await;
+    result
+}
 
 /// Waits (watching) until `check` accepts the guest's Nodes.
 async fn until_nodes<T>(
@@ -242,8 +341,13 @@ async fn a_node_pool_joins_its_hosted_control_plane_with_bootstrap_tokens() -> a
     let pools = node_pools(&infra);
 
     let result = async {
-        hcs.create(&PostParams::default(), &hosted(CLUSTER, Some("1.32.13"))?)
-            .await?;
+        // Pod and Service ranges of the lab's network, for the data plane.
+        let mut hc = hosted(CLUSTER, Some("1.32.13"))?;
+        hc.data["spec"]["networking"] = json!({
+            "serviceNetwork": [{"cidr": SERVICE_NETWORK}],
+            "clusterNetwork": [{"cidr": CLUSTER_NETWORK}],
+        });
+        hcs.create(&PostParams::default(), &hc).await?;
         let hc = until_available_within(&hcs, CLUSTER, JOIN_WAIT).await?;
         let endpoint = endpoint_of(&hc)?;
         let (_forward, kubeconfig) = admin_kubeconfig(&lab, CLUSTER, &endpoint).await?;
@@ -360,6 +464,9 @@ async fn a_node_pool_joins_its_hosted_control_plane_with_bootstrap_tokens() -> a
             (np.data["status"]["readyReplicas"] == 2 && is_true(np, "Ready")).then_some(())
         })
         .await?;
+
+        let names: Vec<String> = joined.keys().cloned().collect();
+        traffic_reaches_pods_on_joined_nodes(&lab, &hc, &guest, &names).await?;
 
         // A VM that cannot join never does, and its pool says which: a pool
         // booting an image without kubeadm.

@@ -15,11 +15,12 @@ use kubevirt_lab::Lab;
 use lab_cluster::Cluster;
 use lab_guest::kubelet::{self, GuestNode};
 use lab_net::proxy::desired::Source;
-use lab_net::proxy::{Listen, Route, ServiceProxy};
+use lab_net::proxy::{Listen, Route};
 use lab_net::{Protocol, client};
 use serde_json::json;
 
 use crate::ccm_support::{self, CcmOptions, Tenant, WAIT};
+use crate::net_support::{answers, served};
 
 const IMAGE: &str = "kubevirt-lab/echo:1";
 
@@ -125,44 +126,6 @@ async fn ingress(guest: &Client, name: &str) -> anyhow::Result<IpAddr> {
     )
     .await?;
     Ok(ip.parse()?)
-}
-
-/// Waits until `proxy` forwards `protocol` `addr` to exactly `count` endpoints.
-async fn served(
-    proxy: &ServiceProxy,
-    protocol: Protocol,
-    addr: SocketAddr,
-    count: usize,
-) -> anyhow::Result<()> {
-    let listen = Listen { protocol, addr };
-    let wait = proxy.wait_for(|s| match s.get(&listen) {
-        Some(Route::Forward(f)) => f.backends.len() == count,
-        None => count == 0,
-        _ => false,
-    });
-    tokio::time::timeout(WAIT, wait).await.with_context(|| {
-        format!(
-            "{addr} ({protocol:?}) served by {count} endpoints: {:?}",
-            proxy.serving().borrow().get(&listen)
-        )
-    })
-}
-
-/// The pods (and their nodes) answering `n` HTTP requests to `to`.
-async fn answers(
-    lab: &Lab,
-    to: SocketAddr,
-    n: usize,
-) -> anyhow::Result<BTreeSet<(String, String)>> {
-    let mut seen = BTreeSet::new();
-    for _ in 0..n {
-        let r =
-            client::http_get(&lab.net, to, "/", Some(IpAddr::V4(lab_net::OUTSIDE_CLIENT))).await?;
-        ensure!(r.status == 200, "{to} answered {}: {}", r.status, r.body);
-        let a = r.answer()?;
-        seen.insert((a.identity.pod, a.identity.node));
-    }
-    Ok(seen)
 }
 
 fn set(items: &[(&str, &str)]) -> BTreeSet<(String, String)> {
