@@ -433,21 +433,7 @@ impl Cluster {
             ..ServiceAccount::default()
         };
         create_unless_present(&accounts, name, &account).await?;
-        let request = TokenRequest {
-            spec: TokenRequestSpec {
-                audiences: Vec::new(),
-                expiration_seconds: Some(24 * 3600),
-                ..TokenRequestSpec::default()
-            },
-            ..TokenRequest::default()
-        };
-        let issued = accounts
-            .create_token_request(name, &PostParams::default(), &request)
-            .await?;
-        issued
-            .status
-            .map(|s| s.token)
-            .ok_or_else(|| Error::Invalid(format!("no token issued for {namespace}/{name}")))
+        request_token(&accounts, name, 24 * 3600).await
     }
 
     /// Serves `group/version` from an HTTPS server on 127.0.0.1:`port` as an
@@ -868,4 +854,32 @@ fn first_service_ip(cidrs: &str) -> Option<String> {
     let (net, _) = cidr.split_once('/')?;
     let ip: std::net::Ipv4Addr = net.parse().ok()?;
     Some(std::net::Ipv4Addr::from(u32::from(ip) + 1).to_string())
+}
+
+/// A token of ServiceAccount `name` of `accounts` from the TokenRequest
+/// API, valid for `seconds`.
+pub async fn request_token(
+    accounts: &Api<ServiceAccount>,
+    name: &str,
+    seconds: i64,
+) -> Result<String, Error> {
+    let request = TokenRequest {
+        spec: TokenRequestSpec {
+            expiration_seconds: Some(seconds),
+            ..TokenRequestSpec::default()
+        },
+        ..TokenRequest::default()
+    };
+    accounts
+        .create_token_request(name, &PostParams::default(), &request)
+        .await?
+        .status
+        .map(|s| s.token)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| {
+            Error::Invalid(format!(
+                "no token issued for {}/{name}",
+                accounts.namespace().unwrap_or_default()
+            ))
+        })
 }

@@ -19,7 +19,7 @@ pub mod proxy;
 
 pub use audit::RequestCounters;
 pub use binaries::{Binaries, KUBERNETES_VERSION};
-pub use cluster::{ADMIN, Cluster, ClusterConfig, ensure_namespace};
+pub use cluster::{ADMIN, Cluster, ClusterConfig, ensure_namespace, request_token};
 pub use error::Error;
 pub use etcd::Etcd;
 pub use proxy::Faults;

@@ -24,11 +24,10 @@
 
 use std::path::Path;
 
-use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
 use kube::Client;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, Patch, PatchParams};
 use kube::core::DynamicObject;
 use lab_guest::kubelet::{self, GuestNode};
 use lab_net::ServiceProxy;
@@ -150,23 +149,7 @@ async fn account(
             )
             .await?;
     }
-    let request = TokenRequest {
-        spec: TokenRequestSpec {
-            audiences: Vec::new(),
-            expiration_seconds: Some(24 * 3600),
-            ..TokenRequestSpec::default()
-        },
-        ..TokenRequest::default()
-    };
-    let token = accounts
-        .create_token_request(name, &PostParams::default(), &request)
-        .await?
-        .status
-        .map(|s| s.token)
-        .filter(|t| !t.is_empty())
-        .ok_or_else(|| {
-            LabError::Invalid(format!("TokenRequest for {NAMESPACE}/{name}: no token"))
-        })?;
+    let token = lab_cluster::request_token(&accounts, name, 24 * 3600).await?;
     let mut config = admin_config.clone();
     config.auth_info = serde_json::from_value(json!({"token": token}))
         .map_err(|e| LabError::Invalid(format!("token of {NAMESPACE}/{name}: {e}")))?;

@@ -35,11 +35,10 @@ use std::path::{Path, PathBuf};
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{
     ConfigMap, Container, EnvVar, KeyToPath, PodSpec, Secret, Volume,
 };
-use kube::api::{Api, PostParams};
+use kube::api::Api;
 use kube::{Client, ResourceExt};
 use lab_cluster::Cluster;
 
@@ -420,20 +419,7 @@ async fn materialise(client: &Client, ns: &str, v: &Volume, dir: &Path) -> Resul
 /// A bound token of ServiceAccount `ns/sa`, as the kubelet asks for one.
 async fn token(client: &Client, ns: &str, sa: &str) -> Result<String, LabError> {
     let api: Api<k8s_openapi::api::core::v1::ServiceAccount> = Api::namespaced(client.clone(), ns);
-    let request = TokenRequest {
-        spec: TokenRequestSpec {
-            expiration_seconds: Some(TOKEN_SECONDS),
-            ..TokenRequestSpec::default()
-        },
-        ..TokenRequest::default()
-    };
-    let answer: TokenRequest = api
-        .create_subresource("token", sa, &PostParams::default(), &request)
-        .await?;
-    answer
-        .status
-        .map(|s| s.token)
-        .ok_or_else(|| LabError::Invalid(format!("TokenRequest for {ns}/{sa}: no token")))
+    Ok(lab_cluster::request_token(&api, sa, TOKEN_SECONDS).await?)
 }
 
 /// What field references of a pod resolve to.
