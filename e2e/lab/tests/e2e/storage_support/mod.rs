@@ -19,6 +19,7 @@ use std::fs::OpenOptions;
 use std::future::Future;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context as _, anyhow, bail};
@@ -51,11 +52,78 @@ pub const WAIT: Duration = Duration::from_secs(60);
 pub const TEST_TIMEOUT: Duration = Duration::from_secs(300);
 pub const GIB: u64 = 1 << 30;
 
-/// Runs a test body for at most [`TEST_TIMEOUT`].
+tokio::task_local! {
+    /// The directory of the lab a [`bounded`] test started, for its report.
+    static LAB_DIR: Arc<Mutex<Option<PathBuf>>>;
+}
+
+/// Runs a test body for at most [`TEST_TIMEOUT`]. A test that runs out of
+/// time fails with what its lab was doing: the tails of the daemons' logs
+/// and the last requests each API server answered, read while the lab
+/// still exists.
 pub async fn bounded<F: Future<Output = anyhow::Result<()>>>(test: F) -> anyhow::Result<()> {
-    tokio::time::timeout(TEST_TIMEOUT, test)
-        .await
-        .map_err(|_| anyhow!("test did not finish within {TEST_TIMEOUT:?}"))?
+    let dir = Arc::new(Mutex::new(None));
+    let test = std::pin::pin!(LAB_DIR.scope(dir.clone(), test));
+    tokio::select! {
+        outcome = test => outcome,
+        () = tokio::time::sleep(TEST_TIMEOUT) => {
+            let dir = dir.lock().map(|d| d.clone()).unwrap_or_default();
+            let report = dir.map(|d| lab_report(&d)).unwrap_or_default();
+            Err(anyhow!("test did not finish within {TEST_TIMEOUT:?}\n{report}"))
+        }
+    }
+}
+
+/// Notes the lab of the running [`bounded`] test.
+fn note_lab_dir(dir: &Path) {
+    let _ = LAB_DIR.try_with(|d| {
+        if let Ok(mut d) = d.lock() {
+            *d = Some(dir.to_path_buf());
+        }
+    });
+}
+
+/// The tails of the logs under `dir/logs` and, per cluster, the last
+/// requests its audit log records (stage, verb, URI, code, user).
+fn lab_report(dir: &Path) -> String {
+    let mut out = String::new();
+    let files = |sub: &str| {
+        let mut paths: Vec<PathBuf> = std::fs::read_dir(dir.join(sub))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        paths.sort();
+        paths
+    };
+    for log in files("logs") {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        out.push_str(&format!("--- {} ---\n{}\n", log.display(), tail(&text, 15)));
+    }
+    for cluster in files("clusters") {
+        let audit = std::fs::read_to_string(cluster.join("audit.log")).unwrap_or_default();
+        let requests: Vec<String> = audit
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .map(|e| {
+                format!(
+                    "{} {} {} {} {}",
+                    e["stage"].as_str().unwrap_or("-"),
+                    e["verb"].as_str().unwrap_or("-"),
+                    e["requestURI"].as_str().unwrap_or("-"),
+                    e["responseStatus"]["code"],
+                    e["user"]["username"].as_str().unwrap_or("-"),
+                )
+            })
+            .collect();
+        out.push_str(&format!(
+            "--- last requests to {} ---\n{}\n",
+            cluster.display(),
+            requests[requests.len().saturating_sub(15)..].join("\n")
+        ));
+    }
+    out
 }
 
 /// An in-process task, aborted when dropped.
@@ -227,6 +295,7 @@ impl Storage {
             },
         )
         .await?;
+        note_lab_dir(&lab.dir);
         let client = lab.guest_client();
         lab_guest::crds::install(&client, WAIT).await?;
         create_classes(&client).await?;
