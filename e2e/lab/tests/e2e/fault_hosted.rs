@@ -18,16 +18,25 @@
 //! - The management control plane lost (its kube-apiserver killed): the
 //!   hosted cluster runs on in its own processes, `/readyz` answers, no
 //!   write fails twice in a row, and when the management API server
-//!   returns the manager converges a change made to the cluster.
+//!   returns the manager converges a change made to the cluster. Its data
+//!   plane never stops: a client outside both clusters requests a pod on a
+//!   joined node through a LoadBalancer Service's ingress every 20 ms
+//!   throughout (the lab plays the node's data plane,
+//!   `kubevirt_lab::hosted_data_plane`), and no request fails.
 
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use crate::manager_support::hosted::*;
 use crate::manager_support::*;
+use crate::net_support::{Requester, served};
 use anyhow::{Context as _, ensure};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Node, Pod};
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use k8s_openapi::api::core::v1::{Node, Pod, Service};
+use kube::ResourceExt;
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kubevirt_lab::hosted_data_plane::HostedDataPlane;
+use lab_net::Protocol;
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -40,10 +49,14 @@ async fn the_hosted_api_outlives_its_management_control_plane() -> anyhow::Resul
     let result = async {
         let hc = highly_available(&hcs, "ft1").await?;
         let (_forward, kubeconfig) = admin_kubeconfig(&lab, "ft1", &endpoint_of(&hc)?).await?;
+        let guest = kube::Client::try_from(guest_config(&kubeconfig).await?)?;
+        let (plane, ingress) = load_balanced_pod(&lab, &infra, &hc, &guest).await?;
+        let requests = Requester::start(&lab, ingress);
         let mut writer = Writer::start(guest_config(&kubeconfig).await?, Retries::Once);
         writer.more(3).await?;
 
-        // The management control plane goes; the hosted API stays.
+        // The management control plane goes; the hosted API stays, and so
+        // does the data plane.
         let killed = Instant::now();
         lab.infra.kill_apiserver().await;
         writer.more(20).await?;
@@ -55,6 +68,20 @@ async fn the_hosted_api_outlives_its_management_control_plane() -> anyhow::Resul
         let outage = killed.elapsed();
         writer.more(3).await?;
         let written = writer.stop().await?;
+        let served = requests.stop().await?;
+        plane.stop().await;
+        eprintln!(
+            "the data plane: {} requests through the ingress {ingress}, {} failed, \
+             longest time without an answer {:.2} s",
+            served.count,
+            served.failed.len(),
+            served.longest_gap.as_secs_f64()
+        );
+        ensure!(
+            served.failed.is_empty() && served.count > 0,
+            "requests through the ingress failed: {:?}",
+            served.failed
+        );
         eprintln!(
             "killed: the management kube-apiserver, for {:.1} s; the hosted API: {} writes, \
              {} failed after one retry, longest time without a successful write {:.2} s",
@@ -103,6 +130,85 @@ async fn the_hosted_api_outlives_its_management_control_plane() -> anyhow::Resul
     lab.shutdown().await?;
     result.with_context(|| format!("manager log:\n{log}"))
 }
+
+/// The data plane of hosted cluster `hc`: a NodePool of one VM, joined; an
+/// echo pod on it behind a LoadBalancer Service, routed through the infra
+/// load balancer. Returns the lab's data plane of the node and the ingress.
+async fn load_balanced_pod(
+    lab: &kubevirt_lab::Lab,
+    infra: &kube::Client,
+    hc: &kube::core::DynamicObject,
+    guest: &kube::Client,
+) -> anyhow::Result<(HostedDataPlane, SocketAddr)> {
+    let cluster = hc.name_any();
+    node_pools(infra)
+        .create(
+            &PostParams::default(),
+            &node_pool(
+                &format!("{cluster}-workers"),
+                &cluster,
+                1,
+                "0.1.0",
+                json!({}),
+            )?,
+        )
+        .await?;
+    let nodes: Api<Node> = Api::all(guest.clone());
+    let node = crate::common::until_list_within(&nodes, "", "a Ready node", JOIN_WAIT, |n| {
+        n.iter()
+            .find(|n| kubevirt_lab::wait::node_ready(n))
+            .map(|n| n.name_any())
+    })
+    .await?;
+    let plane = HostedDataPlane::start(lab, hc, std::slice::from_ref(&node)).await?;
+    let pods: Api<Pod> = Api::namespaced(guest.clone(), "default");
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "echo", "labels": {"app": "web"}},
+        "spec": {"nodeName": node, "containers": [{
+            "name": "echo", "image": "kubevirt-lab/echo:1",
+            "ports": [{"name": "http", "containerPort": 8080}]}]}
+    }))?;
+    pods.create(&PostParams::default(), &pod).await?;
+    let svc: Service = serde_json::from_value(json!({
+        "metadata": {"name": "web"},
+        "spec": {"type": "LoadBalancer", "selector": {"app": "web"},
+                 "ports": [{"name": "http", "port": 80, "targetPort": "http"}]}
+    }))?;
+    let services: Api<Service> = Api::namespaced(guest.clone(), "default");
+    services.create(&PostParams::default(), &svc).await?;
+    let ip: std::net::IpAddr = until(
+        &services,
+        "web",
+        "the Service's ingress",
+        kubevirt_lab::wait::ingress_ip,
+    )
+    .await?
+    .parse()?;
+    let ingress = SocketAddr::new(ip, 80);
+    served(&lab.infra_proxy, Protocol::Tcp, ingress, 1).await?;
+    let node_port = services
+        .get("web")
+        .await?
+        .spec
+        .and_then(|s| s.ports)
+        .and_then(|p| p.first().and_then(|p| p.node_port))
+        .context("node port")?;
+    let address = lab_net::proxy::desired::internal_ips(&nodes.get(&node).await?)
+        .into_iter()
+        .find(std::net::IpAddr::is_ipv4)
+        .context("the node's IPv4 address")?;
+    served(
+        &plane.proxy,
+        Protocol::Tcp,
+        SocketAddr::new(address, u16::try_from(node_port)?),
+        1,
+    )
+    .await?;
+    Ok((plane, ingress))
+}
+
+/// A hosted cluster and its VMs take longer than [`WAIT`] to come up.
+const JOIN_WAIT: Duration = Duration::from_secs(180);
 
 /// How long a write may keep failing when a node is lost. Until the node
 /// lifecycle controller marks the node's pods not ready (its 50 s grace),

@@ -52,3 +52,65 @@ pub async fn answers(
     }
     Ok(seen)
 }
+
+/// What a [`Requester`] saw.
+#[derive(Debug)]
+pub struct Requested {
+    pub count: usize,
+    /// The requests that got no answer, and why.
+    pub failed: Vec<String>,
+    /// The longest time between two answered requests.
+    pub longest_gap: Duration,
+}
+
+/// A client outside both clusters sending HTTP requests to `to` at a steady
+/// rate (one every [`REQUEST_EVERY`]) until stopped, counting what failed.
+pub struct Requester {
+    stop: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<Requested>,
+}
+
+/// The pace of a [`Requester`].
+pub const REQUEST_EVERY: Duration = Duration::from_millis(20);
+
+impl Requester {
+    pub fn start(lab: &Lab, to: SocketAddr) -> Requester {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let net = lab.net.clone();
+        let task = tokio::spawn({
+            let stop = stop.clone();
+            async move {
+                let mut seen = Requested {
+                    count: 0,
+                    failed: Vec::new(),
+                    longest_gap: Duration::ZERO,
+                };
+                let mut last = std::time::Instant::now();
+                let mut pace = tokio::time::interval(REQUEST_EVERY);
+                let from = Some(IpAddr::V4(lab_net::OUTSIDE_CLIENT));
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = pace.tick() => {}
+                    }
+                    seen.count += 1;
+                    match client::http_get(&net, to, "/", from).await {
+                        Ok(r) if r.status == 200 => {
+                            seen.longest_gap = seen.longest_gap.max(last.elapsed());
+                            last = std::time::Instant::now();
+                        }
+                        Ok(r) => seen.failed.push(format!("{}: {}", r.status, r.body)),
+                        Err(e) => seen.failed.push(e.to_string()),
+                    }
+                }
+                seen
+            }
+        });
+        Requester { stop, task }
+    }
+
+    pub async fn stop(self) -> anyhow::Result<Requested> {
+        self.stop.cancel();
+        Ok(self.task.await?)
+    }
+}
