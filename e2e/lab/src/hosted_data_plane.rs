@@ -19,8 +19,8 @@
 //! (`kube-system/lab-service-proxy`, bound to `system:node-proxier`;
 //! `kube-system/lab-kubelet`, bound to `system:node` and the attach-detach
 //! controller's role, as the lab's own guest grants its kubelet stand-in),
-//! made with the cluster's admin kubeconfig; each connects to the
-//! published endpoint through a loopback bridge of its own.
+//! made with the cluster's admin kubeconfig; they reach the published
+//! endpoint through one loopback bridge.
 
 use std::path::Path;
 

@@ -49,7 +49,10 @@ async fn the_hosted_api_outlives_its_management_control_plane() -> anyhow::Resul
     let result = async {
         let hc = highly_available(&hcs, "ft1").await?;
         let (_forward, kubeconfig) = admin_kubeconfig(&lab, "ft1", &endpoint_of(&hc)?).await?;
-        let guest = kube::Client::try_from(guest_config(&kubeconfig).await?)?;
+        // A client that may wait on watches (guest_config's fails fast).
+        let mut config = guest_config(&kubeconfig).await?;
+        config.read_timeout = None;
+        let guest = kube::Client::try_from(config)?;
         let (plane, ingress) = load_balanced_pod(&lab, &infra, &hc, &guest).await?;
         let requests = Requester::start(&lab, ingress);
         let mut writer = Writer::start(guest_config(&kubeconfig).await?, Retries::Once);
