@@ -15,6 +15,10 @@
 //!   of [`lab_net::GUEST_POD_NET`]). Pods of any other image stay Pending:
 //!   nothing would run behind them.
 //!
+//! [`HostedDataPlane::serve_echo`] deploys what a user would to see it
+//! work: an echo pod on each node behind a LoadBalancer Service, ready
+//! once every hop routes to every pod ([`EchoService`]).
+//!
 //! Each stand-in has a ServiceAccount of its own in the hosted cluster
 //! (`kube-system/lab-service-proxy`, bound to `system:node-proxier`;
 //! `kube-system/lab-kubelet`, bound to `system:node` and the attach-detach
@@ -22,20 +26,23 @@
 //! made with the cluster's admin kubeconfig; they reach the published
 //! endpoint through one loopback bridge.
 
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
+use std::time::Duration;
 
-use k8s_openapi::api::core::v1::ServiceAccount;
+use k8s_openapi::api::core::v1::{Node, Pod, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
 use kube::Client;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::core::DynamicObject;
 use lab_guest::kubelet::{self, GuestNode};
-use lab_net::ServiceProxy;
 use lab_net::bridge::Bridge;
+use lab_net::proxy::Listen;
+use lab_net::{Protocol, ServiceProxy};
 use serde_json::json;
 use tokio::task::JoinSet;
 
-use crate::{Lab, LabError, hcp};
+use crate::{Lab, LabError, hcp, wait};
 
 /// The namespace of the stand-ins' accounts in the hosted cluster.
 const NAMESPACE: &str = "kube-system";
@@ -47,6 +54,8 @@ const MANAGER: &str = "lab-hosted-data-plane";
 /// A hosted cluster's data plane; stopped when dropped.
 pub struct HostedDataPlane {
     pub proxy: ServiceProxy,
+    /// The joined nodes it plays.
+    nodes: Vec<String>,
     kubelets: JoinSet<()>,
     /// The stand-ins' way to the published endpoint.
     _bridge: Bridge,
@@ -95,6 +104,7 @@ impl HostedDataPlane {
         }
         Ok(HostedDataPlane {
             proxy,
+            nodes: nodes.to_vec(),
             kubelets,
             _bridge: bridge,
         })
@@ -105,6 +115,145 @@ impl HostedDataPlane {
         self.kubelets.shutdown().await;
         self.proxy.stop();
     }
+
+    /// Runs an echo pod (`<name>-<node>`, label `app: <name>`, port
+    /// `http` 8080) on each node of this data plane, behind LoadBalancer
+    /// Service `name` (port 80) in namespace `default` of the hosted
+    /// cluster behind `hosted`; returns once the pods are Ready and both
+    /// hops route to all of them: the infra load balancer's ingress to
+    /// every VM, and each node's port to every pod.
+    pub async fn serve_echo(
+        &self,
+        lab: &Lab,
+        hosted: &Client,
+        name: &str,
+        timeout: Duration,
+    ) -> Result<EchoService, LabError> {
+        let pods: Api<Pod> = Api::namespaced(hosted.clone(), ECHO_NAMESPACE);
+        for node in &self.nodes {
+            let pod = json!({
+                "metadata": {"name": format!("{name}-{node}"), "labels": {"app": name}},
+                "spec": {"nodeName": node, "containers": [{
+                    "name": "echo", "image": lab_net::echo::IMAGE,
+                    "ports": [{"name": "http", "containerPort": 8080}]}]}
+            });
+            pods.create(&PostParams::default(), &from_json(pod)?)
+                .await?;
+        }
+        let mut echo_pods = Vec::new();
+        for node in &self.nodes {
+            let pod = format!("{name}-{node}");
+            let ip = wait::until(&pods, &pod, timeout, |p| {
+                wait::pod_ready(p)?;
+                p?.status.as_ref()?.pod_ip.clone()
+            })
+            .await?;
+            echo_pods.push(EchoPod {
+                name: pod,
+                node: node.clone(),
+                ip,
+            });
+        }
+        let services: Api<Service> = Api::namespaced(hosted.clone(), ECHO_NAMESPACE);
+        let svc = json!({
+            "metadata": {"name": name},
+            "spec": {"type": "LoadBalancer", "selector": {"app": name},
+                     "ports": [{"name": "http", "port": 80, "targetPort": "http"}]}
+        });
+        services
+            .create(&PostParams::default(), &from_json(svc)?)
+            .await?;
+        let ip: IpAddr = wait::until(&services, name, timeout, wait::ingress_ip)
+            .await?
+            .parse()
+            .map_err(|e| LabError::Invalid(format!("the ingress of Service {name}: {e}")))?;
+        let ingress = SocketAddr::new(ip, 80);
+        let node_port = services
+            .get(name)
+            .await?
+            .spec
+            .and_then(|s| s.ports)
+            .and_then(|p| p.first().and_then(|p| p.node_port))
+            .and_then(|p| u16::try_from(p).ok())
+            .ok_or_else(|| LabError::Invalid(format!("Service {name} has no node port")))?;
+        // The Service is IPv4: its node ports are on the nodes' IPv4 addresses.
+        let nodes: Api<Node> = Api::all(hosted.clone());
+        let mut node_ports = Vec::new();
+        for node in &self.nodes {
+            node_ports.extend(
+                lab_net::proxy::desired::internal_ips(&nodes.get(node).await?)
+                    .into_iter()
+                    .filter(IpAddr::is_ipv4)
+                    .map(|a| SocketAddr::new(a, node_port)),
+            );
+        }
+        let tcp = |addr| Listen {
+            protocol: Protocol::Tcp,
+            addr,
+        };
+        let every = self.nodes.len();
+        let routed = async {
+            lab.infra_proxy.until_forwarding(tcp(ingress), every).await;
+            for addr in &node_ports {
+                self.proxy.until_forwarding(tcp(*addr), every).await;
+            }
+        };
+        tokio::time::timeout(timeout, routed)
+            .await
+            .map_err(|_| LabError::Timeout {
+                what: format!("{ingress} and the node ports {node_port} routed to {every} pods"),
+                after: timeout,
+            })?;
+        Ok(EchoService {
+            name: name.to_string(),
+            ingress,
+            node_port,
+            pods: echo_pods,
+        })
+    }
+}
+
+const ECHO_NAMESPACE: &str = "default";
+
+/// Echo pods behind a LoadBalancer Service ([`HostedDataPlane::serve_echo`]).
+#[derive(Clone, Debug)]
+pub struct EchoService {
+    pub name: String,
+    /// The Service's load-balancer ingress, port 80.
+    pub ingress: SocketAddr,
+    pub node_port: u16,
+    pub pods: Vec<EchoPod>,
+}
+
+/// One pod of an [`EchoService`].
+#[derive(Clone, Debug)]
+pub struct EchoPod {
+    pub name: String,
+    pub node: String,
+    pub ip: String,
+}
+
+impl EchoService {
+    /// Deletes the Service and its pods, and waits until the kubelet
+    /// stand-ins have removed the pods.
+    pub async fn remove(self, hosted: &Client, timeout: Duration) -> Result<(), LabError> {
+        let services: Api<Service> = Api::namespaced(hosted.clone(), ECHO_NAMESPACE);
+        services
+            .delete(&self.name, &DeleteParams::default())
+            .await?;
+        let pods: Api<Pod> = Api::namespaced(hosted.clone(), ECHO_NAMESPACE);
+        for pod in &self.pods {
+            pods.delete(&pod.name, &DeleteParams::default()).await?;
+        }
+        for pod in &self.pods {
+            wait::until(&pods, &pod.name, timeout, |p| p.is_none().then_some(())).await?;
+        }
+        Ok(())
+    }
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> Result<T, LabError> {
+    serde_json::from_value(v).map_err(|e| LabError::Invalid(e.to_string()))
 }
 
 /// Where the joined nodes' kubelet directories go.

@@ -18,14 +18,12 @@
 //! from the infra load balancer.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
-use k8s_openapi::api::core::v1::{
-    Namespace, Node, PersistentVolume, PersistentVolumeClaim, Pod, Service,
-};
+use k8s_openapi::api::core::v1::{Namespace, Node, PersistentVolume, PersistentVolumeClaim, Pod};
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::core::DynamicObject;
 use kube::runtime::watcher::{self, Event};
@@ -194,75 +192,18 @@ async fn load_balancer(
         .collect();
     let plane = HostedDataPlane::start(lab, hc, &nodes).await?;
     let result = async {
-        let pods: Api<Pod> = Api::namespaced(hosted.clone(), "default");
-        for node in &nodes {
-            let pod: Pod = serde_json::from_value(serde_json::json!({
-                "metadata": {"name": format!("demo-web-{node}"), "labels": {"app": "demo-web"}},
-                "spec": {"nodeName": node, "containers": [{
-                    "name": "web", "image": lab_net::echo::IMAGE,
-                    "ports": [{"name": "http", "containerPort": 8080}]}]}
-            }))
-            .map_err(|e| invalid("pod")(e.to_string()))?;
-            pods.create(&PostParams::default(), &pod).await?;
-        }
-        for node in &nodes {
-            let name = format!("demo-web-{node}");
-            let ip = wait::until(&pods, &name, TIMEOUT, |p| {
-                wait::pod_ready(p)?;
-                p?.status.as_ref()?.pod_ip.clone()
-            })
-            .await?;
+        let web = plane.serve_echo(lab, hosted, "demo-web", TIMEOUT).await?;
+        for pod in &web.pods {
             t.event(format!(
-                "hosted cluster: pod {name} Running and Ready on {node}, address {ip} (the lab's kubelet stand-in)"
+                "hosted cluster: pod {} Running and Ready on {}, address {} (the lab's kubelet stand-in)",
+                pod.name, pod.node, pod.ip
             ));
         }
-        let services: Api<Service> = Api::namespaced(hosted.clone(), "default");
-        let svc: Service = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": "demo-web"},
-            "spec": {"type": "LoadBalancer", "selector": {"app": "demo-web"},
-                     "ports": [{"name": "http", "port": 80, "targetPort": "http"}]}
-        }))
-        .map_err(|e| invalid("Service")(e.to_string()))?;
-        services.create(&PostParams::default(), &svc).await?;
-        let ip = wait::until(&services, "demo-web", TIMEOUT, wait::ingress_ip).await?;
+        let (to, node_port) = (web.ingress, web.node_port);
         t.event(format!(
-            "hosted cluster: Service default/demo-web got ingress {ip} from the infra load balancer (its CCM runs in the management cluster)"
+            "hosted cluster: Service default/demo-web got ingress {} from the infra load balancer (its CCM runs in the management cluster)",
+            to.ip()
         ));
-        let to: SocketAddr = format!("{ip}:80")
-            .parse()
-            .map_err(|e: std::net::AddrParseError| invalid("ingress")(e.to_string()))?;
-        let node_port = services
-            .get("demo-web")
-            .await?
-            .spec
-            .and_then(|s| s.ports)
-            .and_then(|p| p.first().and_then(|p| p.node_port))
-            .unwrap_or_default();
-        // Both hops route to every pod before the first request.
-        let every_node = |serving: &lab_net::proxy::Serving, addr: SocketAddr| {
-            matches!(serving.get(&lab_net::proxy::Listen { protocol: lab_net::Protocol::Tcp, addr }),
-                Some(lab_net::proxy::Route::Forward(f)) if f.backends.len() == nodes.len())
-        };
-        let routed = async {
-            lab.infra_proxy.wait_for(|s| every_node(s, to)).await;
-            plane
-                .proxy
-                .wait_for(|s| {
-                    let ports: Vec<_> = s
-                        .keys()
-                        .filter(|l| i32::from(l.addr.port()) == node_port)
-                        .map(|l| l.addr)
-                        .collect();
-                    ports.len() >= nodes.len() && ports.iter().all(|a| every_node(s, *a))
-                })
-                .await;
-        };
-        tokio::time::timeout(TIMEOUT, routed)
-            .await
-            .map_err(|_| LabError::Timeout {
-                what: format!("{to} routed to the pods of every node"),
-                after: TIMEOUT,
-            })?;
         let client = IpAddr::V4(lab_net::OUTSIDE_CLIENT);
         let mut seen = BTreeSet::new();
         for _ in 0..20 {
@@ -278,13 +219,7 @@ async fn load_balancer(
                 break;
             }
         }
-        services.delete("demo-web", &DeleteParams::default()).await?;
-        for node in &nodes {
-            let name = format!("demo-web-{node}");
-            pods.delete(&name, &DeleteParams::default()).await?;
-            wait::until(&pods, &name, TIMEOUT, |p| p.is_none().then_some(())).await?;
-        }
-        Ok(())
+        web.remove(hosted, TIMEOUT).await
     }
     .await;
     plane.stop().await;

@@ -29,14 +29,13 @@ use std::time::{Duration, Instant};
 
 use crate::manager_support::hosted::*;
 use crate::manager_support::*;
-use crate::net_support::{Requester, served};
+use crate::net_support::Requester;
 use anyhow::{Context as _, ensure};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Node, Pod, Service};
+use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::ResourceExt;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kubevirt_lab::hosted_data_plane::HostedDataPlane;
-use lab_net::Protocol;
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -164,50 +163,8 @@ async fn load_balanced_pod(
     })
     .await?;
     let plane = HostedDataPlane::start(lab, hc, std::slice::from_ref(&node)).await?;
-    let pods: Api<Pod> = Api::namespaced(guest.clone(), "default");
-    let pod: Pod = serde_json::from_value(json!({
-        "metadata": {"name": "echo", "labels": {"app": "web"}},
-        "spec": {"nodeName": node, "containers": [{
-            "name": "echo", "image": "kubevirt-lab/echo:1",
-            "ports": [{"name": "http", "containerPort": 8080}]}]}
-    }))?;
-    pods.create(&PostParams::default(), &pod).await?;
-    let svc: Service = serde_json::from_value(json!({
-        "metadata": {"name": "web"},
-        "spec": {"type": "LoadBalancer", "selector": {"app": "web"},
-                 "ports": [{"name": "http", "port": 80, "targetPort": "http"}]}
-    }))?;
-    let services: Api<Service> = Api::namespaced(guest.clone(), "default");
-    services.create(&PostParams::default(), &svc).await?;
-    let ip: std::net::IpAddr = until(
-        &services,
-        "web",
-        "the Service's ingress",
-        kubevirt_lab::wait::ingress_ip,
-    )
-    .await?
-    .parse()?;
-    let ingress = SocketAddr::new(ip, 80);
-    served(&lab.infra_proxy, Protocol::Tcp, ingress, 1).await?;
-    let node_port = services
-        .get("web")
-        .await?
-        .spec
-        .and_then(|s| s.ports)
-        .and_then(|p| p.first().and_then(|p| p.node_port))
-        .context("node port")?;
-    let address = lab_net::proxy::desired::internal_ips(&nodes.get(&node).await?)
-        .into_iter()
-        .find(std::net::IpAddr::is_ipv4)
-        .context("the node's IPv4 address")?;
-    served(
-        &plane.proxy,
-        Protocol::Tcp,
-        SocketAddr::new(address, u16::try_from(node_port)?),
-        1,
-    )
-    .await?;
-    Ok((plane, ingress))
+    let web = plane.serve_echo(lab, guest, "web", WAIT).await?;
+    Ok((plane, web.ingress))
 }
 
 /// A hosted cluster and its VMs take longer than [`WAIT`] to come up.

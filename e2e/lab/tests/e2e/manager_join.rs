@@ -25,17 +25,16 @@
 //! - deleting the pool leaves no VM, Node, user data or token behind.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use crate::manager_support::hosted::*;
 use crate::manager_support::*;
-use crate::net_support::{answers, served};
+use crate::net_support::answers;
 use anyhow::{Context as _, ensure};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Node, Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{Node, Secret};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::core::DynamicObject;
@@ -43,7 +42,6 @@ use kube::runtime::watcher::{self, Event};
 use kubevirt_infra::kubevirt::{VirtualMachine, VirtualMachineInstance};
 use kubevirt_lab::hosted_data_plane::HostedDataPlane;
 use kubevirt_lab::wait::node_ready;
-use lab_net::Protocol;
 use serde_json::json;
 
 const CLUSTER: &str = "joined1";
@@ -78,76 +76,23 @@ async fn traffic_reaches_pods_on_joined_nodes(
 ) -> anyhow::Result<()> {
     let plane = HostedDataPlane::start(lab, hc, nodes).await?;
     let result = async {
-        let pods: Api<Pod> = Api::namespaced(guest.clone(), "default");
-        let mut expected = BTreeSet::new();
-        for node in nodes {
-            let name = format!("echo-{node}");
-            let pod: Pod = serde_json::from_value(json!({
-                "metadata": {"name": name, "labels": {"app": "web"}},
-                "spec": {"nodeName": node, "containers": [{
-                    "name": "echo", "image": "kubevirt-lab/echo:1",
-                    "ports": [{"name": "http", "containerPort": 8080}]}]}
-            }))?;
-            pods.create(&PostParams::default(), &pod).await?;
-            expected.insert((name, node.clone()));
-        }
-        let svc: Service = serde_json::from_value(json!({
-            "metadata": {"name": "web"},
-            "spec": {"type": "LoadBalancer", "selector": {"app": "web"},
-                     "ports": [{"name": "http", "port": 80, "targetPort": "http"}]}
-        }))?;
-        let services: Api<Service> = Api::namespaced(guest.clone(), "default");
-        services.create(&PostParams::default(), &svc).await?;
-        let ip: IpAddr = until(
-            &services,
-            "web",
-            "the Service's ingress",
-            kubevirt_lab::wait::ingress_ip,
-        )
-        .await?
-        .parse()?;
-        let to = SocketAddr::new(ip, 80);
-        // Both hops route to both nodes before a request is sent.
-        let node_port = services
-            .get("web")
-            .await?
-            .spec
-            .and_then(|s| s.ports)
-            .and_then(|p| p.first().and_then(|p| p.node_port))
-            .context("node port")?;
-        served(&lab.infra_proxy, Protocol::Tcp, to, nodes.len()).await?;
-        for node in nodes {
-            let node = Api::<Node>::all(guest.clone()).get(node).await?;
-            // The Service is IPv4: its node ports are on the nodes' IPv4 addresses.
-            for address in lab_net::proxy::desired::internal_ips(&node)
-                .into_iter()
-                .filter(IpAddr::is_ipv4)
-            {
-                let port = u16::try_from(node_port)?;
-                served(
-                    &plane.proxy,
-                    Protocol::Tcp,
-                    SocketAddr::new(address, port),
-                    nodes.len(),
-                )
-                .await?;
-            }
-        }
-        let seen = answers(lab, to, 20).await?;
-        println!("through the hosted cluster's ingress {to}: {seen:?}");
+        let web = plane.serve_echo(lab, guest, "web", WAIT).await?;
+        let expected: BTreeSet<(String, String)> = web
+            .pods
+            .iter()
+            .map(|p| (p.name.clone(), p.node.clone()))
+            .collect();
+        let seen = answers(lab, web.ingress, 20).await?;
+        println!(
+            "through the hosted cluster's ingress {}: {seen:?}",
+            web.ingress
+        );
         ensure!(
             seen == expected,
             "answered by {seen:?}, expected {expected:?}"
         );
         // Gone again, through the kubelet stand-ins' end of the deletion.
-        services.delete("web", &DeleteParams::default()).await?;
-        for (pod, _) in &expected {
-            pods.delete(pod, &DeleteParams::default()).await?;
-        }
-        for (pod, _) in &expected {
-            until(&pods, pod, "echo pod gone", |p| p.is_none().then_some(())).await?;
-        }
-        Ok(())
+        Ok(web.remove(guest, WAIT).await?)
     }
     .await;
     plane.stop().await;

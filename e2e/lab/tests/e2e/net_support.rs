@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, ensure};
 use kubevirt_lab::Lab;
-use lab_net::proxy::{Listen, Route, ServiceProxy};
+use lab_net::proxy::{Listen, ServiceProxy};
 use lab_net::{Protocol, client};
 
 /// How long a proxy may take to follow a change.
@@ -22,11 +22,7 @@ pub async fn served(
     count: usize,
 ) -> anyhow::Result<()> {
     let listen = Listen { protocol, addr };
-    let wait = proxy.wait_for(|s| match s.get(&listen) {
-        Some(Route::Forward(f)) => f.backends.len() == count,
-        None => count == 0,
-        _ => false,
-    });
+    let wait = proxy.until_forwarding(listen, count);
     tokio::time::timeout(WAIT, wait).await.with_context(|| {
         format!(
             "{addr} ({protocol:?}) served by {count} endpoints: {:?}",

@@ -65,6 +65,17 @@ impl ServiceProxy {
         let mut rx = self.serving.clone();
         let _ = rx.wait_for(accept).await;
     }
+
+    /// Waits until `listen` forwards to exactly `endpoints` endpoints
+    /// (`endpoints` 0: until nothing is served there).
+    pub async fn until_forwarding(&self, listen: Listen, endpoints: usize) {
+        self.wait_for(|s| match s.get(&listen) {
+            Some(Route::Forward(f)) => f.backends.len() == endpoints,
+            None => endpoints == 0,
+            Some(Route::Health(_)) => false,
+        })
+        .await;
+    }
 }
 
 async fn run(client: Client, netns: Arc<Netns>, opts: Options, serving: watch::Sender<Serving>) {
