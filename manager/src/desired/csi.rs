@@ -275,7 +275,8 @@ pub(crate) fn container(
 /// A single-replica Deployment `name` of one of the cluster's daemons in
 /// its control-plane namespace: labelled for the cluster, selecting its
 /// pods by `app`, their template annotated with `config_hash` (which rolls
-/// them) and the emptyDirs `local_volumes` a cluster autoscaler may evict.
+/// them) and the emptyDirs `local_volumes` a cluster autoscaler may evict,
+/// its pods replaced within a minute when their node is lost.
 pub(crate) fn daemon_deployment(
     inp: &ClusterInputs,
     name: &str,
@@ -283,8 +284,12 @@ pub(crate) fn daemon_deployment(
     config_hash: &str,
     local_volumes: Option<&str>,
     strategy: Option<DeploymentStrategy>,
-    pod: PodSpec,
+    mut pod: PodSpec,
 ) -> Deployment {
+    // A daemon on a lost node comes back elsewhere as the control plane does.
+    pod.tolerations
+        .get_or_insert_with(Vec::new)
+        .extend(super::lost_node_tolerations());
     let selector = BTreeMap::from([("app".to_string(), app.to_string())]);
     let mut pod_labels = inp.owner_labels();
     pod_labels.extend(selector.clone());
@@ -753,6 +758,31 @@ mod tests {
             .and_then(|m| m.annotations)
             .expect("annotations");
         assert_eq!(annotations[CONFIG_HASH_ANNOTATION], "h1");
+    }
+
+    #[test]
+    fn daemons_leave_a_lost_node_within_a_minute() {
+        let d = controller_deployment(&inputs(&hosted_cluster()), "h1");
+        let tolerations = d
+            .spec
+            .and_then(|s| s.template.spec)
+            .and_then(|p| p.tolerations)
+            .unwrap_or_default();
+        let keys: Vec<_> = tolerations
+            .iter()
+            .filter(|t| {
+                t.effect.as_deref() == Some("NoExecute")
+                    && t.toleration_seconds == Some(super::super::LOST_NODE_TOLERATION_SECONDS)
+            })
+            .filter_map(|t| t.key.as_deref())
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "node.kubernetes.io/unreachable",
+                "node.kubernetes.io/not-ready"
+            ]
+        );
     }
 
     #[test]

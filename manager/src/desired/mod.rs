@@ -27,6 +27,8 @@ pub mod vm;
 
 use std::collections::BTreeMap;
 
+use k8s_openapi::api::core::v1::Toleration;
+
 use crate::api::{
     CloudProviderOptions, HostedCluster, ManualStorageDriverConfig, StorageDriverType,
 };
@@ -375,4 +377,29 @@ mod tests {
              hcp.kubevirt-rs.io/hosted-cluster-namespace=clusters"
         );
     }
+}
+
+/// How long a control-plane pod (the hosted control plane's, and the
+/// daemons the manager runs for a cluster) stays bound to a node that
+/// stopped reporting before it is evicted and replaced elsewhere (the
+/// default is 300 s). The node lifecycle controller has already waited out
+/// its grace period by then; a cluster should get its lost replicas back
+/// in about a minute, not six.
+pub const LOST_NODE_TOLERATION_SECONDS: i64 = 30;
+
+/// The tolerations of [`LOST_NODE_TOLERATION_SECONDS`].
+pub fn lost_node_tolerations() -> Vec<Toleration> {
+    [
+        "node.kubernetes.io/unreachable",
+        "node.kubernetes.io/not-ready",
+    ]
+    .iter()
+    .map(|key| Toleration {
+        key: Some(key.to_string()),
+        operator: Some("Exists".to_string()),
+        effect: Some("NoExecute".to_string()),
+        toleration_seconds: Some(LOST_NODE_TOLERATION_SECONDS),
+        ..Toleration::default()
+    })
+    .collect()
 }

@@ -350,35 +350,11 @@ pub(crate) fn pod_template(
             "automountServiceAccountToken": false,
             "affinity": affinity,
             "topologySpreadConstraints": spread,
-            "tolerations": lost_node_tolerations(),
+            "tolerations": super::lost_node_tolerations(),
             "containers": [container],
             "volumes": volumes,
         },
     })
-}
-
-/// How long a control-plane pod stays bound to a node that stopped
-/// reporting before it is evicted and replaced elsewhere (the default is
-/// 300 s). The node lifecycle controller has already waited out its grace
-/// period by then; a hosted cluster should get its lost replicas back in
-/// about a minute, not six.
-pub const LOST_NODE_TOLERATION_SECONDS: i64 = 30;
-
-fn lost_node_tolerations() -> Value {
-    [
-        "node.kubernetes.io/unreachable",
-        "node.kubernetes.io/not-ready",
-    ]
-    .iter()
-    .map(|key| {
-        serde_json::json!({
-            "key": key,
-            "operator": "Exists",
-            "effect": "NoExecute",
-            "tolerationSeconds": LOST_NODE_TOLERATION_SECONDS,
-        })
-    })
-    .collect()
 }
 
 /// Environment every control-plane container gets: its pod's name, address
