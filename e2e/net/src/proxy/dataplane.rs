@@ -4,8 +4,10 @@
 //! ones), and each listener forwards what it receives.
 //!
 //! TCP: each accepted connection goes to the next endpoint (round robin,
-//! or the client's pinned one under session affinity); an endpoint that
-//! refuses is skipped for the next. UDP: each client address is a session
+//! or the client's pinned one under session affinity); when that endpoint
+//! refuses, the client's connection is reset, as kube-proxy's NAT path
+//! leaves the client with the endpoint's refusal (no other endpoint is
+//! tried). UDP: each client address is a session
 //! with a socket of its own towards one endpoint; replies go back from the
 //! Service's address; a session ends after [`UDP_IDLE`] without replies or
 //! when its endpoint leaves the route.
@@ -132,23 +134,21 @@ struct Balancer {
 }
 
 impl Balancer {
-    /// The endpoints to try, in order.
-    fn order(&self, forward: &Forward, client: IpAddr) -> Vec<Backend> {
-        let n = forward.backends.len();
-        let start = self.next.fetch_add(1, Ordering::Relaxed) % n.max(1);
-        let mut order: Vec<Backend> = (0..n)
-            .map(|i| forward.backends[(start + i) % n].clone())
-            .collect();
+    /// The endpoint for a new connection of `client`: its pinned one under
+    /// session affinity, else the next in turn.
+    fn pick(&self, forward: &Forward, client: IpAddr) -> Option<Backend> {
         if let Some(timeout) = forward.affinity {
             let pinned = self.pinned.lock().unwrap_or_else(PoisonError::into_inner);
             if let Some((addr, at)) = pinned.get(&client)
                 && at.elapsed() < timeout
-                && let Some(i) = order.iter().position(|b| b.addr == *addr)
+                && let Some(b) = forward.backends.iter().find(|b| b.addr == *addr)
             {
-                order.swap(0, i);
+                return Some(b.clone());
             }
         }
-        order
+        let n = forward.backends.len();
+        let next = self.next.fetch_add(1, Ordering::Relaxed) % n.max(1);
+        forward.backends.get(next).cloned()
     }
 
     fn used(&self, forward: &Forward, client: IpAddr, backend: SocketAddr) {
@@ -204,15 +204,19 @@ async fn forward_tcp(
     balancer: Arc<Balancer>,
     netns: Arc<Netns>,
 ) {
-    for backend in balancer.order(&forward, client.ip()) {
-        let source = source_for(&forward, client.ip(), &backend);
-        match netns.connect_tcp(backend.addr, source).await {
-            Ok(outbound) => {
-                balancer.used(&forward, client.ip(), backend.addr);
-                relay(inbound, outbound).await;
-                return;
-            }
-            Err(e) => tracing::debug!(service = %forward.service, error = %e, "endpoint refused"),
+    let Some(backend) = balancer.pick(&forward, client.ip()) else {
+        return;
+    };
+    let source = source_for(&forward, client.ip(), &backend);
+    match netns.connect_tcp(backend.addr, source).await {
+        Ok(outbound) => {
+            balancer.used(&forward, client.ip(), backend.addr);
+            relay(inbound, outbound).await;
+        }
+        Err(e) => {
+            tracing::debug!(service = %forward.service, endpoint = %backend.addr, error = %e, "endpoint refused");
+            // Closed with a reset, as the refusal would reach the client.
+            let _ = inbound.set_zero_linger();
         }
     }
 }
@@ -292,7 +296,7 @@ async fn open_session(
     balancer: &Balancer,
     client: SocketAddr,
 ) -> Option<Session> {
-    let backend = balancer.order(forward, client.ip()).into_iter().next()?;
+    let backend = balancer.pick(forward, client.ip())?;
     let source = source_for(forward, client.ip(), &backend);
     let upstream = match netns.connect_udp(backend.addr, source).await {
         Ok(s) => Arc::new(s),
