@@ -21,6 +21,10 @@
 //! NotReady (`KubeletNotReady`), as a real kubelet does; without the
 //! annotation it reports Ready again.
 //!
+//! A VM whose infra Node is lost ([`crate::Lab::lose_node`]) dies with it:
+//! its agent stops, so its Lease is no longer renewed and the hosted node
+//! lifecycle controller marks its Node NotReady after its grace period.
+//!
 //! Every connection leaves from the VM's address inside the lab's network
 //! namespace, to the endpoint the user data names. A VM whose user data is
 //! missing or bad, or whose token is refused, never joins: the failure is
@@ -28,7 +32,7 @@
 //! an image without kubeadm: the lab's image [`NO_KUBEADM_IMAGE`] (any tag)
 //! is one; every other boot image is taken to carry kubeadm and kubelet.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -215,12 +219,42 @@ fn user_data_secret(vmi: &VirtualMachineInstance) -> Option<String> {
     })
 }
 
-/// Runs the agents of every VM booted with user data until dropped.
-pub async fn run(infra: Client, netns: Arc<Netns>) {
+/// One running VM's agent.
+struct Running {
+    task: JoinHandle<()>,
+    /// Its runtime's state ([`RUNTIME_ANNOTATION`]).
+    down: watch::Sender<bool>,
+    /// The infra Node the VM runs on.
+    node: String,
+}
+
+/// Runs the agents of every VM booted with user data until dropped. A VM
+/// on an infra Node in `lost` (its machine died) stops with it.
+pub async fn run(infra: Client, netns: Arc<Netns>, mut lost: watch::Receiver<BTreeSet<String>>) {
     let vmis: Api<VirtualMachineInstance> = Api::all(infra.clone());
-    let mut running: HashMap<String, (JoinHandle<()>, watch::Sender<bool>)> = HashMap::new();
+    let mut running: HashMap<String, Running> = HashMap::new();
     let mut events = watcher::watcher(vmis, watcher::Config::default()).boxed();
-    while let Some(event) = events.next().await {
+    loop {
+        let event = tokio::select! {
+            event = events.next() => match event {
+                Some(event) => event,
+                None => return,
+            },
+            changed = lost.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let lost = lost.borrow_and_update();
+                running.retain(|_, vm| {
+                    let dies = lost.contains(&vm.node);
+                    if dies {
+                        vm.task.abort();
+                    }
+                    !dies
+                });
+                continue;
+            }
+        };
         let (vmi, live) = match event {
             Ok(Event::Apply(vmi) | Event::InitApply(vmi)) => (vmi, true),
             Ok(Event::Delete(vmi)) => (vmi, false),
@@ -234,7 +268,15 @@ pub async fn run(infra: Client, netns: Arc<Netns>) {
             continue;
         };
         let address = kubevirt_sim_address(&vmi);
-        let boots = live && vmi.phase() == phase::RUNNING && address.is_some();
+        let node = vmi
+            .status
+            .as_ref()
+            .and_then(|s| s.node_name.clone())
+            .unwrap_or_default();
+        let boots = live
+            && vmi.phase() == phase::RUNNING
+            && address.is_some()
+            && !lost.borrow().contains(&node);
         match (boots, running.get(&uid)) {
             (true, None) => {
                 let (Some(secret), Some(address)) = (user_data_secret(&vmi), address) else {
@@ -249,14 +291,22 @@ pub async fn run(infra: Client, netns: Arc<Netns>) {
                     address,
                     runtime,
                 };
-                running.insert(uid, (tokio::spawn(agent.run()), down));
+                running.insert(
+                    uid,
+                    Running {
+                        task: tokio::spawn(agent.run()),
+                        down,
+                        node,
+                    },
+                );
             }
-            (true, Some((_, down))) => {
-                down.send_if_modified(|d| std::mem::replace(d, runtime_down(&vmi)) != *d);
+            (true, Some(vm)) => {
+                vm.down
+                    .send_if_modified(|d| std::mem::replace(d, runtime_down(&vmi)) != *d);
             }
             (false, Some(_)) => {
-                if let Some((task, _)) = running.remove(&uid) {
-                    task.abort();
+                if let Some(vm) = running.remove(&uid) {
+                    vm.task.abort();
                 }
             }
             (false, None) => {}

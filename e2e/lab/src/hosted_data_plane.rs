@@ -15,6 +15,13 @@
 //!   of [`lab_net::GUEST_POD_NET`]). Pods of any other image stay Pending:
 //!   nothing would run behind them.
 //!
+//! A node dies with its VM: when the lab loses the infra Node a VM runs
+//! on ([`Lab::lose_node`]), that node's kubelet stand-in stops (its echo
+//! pods with it: nothing answers on their addresses) and the proxy stops
+//! serving the node's address. Its kubelet's Lease stops with the guest
+//! agent, so the hosted node lifecycle controller takes its pods out of
+//! the Services, as on a real cluster.
+//!
 //! [`HostedDataPlane::serve_echo`] deploys what a user would to see it
 //! work: an echo pod on each node behind a LoadBalancer Service, ready
 //! once every hop routes to every pod ([`EchoService`]).
@@ -26,21 +33,26 @@
 //! made with the cluster's admin kubeconfig; they reach the published
 //! endpoint through one loopback bridge.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Node, Pod, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
-use kube::Client;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::core::DynamicObject;
+use kube::{Client, ResourceExt};
+use kubevirt_infra::kubevirt::VirtualMachineInstance;
 use lab_guest::kubelet::{self, GuestNode};
 use lab_net::bridge::Bridge;
 use lab_net::proxy::Listen;
 use lab_net::{Protocol, ServiceProxy};
 use serde_json::json;
-use tokio::task::JoinSet;
+use tokio::sync::watch;
+use tokio::task::{AbortHandle, JoinHandle, JoinSet};
+use tokio_util::sync::CancellationToken;
 
 use crate::{Lab, LabError, hcp, wait};
 
@@ -53,10 +65,12 @@ const MANAGER: &str = "lab-hosted-data-plane";
 
 /// A hosted cluster's data plane; stopped when dropped.
 pub struct HostedDataPlane {
-    pub proxy: ServiceProxy,
+    pub proxy: Arc<ServiceProxy>,
     /// The joined nodes it plays.
     nodes: Vec<String>,
-    kubelets: JoinSet<()>,
+    /// Runs the kubelet stand-ins, and stops those whose VM is lost.
+    supervisor: JoinHandle<()>,
+    stop: CancellationToken,
     /// The stand-ins' way to the published endpoint.
     _bridge: Bridge,
 }
@@ -85,8 +99,22 @@ impl HostedDataPlane {
             &["system:node", "system:controller:attachdetach-controller"],
         )
         .await?;
-        let proxy = ServiceProxy::start(proxy_client, lab.net.clone(), Default::default());
+        let proxy = Arc::new(ServiceProxy::start(
+            proxy_client,
+            lab.net.clone(),
+            Default::default(),
+        ));
+        // Where each VM runs: the VMIs do not move while their nodes live.
+        let namespace = format!("{}-{}", hc.namespace().unwrap_or_default(), hc.name_any());
+        let vmis: Api<VirtualMachineInstance> = Api::namespaced(lab.infra_client(), &namespace);
+        let mut runs_on = BTreeMap::new();
+        for vmi in vmis.list(&ListParams::default()).await? {
+            if let Some(node) = vmi.status.as_ref().and_then(|s| s.node_name.clone()) {
+                runs_on.insert(vmi.name_any(), node);
+            }
+        }
         let mut kubelets = JoinSet::new();
+        let mut handles = BTreeMap::new();
         for name in nodes {
             let node = GuestNode::new(name, &nodes_dir(&lab.dir).join(name));
             node.prepare().map_err(LabError::io(
@@ -95,24 +123,40 @@ impl HostedDataPlane {
             ))?;
             let mut cfg = node.kubelet_config(Some(lab.net.clone()));
             cfg.echo_only = true;
-            let (client, name) = (kubelet_client.clone(), name.clone());
-            kubelets.spawn(async move {
+            let (client, node_name) = (kubelet_client.clone(), name.clone());
+            let handle = kubelets.spawn(async move {
                 if let Err(e) = kubelet::run(client, cfg).await {
-                    tracing::error!(node = %name, "kubelet stand-in stopped: {e}");
+                    tracing::error!(node = %node_name, "kubelet stand-in stopped: {e}");
                 }
             });
+            let vm = Vm {
+                kubelet: handle,
+                runs_on: runs_on.get(name).cloned().unwrap_or_default(),
+            };
+            handles.insert(name.clone(), vm);
         }
+        let stop = CancellationToken::new();
+        let supervisor = tokio::spawn(supervise(
+            kubelets,
+            handles,
+            proxy.clone(),
+            lab.lost_nodes(),
+            stop.clone(),
+        ));
         Ok(HostedDataPlane {
             proxy,
             nodes: nodes.to_vec(),
-            kubelets,
+            supervisor,
+            stop,
             _bridge: bridge,
         })
     }
 
-    /// Stops the kubelet stand-ins and the proxy.
+    /// Stops the kubelet stand-ins and the proxy, and waits until the
+    /// stand-ins have stopped.
     pub async fn stop(mut self) {
-        self.kubelets.shutdown().await;
+        self.stop.cancel();
+        let _ = (&mut self.supervisor).await;
         self.proxy.stop();
     }
 
@@ -211,6 +255,58 @@ impl HostedDataPlane {
             pods: echo_pods,
         })
     }
+}
+
+impl Drop for HostedDataPlane {
+    fn drop(&mut self) {
+        self.stop.cancel();
+        self.proxy.stop();
+    }
+}
+
+/// A joined node of a [`HostedDataPlane`].
+struct Vm {
+    kubelet: AbortHandle,
+    /// The infra Node its VM runs on.
+    runs_on: String,
+}
+
+/// Keeps the kubelet stand-ins running until `stop`; stops the nodes
+/// whose VMs ran on an infra Node as it is `lost`, and the proxy's
+/// listeners on their addresses.
+async fn supervise(
+    mut kubelets: JoinSet<()>,
+    mut vms: BTreeMap<String, Vm>,
+    proxy: Arc<ServiceProxy>,
+    mut lost: watch::Receiver<BTreeSet<String>>,
+    stop: CancellationToken,
+) {
+    lost.mark_changed();
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => break,
+            changed = lost.changed() => {
+                if changed.is_err() {
+                    stop.cancelled().await;
+                    break;
+                }
+                let lost = lost.borrow_and_update().clone();
+                let dead: Vec<String> = vms
+                    .iter()
+                    .filter(|(_, vm)| lost.contains(&vm.runs_on))
+                    .map(|(name, _)| name.clone())
+                    .collect();
+                for name in &dead {
+                    if let Some(vm) = vms.remove(name) {
+                        tracing::info!(node = %name, infra_node = %vm.runs_on, "VM lost with its infra node");
+                        vm.kubelet.abort();
+                    }
+                }
+                proxy.node_down(dead.iter().map(String::as_str));
+            }
+        }
+    }
+    kubelets.shutdown().await;
 }
 
 const ECHO_NAMESPACE: &str = "default";

@@ -35,7 +35,7 @@
 //! [`Lab::shutdown`] stops everything and detaches every loop device and
 //! mount the lab made; dropping a `Lab` does the same without waiting.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -62,6 +62,7 @@ use lab_sim::kubevirt::{InfraNode, KubevirtConfig};
 use lab_sim::lb::LbConfig;
 use lab_sim::snapshot::SnapshotConfig;
 use lab_sim::virt_api::{self, VirtApi};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::guest::{guest_node, worker_labels, worker_name, worker_vm};
@@ -220,6 +221,8 @@ pub struct Lab {
     _virt_api_bridge: Bridge,
     /// The management cluster's kubelet ([`LabConfig::management`]).
     pub kubelet: Option<ManagementKubelet>,
+    /// The infra Nodes whose machines are lost ([`Lab::lose_node`]).
+    lost_nodes: watch::Sender<BTreeSet<String>>,
     /// The etcd of every cluster of the lab.
     etcd: Arc<Etcd>,
     tasks: JoinSet<()>,
@@ -320,9 +323,11 @@ impl Lab {
                 },
             ),
         );
+        let (lost_nodes, lost) = watch::channel(BTreeSet::new());
         tasks.spawn(crate::guest_agent::run(
             sim("lab:kubevirt").await?,
             net.clone(),
+            lost,
         ));
         spawn_sim(
             &mut tasks,
@@ -412,6 +417,7 @@ impl Lab {
             virt_api: Some(virt_api),
             _virt_api_bridge: virt_api_bridge,
             kubelet,
+            lost_nodes,
             etcd,
             tasks,
             _tempdir: tempdir,
@@ -626,6 +632,29 @@ impl Lab {
         );
         let path = self.env_file();
         std::fs::write(&path, env).map_err(LabError::io("write", &path))
+    }
+
+    /// Loses infra Node `node` as a machine that dies, with everything on
+    /// it: the management kubelet's pods there (their processes killed, the
+    /// node's Lease no longer renewed), the node's kube-proxy (nothing
+    /// listens on its address any more), and the VMs it ran: their guests
+    /// stop (no kubelet Lease renewed, nothing answers on their addresses;
+    /// see [`crate::guest_agent`] and [`crate::hosted_data_plane`]).
+    /// KubeVirt's view of them stays as a lost virt-handler leaves it: the
+    /// VMIs still say Running, and the node lifecycle controller marks
+    /// their virt-launcher pods not ready.
+    pub fn lose_node(&self, node: &str) {
+        if let Some(kubelet) = &self.kubelet {
+            kubelet.lose_node(node);
+        }
+        self.infra_proxy.node_down([node]);
+        self.lost_nodes
+            .send_if_modified(|lost| lost.insert(node.to_string()));
+    }
+
+    /// The infra Nodes lost so far, as they are lost.
+    pub fn lost_nodes(&self) -> watch::Receiver<BTreeSet<String>> {
+        self.lost_nodes.subscribe()
     }
 
     /// Stops the simulators and servers, then detaches every loop device and

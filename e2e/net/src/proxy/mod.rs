@@ -9,16 +9,16 @@
 pub mod dataplane;
 pub mod desired;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use futures::{StreamExt, future};
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::Client;
 use kube::api::Api;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, ResourceExt};
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
@@ -33,6 +33,9 @@ pub type Serving = BTreeMap<Listen, Route>;
 /// A running service proxy; dropping it closes every listener.
 pub struct ServiceProxy {
     serving: watch::Receiver<Serving>,
+    /// The nodes whose machines are gone: nothing listens on their
+    /// addresses any more (their kube-proxy died with them).
+    down: watch::Sender<BTreeSet<String>>,
     task: JoinHandle<()>,
 }
 
@@ -46,8 +49,25 @@ impl ServiceProxy {
     /// Starts the proxy of the cluster behind `client`.
     pub fn start(client: Client, netns: Arc<Netns>, opts: Options) -> ServiceProxy {
         let (tx, serving) = watch::channel(Serving::new());
-        let task = tokio::spawn(run(client, netns, opts, tx));
-        ServiceProxy { serving, task }
+        let (down, down_rx) = watch::channel(BTreeSet::new());
+        let task = tokio::spawn(run(client, netns, opts, down_rx, tx));
+        ServiceProxy {
+            serving,
+            down,
+            task,
+        }
+    }
+
+    /// Stops serving on the addresses of `nodes`, as when their machines
+    /// die (the proxy serving several nodes at once plays each node's
+    /// kube-proxy). Their endpoints stay until the Services drop them.
+    pub fn node_down<'a>(&self, nodes: impl IntoIterator<Item = &'a str>) {
+        let nodes: Vec<&str> = nodes.into_iter().collect();
+        self.down.send_if_modified(|down| {
+            let before = down.len();
+            down.extend(nodes.iter().map(|n| n.to_string()));
+            down.len() != before
+        });
     }
 
     /// Stops watching and closes every listener (as dropping it does).
@@ -78,7 +98,13 @@ impl ServiceProxy {
     }
 }
 
-async fn run(client: Client, netns: Arc<Netns>, opts: Options, serving: watch::Sender<Serving>) {
+async fn run(
+    client: Client,
+    netns: Arc<Netns>,
+    opts: Options,
+    mut down: watch::Receiver<BTreeSet<String>>,
+    serving: watch::Sender<Serving>,
+) {
     let changed = Arc::new(Notify::new());
     let (services, services_task) = mirror::<Service>(&client, changed.clone());
     let (slices, slices_task) = mirror::<EndpointSlice>(&client, changed.clone());
@@ -100,7 +126,15 @@ async fn run(client: Client, netns: Arc<Netns>, opts: Options, serving: watch::S
     let mut dataplane = Dataplane::new(netns);
     loop {
         let notified = changed.notified();
-        let want = desired::desired(&services.state(), &slices.state(), &nodes.state(), opts);
+        let up: Vec<Arc<Node>> = {
+            let down = down.borrow_and_update();
+            nodes
+                .state()
+                .into_iter()
+                .filter(|n| !down.contains(&n.name_any()))
+                .collect()
+        };
+        let want = desired::desired(&services.state(), &slices.state(), &up, opts);
         let now = dataplane.apply(want).await;
         serving.send_if_modified(|current| {
             let differs = *current != now;
@@ -109,7 +143,14 @@ async fn run(client: Client, netns: Arc<Netns>, opts: Options, serving: watch::S
             }
             differs
         });
-        notified.await;
+        tokio::select! {
+            () = notified => {}
+            changed = down.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+        }
     }
 }
 
