@@ -1,11 +1,15 @@
 //! The failure table of hosted control planes: what a HighlyAvailable
-//! hosted cluster survives in its management cluster, with a client writing
-//! through its published endpoint throughout. Each test prints what was
-//! lost, for how long, and the longest time the hosted API went without a
-//! successful write.
+//! hosted cluster (its API server published through the infra load
+//! balancer) survives in its management cluster, with a client writing
+//! through its published endpoint throughout and another requesting a
+//! LoadBalancer Service of the cluster's joined nodes every 20 ms (the lab
+//! plays the nodes' data plane, `kubevirt_lab::hosted_data_plane`). Each
+//! test prints what was lost, for how long, the longest time the hosted
+//! API went without a successful write, and what the requests saw.
 //!
-//! - A management node lost (the management kubelet's machine dies: its
-//!   pods' processes killed, its Lease no longer renewed), or a whole zone
+//! - A management node lost (its machine dies: the management kubelet's
+//!   pods there killed, its Lease no longer renewed, its kube-proxy gone,
+//!   and the VM of the hosted cluster it ran gone with it), or a whole zone
 //!   of them (two of six nodes; the control plane spreads one etcd member
 //!   per zone): no write is lost (retried on new connections for up to
 //!   30 s), etcd keeps its quorum, and the node lifecycle controller marks
@@ -14,17 +18,20 @@
 //!   control-plane pods tolerate a lost node for 30 s). Until
 //!   then a new connection may still reach the dead API server, so a write
 //!   can fail twice in a row: the interruption is measured, not bounded by
-//!   one retry.
+//!   one retry. The data plane: a NodePool of two VMs on different zones,
+//!   an echo pod on each; until the infra Service drops the lost VM (the
+//!   CCM follows the hosted cluster's EndpointSlices, which drop the pod
+//!   once the hosted node lifecycle controller sees the VM's kubelet
+//!   gone) and the live VM's node port drops the lost pod, a connection
+//!   may be refused; every request is answered within
+//!   [`DATA_PLANE_ATTEMPTS`] attempts, each on a new connection.
 //! - The management control plane lost (its kube-apiserver killed): the
 //!   hosted cluster runs on in its own processes, `/readyz` answers, no
 //!   write fails twice in a row, and when the management API server
 //!   returns the manager converges a change made to the cluster. Its data
-//!   plane never stops: a client outside both clusters requests a pod on a
-//!   joined node through a LoadBalancer Service's ingress every 20 ms
-//!   throughout (the lab plays the node's data plane,
-//!   `kubevirt_lab::hosted_data_plane`), and no request fails.
+//!   plane (a NodePool of one VM) never stops: no request fails, not even
+//!   once.
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use crate::manager_support::hosted::*;
@@ -35,7 +42,8 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::ResourceExt;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
-use kubevirt_lab::hosted_data_plane::HostedDataPlane;
+use kubevirt_infra::kubevirt::VirtualMachineInstance;
+use kubevirt_lab::hosted_data_plane::{EchoService, HostedDataPlane};
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -52,8 +60,9 @@ async fn the_hosted_api_outlives_its_management_control_plane() -> anyhow::Resul
         let mut config = guest_config(&kubeconfig).await?;
         config.read_timeout = None;
         let guest = kube::Client::try_from(config)?;
-        let (plane, ingress) = load_balanced_pod(&lab, &infra, &hc, &guest).await?;
-        let requests = Requester::start(&lab, ingress);
+        let (plane, web) = load_balanced_pods(&lab, &infra, &hc, &guest, 1).await?;
+        let ingress = web.ingress;
+        let requests = Requester::start(&lab, ingress, 0);
         let mut writer = Writer::start(guest_config(&kubeconfig).await?, Retries::Once);
         writer.more(3).await?;
 
@@ -72,13 +81,7 @@ async fn the_hosted_api_outlives_its_management_control_plane() -> anyhow::Resul
         let written = writer.stop().await?;
         let served = requests.stop().await?;
         plane.stop().await;
-        eprintln!(
-            "the data plane: {} requests through the ingress {ingress}, {} failed, \
-             longest time without an answer {:.2} s",
-            served.count,
-            served.failed.len(),
-            served.longest_gap.as_secs_f64()
-        );
+        eprintln!("the data plane, through the ingress {ingress}: {served}");
         ensure!(
             served.failed.is_empty() && served.count > 0,
             "requests through the ingress failed: {:?}",
@@ -133,15 +136,17 @@ async fn the_hosted_api_outlives_its_management_control_plane() -> anyhow::Resul
     result.with_context(|| format!("manager log:\n{log}"))
 }
 
-/// The data plane of hosted cluster `hc`: a NodePool of one VM, joined; an
-/// echo pod on it behind a LoadBalancer Service, routed through the infra
-/// load balancer. Returns the lab's data plane of the node and the ingress.
-async fn load_balanced_pod(
+/// The data plane of hosted cluster `hc`: a NodePool of `vms` VMs, joined;
+/// an echo pod on each behind a LoadBalancer Service, routed through the
+/// infra load balancer. Returns the lab's data plane of the nodes and the
+/// Service.
+async fn load_balanced_pods(
     lab: &kubevirt_lab::Lab,
     infra: &kube::Client,
     hc: &kube::core::DynamicObject,
     guest: &kube::Client,
-) -> anyhow::Result<(HostedDataPlane, SocketAddr)> {
+    vms: usize,
+) -> anyhow::Result<(HostedDataPlane, EchoService)> {
     let cluster = hc.name_any();
     node_pools(infra)
         .create(
@@ -149,22 +154,25 @@ async fn load_balanced_pod(
             &node_pool(
                 &format!("{cluster}-workers"),
                 &cluster,
-                1,
+                i32::try_from(vms)?,
                 "0.1.0",
                 json!({}),
             )?,
         )
         .await?;
     let nodes: Api<Node> = Api::all(guest.clone());
-    let node = crate::common::until_list_within(&nodes, "", "a Ready node", JOIN_WAIT, |n| {
-        n.iter()
-            .find(|n| kubevirt_lab::wait::node_ready(n))
+    let ready = crate::common::until_list_within(&nodes, "", "Ready nodes", JOIN_WAIT, |n| {
+        let ready: Vec<String> = n
+            .iter()
+            .filter(|n| kubevirt_lab::wait::node_ready(n))
             .map(|n| n.name_any())
+            .collect();
+        (ready.len() == vms).then_some(ready)
     })
     .await?;
-    let plane = HostedDataPlane::start(lab, hc, std::slice::from_ref(&node)).await?;
+    let plane = HostedDataPlane::start(lab, hc, &ready).await?;
     let web = plane.serve_echo(lab, guest, "web", WAIT).await?;
-    Ok((plane, web.ingress))
+    Ok((plane, web))
 }
 
 /// A hosted cluster and its VMs take longer than [`WAIT`] to come up.
@@ -177,7 +185,8 @@ const JOIN_WAIT: Duration = Duration::from_secs(180);
 /// in a row. The test measures the interruption (its longest gap).
 const LOST_NODE_RETRIES: Duration = Duration::from_secs(30);
 
-/// What a failure takes down, given the node etcd-0 runs on.
+/// What a failure takes down, given the infra node a VM of the hosted
+/// cluster runs on.
 enum Loss {
     /// That node.
     Node,
@@ -196,8 +205,17 @@ async fn the_hosted_api_outlives_a_lost_management_zone() -> anyhow::Result<()> 
     outlives(6, "zone1", Loss::Zone).await
 }
 
-/// A HighlyAvailable hosted cluster `name` on `nodes` management nodes
-/// loses what `loss` says while a client writes through its endpoint.
+/// How often a request through the ingress is tried, on a new connection
+/// each time, while a lost VM is still named by the Services: the infra
+/// load balancer alternates between the two VMs, and the live VM's node
+/// port between the two pods, so one attempt in four or more may reach
+/// the live pod until the node lifecycle controllers take the lost ones out.
+const DATA_PLANE_ATTEMPTS: usize = 8;
+
+/// A HighlyAvailable hosted cluster `name` on `nodes` management nodes,
+/// with a NodePool of two VMs serving a LoadBalancer Service, loses what
+/// `loss` says (the node of the first VM, or its zone), while a client
+/// writes through the cluster's endpoint and another requests the Service.
 async fn outlives(nodes: usize, name: &str, loss: Loss) -> anyhow::Result<()> {
     let lab = management_lab_of(nodes).await?;
     let mut manager = start_manager_in_netns(&lab, &[]).await?;
@@ -223,40 +241,67 @@ async fn outlives(nodes: usize, name: &str, loss: Loss) -> anyhow::Result<()> {
             .iter()
             .map(|n| (n.metadata.name.clone().unwrap_or_default(), zone_of(n)))
             .collect();
-        let bound = pods.list(&ListParams::default()).await?.items;
         let node_of = |p: &Pod| p.spec.as_ref().and_then(|s| s.node_name.clone()).unwrap_or_default();
+        let is_member = |p: &Pod| p.metadata.name.as_deref().is_some_and(|n| n.starts_with("etcd-"));
+
+        let (_forward, kubeconfig) = admin_kubeconfig(&lab, name, &endpoint_of(&hc)?).await?;
+        let mut config = guest_config(&kubeconfig).await?;
+        config.read_timeout = None;
+        let guest = kube::Client::try_from(config)?;
+        let (plane, web) = load_balanced_pods(&lab, &infra, &hc, &guest, 2).await?;
+        // Where the VMs run.
+        let vmis: Api<VirtualMachineInstance> = Api::namespaced(infra.clone(), &cp);
+        let mut runs_on = std::collections::BTreeMap::new();
+        for pod in &web.pods {
+            let vmi = vmis.get(&pod.node).await?;
+            let node = vmi.status.and_then(|s| s.node_name).context("a VMI's node")?;
+            runs_on.insert(pod.node.clone(), node);
+        }
+
+        let bound = pods.list(&ListParams::default()).await?.items;
         // One etcd member per zone (the control plane's zone spread).
         let member_zones: std::collections::BTreeSet<String> = bound
             .iter()
-            .filter(|p| p.metadata.name.as_deref().is_some_and(|n| n.starts_with("etcd-")))
+            .filter(|p| is_member(p))
             .filter_map(|p| zones.get(&node_of(p)).cloned())
             .collect();
         ensure!(member_zones.len() == 3, "etcd members in zones {member_zones:?}");
 
-        let (_forward, kubeconfig) = admin_kubeconfig(&lab, name, &endpoint_of(&hc)?).await?;
         let mut writer = Writer::start(guest_config(&kubeconfig).await?, Retries::Within(LOST_NODE_RETRIES));
+        let requests = Requester::start(&lab, web.ingress, DATA_PLANE_ATTEMPTS - 1);
         writer.more(3).await?;
 
-        // The node of etcd-0 dies (or its whole zone), with whatever ran there.
-        let first = node_of(&pods.get("etcd-0").await?);
+        // The node of the first VM dies (or its whole zone), with whatever
+        // ran there: control-plane pods, the VM.
+        let (lost_vm, first) = runs_on.iter().next().context("a VM")?;
         let gone: Vec<String> = match loss {
             Loss::Node => vec![first.clone()],
             Loss::Zone => zones
                 .iter()
-                .filter(|(_, z)| Some(*z) == zones.get(&first))
+                .filter(|(_, z)| Some(*z) == zones.get(first))
                 .map(|(n, _)| n.clone())
                 .collect(),
         };
+        let (live_vm, live_on) = runs_on
+            .iter()
+            .find(|(_, n)| !gone.contains(n))
+            .with_context(|| format!("both VMs on the lost nodes: {runs_on:?}"))?;
         let mut there: Vec<String> = bound
             .iter()
             .filter(|p| gone.contains(&node_of(p)))
             .map(|p| p.metadata.name.clone().unwrap_or_default())
             .collect();
+        there.push(format!("VM {lost_vm}"));
         there.sort();
-        let kubelet = lab.kubelet.as_ref().context("a management lab has a kubelet")?;
+        let lost_members: Vec<String> = bound
+            .iter()
+            .filter(|p| is_member(p) && gone.contains(&node_of(p)))
+            .map(|p| p.metadata.name.clone().unwrap_or_default())
+            .collect();
+        ensure!(lost_members.len() == 1, "etcd members on the lost nodes: {lost_members:?}");
         let lost = Instant::now();
         for node in &gone {
-            kubelet.lose_node(node);
+            lab.lose_node(node);
         }
         writer.more(10).await?;
 
@@ -268,7 +313,7 @@ async fn outlives(nodes: usize, name: &str, loss: Loss) -> anyhow::Result<()> {
             .await?;
         }
         let noticed = lost.elapsed();
-        until(&pods, "etcd-0", "etcd-0 not Ready", |p| {
+        until(&pods, &lost_members[0], "the lost etcd member not Ready", |p| {
             kubevirt_lab::wait::pod_ready(p).is_none().then_some(())
         })
         .await?;
@@ -283,6 +328,42 @@ async fn outlives(nodes: usize, name: &str, loss: Loss) -> anyhow::Result<()> {
             "{}",
             hc.data["status"]
         );
+        // The data plane: both hops forward to the live VM and pod only
+        // (the hosted node lifecycle controller saw the lost VM's kubelet
+        // stop, as the management one saw the node).
+        let live_address = lab_net::proxy::desired::internal_ips(
+            &Api::<Node>::all(guest.clone()).get(live_vm).await?,
+        )
+        .into_iter()
+        .find(std::net::IpAddr::is_ipv4)
+        .context("the live node's address")?;
+        let tcp = |addr| lab_net::proxy::Listen { protocol: lab_net::Protocol::Tcp, addr };
+        let moved = async {
+            lab.infra_proxy.until_forwarding(tcp(web.ingress), 1).await;
+            plane
+                .proxy
+                .until_forwarding(tcp(std::net::SocketAddr::new(live_address, web.node_port)), 1)
+                .await;
+        };
+        let live_port = std::net::SocketAddr::new(live_address, web.node_port);
+        if tokio::time::timeout(JOIN_WAIT, moved).await.is_err() {
+            let slices: Api<k8s_openapi::api::discovery::v1::EndpointSlice> =
+                Api::namespaced(infra.clone(), &cp);
+            let slices: Vec<_> = slices
+                .list(&ListParams::default())
+                .await?
+                .items
+                .into_iter()
+                .map(|s| (s.metadata.name, s.endpoints))
+                .collect();
+            anyhow::bail!(
+                "the Services did not drop the lost VM and its pod within {JOIN_WAIT:?}: \
+                 the ingress forwards to {:?}, the live node port to {:?}; infra slices {slices:?}",
+                lab.infra_proxy.serving().borrow().get(&tcp(web.ingress)),
+                plane.proxy.serving().borrow().get(&tcp(live_port)),
+            );
+        }
+        let moved = lost.elapsed();
         // The lost API servers are replaced on the nodes left (their pods
         // tolerate a lost node for 30 s), where there is room for them.
         let replaced = if matches!(loss, Loss::Zone) {
@@ -312,6 +393,8 @@ async fn outlives(nodes: usize, name: &str, loss: Loss) -> anyhow::Result<()> {
             String::new()
         };
         let written = writer.stop().await?;
+        let served = requests.stop().await?.since(lost);
+        plane.stop().await;
         eprintln!(
             "lost: management node(s) {} with {}; noticed after {:.1} s{replaced}; the hosted API: {} writes, \
              {} retried, {} failed, longest time without a successful write {:.2} s",
@@ -323,10 +406,21 @@ async fn outlives(nodes: usize, name: &str, loss: Loss) -> anyhow::Result<()> {
             written.failed.len(),
             written.longest_gap.as_secs_f64()
         );
+        eprintln!(
+            "the data plane, through the ingress {} (VM {live_vm} on {live_on} left): {served} \
+             (times after the loss); the Services dropped the lost VM after {:.1} s",
+            web.ingress,
+            moved.as_secs_f64()
+        );
         ensure!(
             written.failed.is_empty(),
             "writes failed for {LOST_NODE_RETRIES:?}: {:?}",
             written.failed
+        );
+        ensure!(
+            served.failed.is_empty() && served.count > 0,
+            "requests through the ingress failed {DATA_PLANE_ATTEMPTS} times: {:?}",
+            served.failed
         );
         Ok(())
     }

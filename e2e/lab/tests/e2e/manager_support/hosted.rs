@@ -252,13 +252,17 @@ impl Writer {
 const WRITE_WAIT: Duration = Duration::from_secs(60);
 
 /// Creates HighlyAvailable hosted cluster `name` and waits until all three
-/// etcd members and API servers are ready.
+/// etcd members and API servers are ready. It publishes its API server
+/// through the infra load balancer, as an HA cluster should: a NodePort on
+/// one node's address dies with that node.
 pub async fn highly_available(
     hcs: &Api<DynamicObject>,
     name: &str,
 ) -> anyhow::Result<DynamicObject> {
     let mut hc = hosted(name, Some("1.32.13"))?;
     hc.data["spec"]["controllerAvailabilityPolicy"] = json!("HighlyAvailable");
+    hc.data["spec"]["services"] = json!([{"service": "APIServer",
+        "servicePublishingStrategy": {"type": "LoadBalancer"}}]);
     hcs.create(&PostParams::default(), &hc).await?;
     until_available_within(hcs, name, Duration::from_secs(240)).await?;
     // Available with the first API server; the others follow.
