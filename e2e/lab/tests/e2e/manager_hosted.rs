@@ -486,11 +486,7 @@ async fn a_highly_available_control_plane_spreads_and_survives_a_lost_member() -
         }
 
         // A lost etcd member: the cluster keeps serving writes.
-        let port = hc.data["status"]["controlPlaneEndpoint"]["port"]
-            .as_u64()
-            .context("port")? as u16;
-        let endpoint = format!("{NODE_ADDRESS}:{port}");
-        let (_forward, kubeconfig) = admin_kubeconfig(&lab, "ha1", &endpoint).await?;
+        let (_forward, kubeconfig) = admin_kubeconfig(&lab, "ha1", &endpoint_of(&hc)?).await?;
         let lost = pods.get("etcd-1").await?.metadata.uid;
         pods.delete("etcd-1", &DeleteParams::default()).await?;
         for i in 0..5 {
