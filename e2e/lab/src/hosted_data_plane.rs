@@ -242,12 +242,12 @@ impl HostedDataPlane {
                 self.proxy.until_forwarding(tcp(*addr), every).await;
             }
         };
-        tokio::time::timeout(timeout, routed)
-            .await
-            .map_err(|_| LabError::Timeout {
-                what: format!("{ingress} and the node ports {node_port} routed to {every} pods"),
-                after: timeout,
-            })?;
+        wait::within(
+            timeout,
+            || format!("{ingress} and the node ports {node_port} routed to {every} pods"),
+            routed,
+        )
+        .await?;
         Ok(EchoService {
             name: name.to_string(),
             ingress,

@@ -234,6 +234,21 @@ pub async fn file_exists(path: &Path, exists: bool, timeout: Duration) -> Result
     }
 }
 
+/// Awaits `future` for at most `timeout`; then fails with
+/// [`LabError::Timeout`], saying what was awaited.
+pub async fn within<T>(
+    timeout: Duration,
+    what: impl FnOnce() -> String,
+    future: impl std::future::Future<Output = T>,
+) -> Result<T, LabError> {
+    tokio::time::timeout(timeout, future)
+        .await
+        .map_err(|_| LabError::Timeout {
+            what: what(),
+            after: timeout,
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -33,6 +33,7 @@ use crate::daemon::Daemon;
 use crate::hcp::{self, MANAGER_NAMESPACE, NS, hosted_clusters};
 use crate::kubelet::ImageMap;
 use crate::shared_etcd::SharedEtcd;
+use crate::wait;
 use crate::{Lab, LabConfig, LabError};
 
 const SECTION: &str = "hosted control planes";
@@ -129,12 +130,7 @@ pub async fn control_planes(n: usize, report: &mut Report) -> Result<(), LabErro
             hcs.create(&PostParams::default(), &hosted_cluster(&name)?)
                 .await?;
             // The earlier clusters are Available already: i + 1 means this one.
-            tokio::time::timeout(WAIT, hcp::all_available(&hcs, i + 1))
-                .await
-                .map_err(|_| LabError::Timeout {
-                    what: format!("HostedCluster {name} Available"),
-                    after: WAIT,
-                })??;
+            wait::within(WAIT, || format!("HostedCluster {name} Available"), hcp::all_available(&hcs, i + 1)).await??;
             took.push(started.elapsed().as_secs_f64() * 1000.0);
         }
         took.sort_by(f64::total_cmp);
@@ -172,12 +168,7 @@ pub async fn control_planes(n: usize, report: &mut Report) -> Result<(), LabErro
 
         // The last cluster may still be finishing its rollout (its status
         // then changes): the poke waits for every cluster to settle.
-        tokio::time::timeout(WAIT, hcp::all_settled(&hcs, n))
-            .await
-            .map_err(|_| LabError::Timeout {
-                what: format!("{n} HostedClusters settled"),
-                after: WAIT,
-            })??;
+        wait::within(WAIT, || format!("{n} HostedClusters settled"), hcp::all_settled(&hcs, n)).await??;
         let before = lab.infra.counters().writes_by(hcp::USER);
         for i in 0..n {
             hcs.patch(
@@ -283,12 +274,8 @@ async fn until_gone(api: &kube::Api<DynamicObject>, name: &str) -> Result<(), La
         kube::runtime::wait::await_condition(api.clone(), name, |o: Option<&DynamicObject>| {
             o.is_none()
         });
-    tokio::time::timeout(WAIT, gone)
-        .await
-        .map_err(|_| LabError::Timeout {
-            what: format!("{name} gone"),
-            after: WAIT,
-        })?
+    wait::within(WAIT, || format!("{name} gone"), gone)
+        .await?
         .map_err(|e| LabError::Invalid(format!("watching {name}: {e}")))?;
     Ok(())
 }
@@ -318,12 +305,12 @@ pub async fn ephemeral(n: usize, report: &mut Report) -> Result<(), LabError> {
                     &hcp::node_pool(&name, &name, 2, "0.1.0", json!({}))?,
                 )
                 .await?;
-            tokio::time::timeout(WAIT, hcp::all_available(&hcs, 1))
-                .await
-                .map_err(|_| LabError::Timeout {
-                    what: format!("HostedCluster {name} Available"),
-                    after: WAIT,
-                })??;
+            wait::within(
+                WAIT,
+                || format!("HostedCluster {name} Available"),
+                hcp::all_available(&hcs, 1),
+            )
+            .await??;
             let (_forward, hosted) = hcp::admin_client(&lab, &hcs.get(&name).await?).await?;
             let nodes = kube::Api::<Node>::all(hosted);
             crate::wait::until_count(&nodes, "", 2, WAIT, crate::wait::node_ready).await?;

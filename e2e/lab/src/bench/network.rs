@@ -179,12 +179,7 @@ async fn expose(
             })
             .await;
     };
-    tokio::time::timeout(WAIT, routed)
-        .await
-        .map_err(|_| LabError::Timeout {
-            what: format!("a route from {ingress} to {pod}"),
-            after: WAIT,
-        })?;
+    wait::within(WAIT, || format!("a route from {ingress} to {pod}"), routed).await?;
     Ok(ingress)
 }
 

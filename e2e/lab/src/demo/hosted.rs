@@ -75,12 +75,12 @@ pub async fn hosted_cluster(demo: &Demo, t: &Timeline) -> Result<(), LabError> {
         hc.data["spec"]["controllerAvailabilityPolicy"].as_str().unwrap_or("SingleReplica"),
     ));
 
-    let hc = tokio::time::timeout(TIMEOUT, narrate_until_available(&hcs, &name, t))
-        .await
-        .map_err(|_| LabError::Timeout {
-            what: format!("HostedCluster {ns}/{name} Available"),
-            after: TIMEOUT,
-        })??;
+    let hc = wait::within(
+        TIMEOUT,
+        || format!("HostedCluster {ns}/{name} Available"),
+        narrate_until_available(&hcs, &name, t),
+    )
+    .await??;
     let endpoint = &hc.data["status"]["controlPlaneEndpoint"];
     let endpoint = format!(
         "{}:{}",
@@ -143,12 +143,12 @@ pub async fn hosted_cluster(demo: &Demo, t: &Timeline) -> Result<(), LabError> {
     t.event(format!(
         "management: applied examples/nodepool.yaml: {replicas} VMs that boot with user data running kubeadm join"
     ));
-    tokio::time::timeout(TIMEOUT, narrate_joins(&hosted, replicas, t))
-        .await
-        .map_err(|_| LabError::Timeout {
-            what: format!("{replicas} Ready nodes in the hosted cluster"),
-            after: TIMEOUT,
-        })??;
+    wait::within(
+        TIMEOUT,
+        || format!("{replicas} Ready nodes in the hosted cluster"),
+        narrate_joins(&hosted, replicas, t),
+    )
+    .await??;
     let csrs = Api::<CertificateSigningRequest>::all(hosted.clone())
         .list(&ListParams::default())
         .await?

@@ -434,12 +434,12 @@ async fn ask(
                     if f.backends.iter().map(|b| b.addr.to_string()).eq([endpoint.clone()]))
             })
     });
-    tokio::time::timeout(TIMEOUT, routed)
-        .await
-        .map_err(|_| LabError::Timeout {
-            what: format!("the guest node ports to lead to {endpoint}"),
-            after: TIMEOUT,
-        })?;
+    wait::within(
+        TIMEOUT,
+        || format!("the guest node ports to lead to {endpoint}"),
+        routed,
+    )
+    .await?;
     let ingress = lab_net::proxy::Listen {
         protocol: lab_net::Protocol::Tcp,
         addr: to,
@@ -447,12 +447,12 @@ async fn ask(
     let served = lab
         .infra_proxy
         .wait_for(|serving| serving.contains_key(&ingress));
-    tokio::time::timeout(TIMEOUT, served)
-        .await
-        .map_err(|_| LabError::Timeout {
-            what: format!("the infra load balancer to serve {to}"),
-            after: TIMEOUT,
-        })?;
+    wait::within(
+        TIMEOUT,
+        || format!("the infra load balancer to serve {to}"),
+        served,
+    )
+    .await?;
     let client = IpAddr::V4(lab_net::OUTSIDE_CLIENT);
     let response = lab_net::client::http_get(&lab.net, to, "/", Some(client)).await?;
     let answer = response.answer()?;
