@@ -144,7 +144,6 @@ impl PodNetwork {
     }
 }
 
-/// The ports of `pod`'s echo containers, or None if it has none.
 /// Whether every container of `pod` runs the echo image.
 pub fn runs_echo_only(pod: &Pod) -> bool {
     pod.spec.as_ref().is_some_and(|s| {
@@ -155,6 +154,7 @@ pub fn runs_echo_only(pod: &Pod) -> bool {
     })
 }
 
+/// The ports of `pod`'s echo containers, or None if it has none.
 fn echo_ports(pod: &Pod) -> Option<Vec<(Protocol, u16)>> {
     let containers: Vec<_> = pod
         .spec

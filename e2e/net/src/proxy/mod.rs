@@ -62,10 +62,9 @@ impl ServiceProxy {
     /// die (the proxy serving several nodes at once plays each node's
     /// kube-proxy). Their endpoints stay until the Services drop them.
     pub fn node_down<'a>(&self, nodes: impl IntoIterator<Item = &'a str>) {
-        let nodes: Vec<&str> = nodes.into_iter().collect();
         self.down.send_if_modified(|down| {
             let before = down.len();
-            down.extend(nodes.iter().map(|n| n.to_string()));
+            down.extend(nodes.into_iter().map(str::to_string));
             down.len() != before
         });
     }
