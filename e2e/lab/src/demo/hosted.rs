@@ -143,7 +143,7 @@ pub async fn hosted_cluster(demo: &Demo, t: &Timeline) -> Result<(), LabError> {
     t.event(format!(
         "management: applied examples/nodepool.yaml: {replicas} VMs that boot with user data running kubeadm join"
     ));
-    wait::within(
+    let nodes = wait::within(
         TIMEOUT,
         || format!("{replicas} Ready nodes in the hosted cluster"),
         narrate_joins(&hosted, replicas, t),
@@ -168,7 +168,7 @@ pub async fn hosted_cluster(demo: &Demo, t: &Timeline) -> Result<(), LabError> {
         ));
     }
     storage(&hosted, &management, &cp_ns, t).await?;
-    load_balancer(demo, &hc, &hosted, t).await
+    load_balancer(demo, &hc, &hosted, &nodes, t).await
 }
 
 /// Traffic in the hosted cluster: the lab plays its nodes' data plane
@@ -180,17 +180,11 @@ async fn load_balancer(
     demo: &Demo,
     hc: &DynamicObject,
     hosted: &Client,
+    nodes: &[String],
     t: &Timeline,
 ) -> Result<(), LabError> {
     let lab = &demo.lab;
-    let nodes: Vec<String> = Api::<Node>::all(hosted.clone())
-        .list(&ListParams::default())
-        .await?
-        .items
-        .iter()
-        .map(|n| n.name_any())
-        .collect();
-    let plane = HostedDataPlane::start(lab, hc, &nodes).await?;
+    let plane = HostedDataPlane::start(lab, hc, nodes).await?;
     let result = async {
         let web = plane.serve_echo(lab, hosted, "demo-web", TIMEOUT).await?;
         for pod in &web.pods {
@@ -296,8 +290,8 @@ async fn storage(
 const KUBELET_SIGNER: &str = "kubernetes.io/kube-apiserver-client-kubelet";
 
 /// Watches the hosted cluster's Nodes, printing each as it registers and
-/// turns Ready, until `n` are Ready.
-async fn narrate_joins(hosted: &Client, n: usize, t: &Timeline) -> Result<(), LabError> {
+/// turns Ready, until `n` are Ready; their names.
+async fn narrate_joins(hosted: &Client, n: usize, t: &Timeline) -> Result<Vec<String>, LabError> {
     let nodes: Api<Node> = Api::all(hosted.clone());
     let mut events = std::pin::pin!(watcher::watcher(nodes, watcher::Config::default()));
     let mut ready: BTreeMap<String, bool> = BTreeMap::new();
@@ -333,7 +327,10 @@ async fn narrate_joins(hosted: &Client, n: usize, t: &Timeline) -> Result<(), La
             ready.insert(name, is_ready);
         }
         if ready.values().filter(|r| **r).count() >= n {
-            return Ok(());
+            return Ok(ready
+                .into_iter()
+                .filter_map(|(name, r)| r.then_some(name))
+                .collect());
         }
     }
     Err(LabError::Watch {
