@@ -222,14 +222,15 @@ impl HostedDataPlane {
             .ok_or_else(|| LabError::Invalid(format!("Service {name} has no node port")))?;
         // The Service is IPv4: its node ports are on the nodes' IPv4 addresses.
         let nodes: Api<Node> = Api::all(hosted.clone());
-        let mut node_ports = Vec::new();
+        let mut node_ports = BTreeMap::new();
         for node in &self.nodes {
-            node_ports.extend(
+            let addresses: Vec<SocketAddr> =
                 lab_net::proxy::desired::internal_ips(&nodes.get(node).await?)
                     .into_iter()
                     .filter(IpAddr::is_ipv4)
-                    .map(|a| SocketAddr::new(a, node_port)),
-            );
+                    .map(|a| SocketAddr::new(a, node_port))
+                    .collect();
+            node_ports.insert(node.clone(), addresses);
         }
         let tcp = |addr| Listen {
             protocol: Protocol::Tcp,
@@ -238,7 +239,7 @@ impl HostedDataPlane {
         let every = self.nodes.len();
         let routed = async {
             lab.infra_proxy.until_forwarding(tcp(ingress), every).await;
-            for addr in &node_ports {
+            for addr in node_ports.values().flatten() {
                 self.proxy.until_forwarding(tcp(*addr), every).await;
             }
         };
@@ -252,6 +253,7 @@ impl HostedDataPlane {
             name: name.to_string(),
             ingress,
             node_port,
+            node_ports,
             pods: echo_pods,
         })
     }
@@ -318,6 +320,8 @@ pub struct EchoService {
     /// The Service's load-balancer ingress, port 80.
     pub ingress: SocketAddr,
     pub node_port: u16,
+    /// Where each node serves the node port: its IPv4 addresses.
+    pub node_ports: BTreeMap<String, Vec<SocketAddr>>,
     pub pods: Vec<EchoPod>,
 }
 

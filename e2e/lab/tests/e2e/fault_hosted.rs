@@ -331,21 +331,16 @@ async fn outlives(nodes: usize, name: &str, loss: Loss) -> anyhow::Result<()> {
         // The data plane: both hops forward to the live VM and pod only
         // (the hosted node lifecycle controller saw the lost VM's kubelet
         // stop, as the management one saw the node).
-        let live_address = lab_net::proxy::desired::internal_ips(
-            &Api::<Node>::all(guest.clone()).get(live_vm).await?,
-        )
-        .into_iter()
-        .find(std::net::IpAddr::is_ipv4)
-        .context("the live node's address")?;
+        let live_port = *web
+            .node_ports
+            .get(live_vm)
+            .and_then(|ports| ports.first())
+            .context("the live node's port")?;
         let tcp = |addr| lab_net::proxy::Listen { protocol: lab_net::Protocol::Tcp, addr };
         let moved = async {
             lab.infra_proxy.until_forwarding(tcp(web.ingress), 1).await;
-            plane
-                .proxy
-                .until_forwarding(tcp(std::net::SocketAddr::new(live_address, web.node_port)), 1)
-                .await;
+            plane.proxy.until_forwarding(tcp(live_port), 1).await;
         };
-        let live_port = std::net::SocketAddr::new(live_address, web.node_port);
         if tokio::time::timeout(JOIN_WAIT, moved).await.is_err() {
             let slices: Api<k8s_openapi::api::discovery::v1::EndpointSlice> =
                 Api::namespaced(infra.clone(), &cp);
