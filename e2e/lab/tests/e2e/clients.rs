@@ -14,7 +14,7 @@ use std::process::Output;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use kubevirt_lab::{Lab, LabConfig};
+use kubevirt_lab::LabConfig;
 
 /// Bound of each script run (a hang guard).
 const TIMEOUT: Duration = Duration::from_secs(400);
@@ -71,7 +71,7 @@ fn check(what: &str, out: &Output) -> anyhow::Result<()> {
 async fn kubectl_and_the_python_client_against_both_clusters() -> anyhow::Result<()> {
     crate::common::init_logging();
     let python = python()?;
-    let lab = Lab::start(LabConfig {
+    let lab = crate::common::start_lab(LabConfig {
         vms: 1,
         devices: false,
         ..LabConfig::default()

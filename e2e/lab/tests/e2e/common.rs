@@ -86,10 +86,19 @@ where
     }
 }
 
-/// Starts a lab of `config`, with logging set up.
+/// Starts a lab of `config`, with logging set up, watched by the
+/// [`watchdog`](crate::watchdog).
 pub async fn start_lab(config: kubevirt_lab::LabConfig) -> anyhow::Result<kubevirt_lab::Lab> {
     init_logging();
-    Ok(kubevirt_lab::Lab::start(config).await?)
+    let lab = kubevirt_lab::Lab::start(config).await?;
+    crate::watchdog::watch(&lab.dir);
+    Ok(lab)
+}
+
+/// The last `lines` lines of `log`.
+pub fn tail(log: &str, lines: usize) -> String {
+    let all: Vec<&str> = log.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 /// [`start_lab`] for tests of the daemon `binary` (of cargo package

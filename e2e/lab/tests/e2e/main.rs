@@ -60,3 +60,4 @@ mod storage_pod;
 mod storage_sharing;
 mod storage_snapshot;
 mod suite_outage;
+mod watchdog;

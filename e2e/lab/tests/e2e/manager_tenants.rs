@@ -126,7 +126,7 @@ async fn three_hosted_clusters_run_from_the_managers_config_without_crosstalk() 
         bail!("this test runs the daemons in mount namespaces and needs root");
     }
     let lab = lab().await?;
-    let external = Lab::start(LabConfig {
+    let external = crate::common::start_lab(LabConfig {
         vms: 0,
         devices: false,
         ..LabConfig::default()

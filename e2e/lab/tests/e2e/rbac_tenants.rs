@@ -34,8 +34,7 @@ async fn client(lab: &Lab, who: &Identity) -> anyhow::Result<Client> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shipped_roles_are_enough_and_tenant_tight() -> anyhow::Result<()> {
-    crate::common::init_logging();
-    let lab = Lab::start(LabConfig {
+    let lab = crate::common::start_lab(LabConfig {
         vms: 0,
         devices: false,
         cluster_name: "rbac".into(),

@@ -28,7 +28,7 @@ const OUTAGE: Duration = Duration::from_secs(10);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_infra_outage_and_dropped_watches_are_survived() -> anyhow::Result<()> {
     let run = async {
-        let lab = Lab::start(LabConfig {
+        let lab = crate::common::start_lab(LabConfig {
             vms: 2,
             devices: true,
             ..LabConfig::default()

@@ -68,7 +68,7 @@ pub async fn bounded<F: Future<Output = anyhow::Result<()>>>(test: F) -> anyhow:
         outcome = test => outcome,
         () = tokio::time::sleep(TEST_TIMEOUT) => {
             let dir = dir.lock().map(|d| d.clone()).unwrap_or_default();
-            let report = dir.map(|d| lab_report(&d)).unwrap_or_default();
+            let report = dir.map(|d| crate::watchdog::lab_report(&d)).unwrap_or_default();
             Err(anyhow!("test did not finish within {TEST_TIMEOUT:?}\n{report}"))
         }
     }
@@ -81,49 +81,6 @@ fn note_lab_dir(dir: &Path) {
             *d = Some(dir.to_path_buf());
         }
     });
-}
-
-/// The tails of the logs under `dir/logs` and, per cluster, the last
-/// requests its audit log records (stage, verb, URI, code, user).
-fn lab_report(dir: &Path) -> String {
-    let mut out = String::new();
-    let files = |sub: &str| {
-        let mut paths: Vec<PathBuf> = std::fs::read_dir(dir.join(sub))
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| e.path())
-            .collect();
-        paths.sort();
-        paths
-    };
-    for log in files("logs") {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        out.push_str(&format!("--- {} ---\n{}\n", log.display(), tail(&text, 15)));
-    }
-    for cluster in files("clusters") {
-        let audit = std::fs::read_to_string(cluster.join("audit.log")).unwrap_or_default();
-        let requests: Vec<String> = audit
-            .lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .map(|e| {
-                format!(
-                    "{} {} {} {} {}",
-                    e["stage"].as_str().unwrap_or("-"),
-                    e["verb"].as_str().unwrap_or("-"),
-                    e["requestURI"].as_str().unwrap_or("-"),
-                    e["responseStatus"]["code"],
-                    e["user"]["username"].as_str().unwrap_or("-"),
-                )
-            })
-            .collect();
-        out.push_str(&format!(
-            "--- last requests to {} ---\n{}\n",
-            cluster.display(),
-            requests[requests.len().saturating_sub(15)..].join("\n")
-        ));
-    }
-    out
 }
 
 /// An in-process task, aborted when dropped.
@@ -437,12 +394,15 @@ impl Storage {
 
     /// The tails of the daemons' logs, for failure messages.
     pub fn logs(&self) -> String {
-        let mut out = format!("--- controller ---\n{}", tail(&self.controller.log(), 40));
+        let mut out = format!(
+            "--- controller ---\n{}",
+            crate::common::tail(&self.controller.log(), 40)
+        );
         for n in &self.nodes {
             out.push_str(&format!(
                 "\n--- node {} ---\n{}",
                 n.node.node_name,
-                tail(&n.plugin.log(), 30)
+                crate::common::tail(&n.plugin.log(), 30)
             ));
         }
         out
@@ -693,11 +653,6 @@ async fn start_controller(lab: &Lab) -> anyhow::Result<Daemon> {
         bail!("controller socket did not appear: {e}\n{}", daemon.log());
     }
     Ok(daemon)
-}
-
-fn tail(log: &str, lines: usize) -> String {
-    let all: Vec<&str> = log.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 // === data through a pod's volume ===
