@@ -25,6 +25,13 @@
 //! its agent stops, so its Lease is no longer renewed and the hosted node
 //! lifecycle controller marks its Node NotReady after its grace period.
 //!
+//! A VM that starts again (a new VMI of the same VM, on any node) keeps its
+//! root disk, and with it what its kubelet kept from the join: its client
+//! certificate and the cluster's kubelet version ([`Kept`]). cloud-init
+//! runs once per instance (KubeVirt's NoCloud instance-id is the VM's
+//! firmware UUID, which stays), so the VM does not join again: its kubelet
+//! comes back as the node, with the new VMI's address.
+//!
 //! Every connection leaves from the VM's address inside the lab's network
 //! namespace, to the endpoint the user data names. A VM whose user data is
 //! missing or bad, or whose token is refused, never joins: the failure is
@@ -34,7 +41,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -220,6 +227,18 @@ fn user_data_secret(vmi: &VirtualMachineInstance) -> Option<String> {
 }
 
 /// One running VM's agent.
+/// What a VM's root disk keeps from its join: the kubelet's client
+/// certificate and key (`/var/lib/kubelet/pki`) and the version it runs.
+#[derive(Clone)]
+struct Kept {
+    cert: String,
+    key: String,
+    version: String,
+}
+
+/// The kept state of each VM (`namespace/name`), across its VMIs.
+type Disks = Arc<Mutex<HashMap<String, Kept>>>;
+
 struct Running {
     task: JoinHandle<()>,
     /// Its runtime's state ([`RUNTIME_ANNOTATION`]).
@@ -233,6 +252,7 @@ struct Running {
 pub async fn run(infra: Client, netns: Arc<Netns>, mut lost: watch::Receiver<BTreeSet<String>>) {
     let vmis: Api<VirtualMachineInstance> = Api::all(infra.clone());
     let mut running: HashMap<String, Running> = HashMap::new();
+    let disks = Disks::default();
     let mut events = watcher::watcher(vmis, watcher::Config::default()).boxed();
     loop {
         let event = tokio::select! {
@@ -290,6 +310,7 @@ pub async fn run(infra: Client, netns: Arc<Netns>, mut lost: watch::Receiver<BTr
                     secret,
                     address,
                     runtime,
+                    disks: disks.clone(),
                 };
                 running.insert(
                     uid,
@@ -327,11 +348,26 @@ struct Agent {
     address: IpAddr,
     /// Whether its container runtime is down ([`RUNTIME_ANNOTATION`]).
     runtime: watch::Receiver<bool>,
+    disks: Disks,
 }
 
 impl Agent {
     fn name(&self) -> String {
         self.vmi.metadata.name.clone().unwrap_or_default()
+    }
+
+    /// The key of its VM's disk in [`Disks`].
+    fn disk(&self) -> String {
+        let ns = self.vmi.metadata.namespace.as_deref().unwrap_or_default();
+        format!("{ns}/{}", self.name())
+    }
+
+    fn kept(&self) -> Option<Kept> {
+        self.disks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&self.disk())
+            .cloned()
     }
 
     async fn run(self) {
@@ -409,6 +445,60 @@ impl Agent {
             ca_data: plan.ca_data.clone(),
         };
 
+        let kept = match self.kept() {
+            Some(kept) => {
+                tracing::info!(vm = %plan.node_name, "started again: the kubelet uses what it kept");
+                kept
+            }
+            None => {
+                let kept = self.kubeadm_join(&connect, &plan).await?;
+                self.disks
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(self.disk(), kept.clone());
+                kept
+            }
+        };
+        let Kept { cert, key, version } = kept;
+        let node = connect
+            .client(json!({
+                "client-certificate-data": base64(cert.as_bytes()),
+                "client-key-data": base64(key.as_bytes()),
+            }))
+            .await?;
+
+        // 4. The node: registered, its Lease taken, then reported Ready.
+        let leases: Api<Lease> = Api::namespaced(node.clone(), "kube-node-lease");
+        self.register(&node, &plan).await?;
+        renew(&leases, &plan.node_name).await?;
+        let down = *self.runtime.borrow_and_update();
+        self.report_status(&node, &plan, &version, !down).await?;
+        tracing::info!(vm = %plan.node_name, "node joined");
+        let mut tick = tokio::time::interval(LEASE_RENEW);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    if let Err(e) = renew(&leases, &plan.node_name).await {
+                        tracing::debug!(vm = %plan.node_name, error = %e, "lease renewal");
+                    }
+                }
+                changed = self.runtime.changed() => {
+                    if changed.is_err() {
+                        return Ok(());
+                    }
+                    let down = *self.runtime.borrow_and_update();
+                    tracing::info!(vm = %plan.node_name, runtime_down = down, "container runtime changed");
+                    if let Err(e) = self.report_status(&node, &plan, &version, !down).await {
+                        tracing::warn!(vm = %plan.node_name, "node status: {e}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// kubeadm join's steps 1 to 3 (see the module docs): what the kubelet
+    /// keeps.
+    async fn kubeadm_join(&self, connect: &Connect, plan: &JoinPlan) -> Result<Kept, JoinError> {
         // 1. Discovery.
         let anonymous = connect.client(json!({})).await?;
         Api::<ConfigMap>::namespaced(anonymous, "kube-public")
@@ -444,40 +534,7 @@ impl Agent {
 
         // 3. TLS bootstrap.
         let (cert, key) = self.bootstrap(&bootstrap, &plan.node_name).await?;
-        let node = connect
-            .client(json!({
-                "client-certificate-data": base64(cert.as_bytes()),
-                "client-key-data": base64(key.as_bytes()),
-            }))
-            .await?;
-
-        // 4. The node: registered, its Lease taken, then reported Ready.
-        let leases: Api<Lease> = Api::namespaced(node.clone(), "kube-node-lease");
-        self.register(&node, &plan).await?;
-        renew(&leases, &plan.node_name).await?;
-        let down = *self.runtime.borrow_and_update();
-        self.report_status(&node, &plan, &version, !down).await?;
-        tracing::info!(vm = %plan.node_name, "node joined");
-        let mut tick = tokio::time::interval(LEASE_RENEW);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {
-                    if let Err(e) = renew(&leases, &plan.node_name).await {
-                        tracing::debug!(vm = %plan.node_name, error = %e, "lease renewal");
-                    }
-                }
-                changed = self.runtime.changed() => {
-                    if changed.is_err() {
-                        return Ok(());
-                    }
-                    let down = *self.runtime.borrow_and_update();
-                    tracing::info!(vm = %plan.node_name, runtime_down = down, "container runtime changed");
-                    if let Err(e) = self.report_status(&node, &plan, &version, !down).await {
-                        tracing::warn!(vm = %plan.node_name, "node status: {e}");
-                    }
-                }
-            }
-        }
+        Ok(Kept { cert, key, version })
     }
 
     /// A key and a signed client certificate for `system:node:<name>`.
