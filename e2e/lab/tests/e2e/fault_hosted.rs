@@ -15,7 +15,12 @@
 //!   30 s), etcd keeps its quorum, and the node lifecycle controller marks
 //!   the nodes and their pods not ready, so the Services drop them; with a
 //!   zone lost, the lost API servers come back on the nodes left (the
-//!   control-plane pods tolerate a lost node for 30 s). Until
+//!   control-plane pods tolerate a lost node for 30 s). Then the lost
+//!   nodes are fenced (the out-of-service taint, as an operator or a
+//!   machine health check says a machine is gone for good): the pod GC
+//!   deletes their pods, the lost etcd member starts again on a node left
+//!   from its volume (3 of 3 members), and so does the lost VM, whose
+//!   Node is Ready again. Until
 //!   then a new connection may still reach the dead API server, so a write
 //!   can fail twice in a row: the interruption is measured, not bounded by
 //!   one retry. The data plane: a NodePool of two VMs on different zones,
@@ -380,9 +385,54 @@ async fn outlives(nodes: usize, name: &str, loss: Loss) -> anyhow::Result<()> {
                 serving.len() == 3 && serving.iter().all(|n| !gone.contains(n)),
                 "API servers on {serving:?}, lost {gone:?}"
             );
+            let servers_back = lost.elapsed();
+            // Fenced: the out-of-service taint says the nodes are gone for
+            // good, as an operator or a machine health check says it. The
+            // pod GC deletes their pods, and the lost etcd member starts
+            // again on a node left, from its volume.
+            let fenced = Instant::now();
+            let taint = json!([{"op": "add", "path": "/spec/taints/-", "value":
+                {"key": "node.kubernetes.io/out-of-service", "value": "nodeshutdown", "effect": "NoExecute"}}]);
+            for node in &gone {
+                all_nodes
+                    .patch(node, &PatchParams::default(), &Patch::<()>::Json(serde_json::from_value(taint.clone())?))
+                    .await?;
+            }
+            until_dynamic(&hcs, name, "etcd with 3 of 3 members again", |hc| {
+                hc.filter(|hc| condition_message(hc, "EtcdAvailable") == "3 of 3 etcd members ready")
+                    .map(|_| ())
+            })
+            .await?;
+            let member = pods.get(&lost_members[0]).await?;
+            // So does the lost VM (its launcher pod deleted, KubeVirt
+            // starts it again), and its kubelet, with the credentials its
+            // disk kept, makes its Node Ready again.
+            let restarted_on = until(&vmis, lost_vm, "the lost VM running on a node left", |v| {
+                let v = v?;
+                let on = v.status.as_ref()?.node_name.clone()?;
+                (v.phase() == kubevirt_infra::kubevirt::phase::RUNNING && !gone.contains(&on))
+                    .then_some(on)
+            })
+            .await?;
+            let hosted_nodes: Api<Node> = Api::all(guest.clone());
+            until(&hosted_nodes, lost_vm, "the lost VM's Node Ready again", |n| {
+                kubevirt_lab::wait::node_ready(n?).then_some(())
+            })
+            .await?;
+            ensure!(
+                !gone.contains(&node_of(&member)),
+                "etcd member {} is back on lost node {}",
+                lost_members[0],
+                node_of(&member)
+            );
             format!(
-                "; 3 API servers again after {:.1} s",
-                lost.elapsed().as_secs_f64()
+                "; 3 API servers again after {:.1} s; the lost nodes fenced, \
+                 3 etcd members ({} on {}) and VM {lost_vm} Ready on {restarted_on} \
+                 again {:.1} s later",
+                servers_back.as_secs_f64(),
+                lost_members[0],
+                node_of(&member),
+                fenced.elapsed().as_secs_f64(),
             )
         } else {
             String::new()
