@@ -20,7 +20,10 @@
 //! pods with it: nothing answers on their addresses) and the proxy stops
 //! serving the node's address. Its kubelet's Lease stops with the guest
 //! agent, so the hosted node lifecycle controller takes its pods out of
-//! the Services, as on a real cluster.
+//! the Services, as on a real cluster. When KubeVirt starts the VM again
+//! on a live node (its lost launcher pod deleted), the node's stand-in
+//! starts again and the proxy serves the node's new address: its pods run
+//! and become ready again, and the Services take them back.
 //!
 //! [`HostedDataPlane::serve_echo`] deploys what a user would to see it
 //! work: an echo pod on each node behind a LoadBalancer Service, ready
@@ -113,34 +116,26 @@ impl HostedDataPlane {
                 runs_on.insert(vmi.name_any(), node);
             }
         }
-        let mut kubelets = JoinSet::new();
-        let mut handles = BTreeMap::new();
+        let mut kubelets = Kubelets {
+            client: kubelet_client,
+            net: lab.net.clone(),
+            dir: nodes_dir(&lab.dir),
+            running: JoinSet::new(),
+        };
+        let mut vms = BTreeMap::new();
         for name in nodes {
-            let node = GuestNode::new(name, &nodes_dir(&lab.dir).join(name));
-            node.prepare().map_err(LabError::io(
-                "prepare the kubelet directory of",
-                &node.kubelet_dir,
-            ))?;
-            let mut cfg = node.kubelet_config(Some(lab.net.clone()));
-            cfg.echo_only = true;
-            let (client, node_name) = (kubelet_client.clone(), name.clone());
-            let handle = kubelets.spawn(async move {
-                if let Err(e) = kubelet::run(client, cfg).await {
-                    tracing::error!(node = %node_name, "kubelet stand-in stopped: {e}");
-                }
-            });
             let vm = Vm {
-                kubelet: handle,
+                kubelet: Some(kubelets.start(name)?),
                 runs_on: runs_on.get(name).cloned().unwrap_or_default(),
             };
-            handles.insert(name.clone(), vm);
+            vms.insert(name.clone(), vm);
         }
         let stop = CancellationToken::new();
         let supervisor = tokio::spawn(supervise(
             kubelets,
-            handles,
+            vms,
             proxy.clone(),
-            lab.lost_nodes(),
+            (lab.lost_nodes(), vmis),
             stop.clone(),
         ));
         Ok(HostedDataPlane {
@@ -268,47 +263,113 @@ impl Drop for HostedDataPlane {
 
 /// A joined node of a [`HostedDataPlane`].
 struct Vm {
-    kubelet: AbortHandle,
+    /// Its kubelet stand-in, while the VM runs.
+    kubelet: Option<AbortHandle>,
     /// The infra Node its VM runs on.
     runs_on: String,
 }
 
-/// Keeps the kubelet stand-ins running until `stop`; stops the nodes
-/// whose VMs ran on an infra Node as it is `lost`, and the proxy's
-/// listeners on their addresses.
+/// The kubelet stand-ins of a data plane's nodes.
+struct Kubelets {
+    client: Client,
+    net: Arc<lab_net::Netns>,
+    /// Where each node's kubelet directory is.
+    dir: std::path::PathBuf,
+    running: JoinSet<()>,
+}
+
+impl Kubelets {
+    /// Starts the stand-in of node `name`.
+    fn start(&mut self, name: &str) -> Result<AbortHandle, LabError> {
+        let node = GuestNode::new(name, &self.dir.join(name));
+        node.prepare().map_err(LabError::io(
+            "prepare the kubelet directory of",
+            &node.kubelet_dir,
+        ))?;
+        let mut cfg = node.kubelet_config(Some(self.net.clone()));
+        cfg.echo_only = true;
+        let (client, node_name) = (self.client.clone(), name.to_string());
+        Ok(self.running.spawn(async move {
+            if let Err(e) = kubelet::run(client, cfg).await {
+                tracing::error!(node = %node_name, "kubelet stand-in stopped: {e}");
+            }
+        }))
+    }
+}
+
+/// Keeps the kubelet stand-ins running until `stop`: stops the nodes
+/// whose VMs ran on an infra Node as it is lost (and the proxy's listeners
+/// on their addresses), and starts them again when their VMs run again on
+/// a live node (their VMIs, watched).
 async fn supervise(
-    mut kubelets: JoinSet<()>,
+    mut kubelets: Kubelets,
     mut vms: BTreeMap<String, Vm>,
     proxy: Arc<ServiceProxy>,
-    mut lost: watch::Receiver<BTreeSet<String>>,
+    (mut lost, vmis): (
+        watch::Receiver<BTreeSet<String>>,
+        Api<VirtualMachineInstance>,
+    ),
     stop: CancellationToken,
 ) {
+    use futures::StreamExt as _;
+    use kube::runtime::watcher::{self, Event};
     lost.mark_changed();
+    let mut lost_open = true;
+    let mut events = watcher::watcher(vmis, watcher::Config::default()).boxed();
     loop {
         tokio::select! {
             () = stop.cancelled() => break,
-            changed = lost.changed() => {
+            changed = lost.changed(), if lost_open => {
                 if changed.is_err() {
-                    stop.cancelled().await;
-                    break;
+                    lost_open = false;
+                    continue;
                 }
                 let lost = lost.borrow_and_update().clone();
-                let dead: Vec<String> = vms
-                    .iter()
-                    .filter(|(_, vm)| lost.contains(&vm.runs_on))
-                    .map(|(name, _)| name.clone())
-                    .collect();
-                for name in &dead {
-                    if let Some(vm) = vms.remove(name) {
+                let mut dead = Vec::new();
+                for (name, vm) in &mut vms {
+                    if lost.contains(&vm.runs_on)
+                        && let Some(kubelet) = vm.kubelet.take()
+                    {
                         tracing::info!(node = %name, infra_node = %vm.runs_on, "VM lost with its infra node");
-                        vm.kubelet.abort();
+                        kubelet.abort();
+                        dead.push(name.as_str());
                     }
                 }
-                proxy.node_down(dead.iter().map(String::as_str));
+                proxy.node_down(dead);
+            }
+            Some(event) = events.next() => {
+                let vmi = match event {
+                    Ok(Event::Apply(vmi) | Event::InitApply(vmi)) => vmi,
+                    Ok(_) => continue,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "hosted data plane: VMI watch");
+                        continue;
+                    }
+                };
+                let name = vmi.name_any();
+                let Some(vm) = vms.get_mut(&name) else { continue };
+                let Some(on) = vmi.status.as_ref().and_then(|s| s.node_name.clone()) else {
+                    continue;
+                };
+                let again = vm.kubelet.is_none()
+                    && vmi.phase() == kubevirt_infra::kubevirt::phase::RUNNING
+                    && !lost.borrow().contains(&on);
+                if !again {
+                    continue;
+                }
+                match kubelets.start(&name) {
+                    Ok(kubelet) => {
+                        tracing::info!(node = %name, infra_node = %on, "VM runs again");
+                        vm.kubelet = Some(kubelet);
+                        vm.runs_on = on;
+                        proxy.node_up([name.as_str()]);
+                    }
+                    Err(e) => tracing::warn!(node = %name, "starting the kubelet stand-in again: {e}"),
+                }
             }
         }
     }
-    kubelets.shutdown().await;
+    kubelets.running.shutdown().await;
 }
 
 const ECHO_NAMESPACE: &str = "default";

@@ -19,8 +19,8 @@
 //!   nodes are fenced (the out-of-service taint, as an operator or a
 //!   machine health check says a machine is gone for good): the pod GC
 //!   deletes their pods, the lost etcd member starts again on a node left
-//!   from its volume (3 of 3 members), and so does the lost VM, whose
-//!   Node is Ready again. Until
+//!   from its volume (3 of 3 members), and so does the lost VM: its Node
+//!   is Ready again and the Services take its pod back. Until
 //!   then a new connection may still reach the dead API server, so a write
 //!   can fail twice in a row: the interruption is measured, not bounded by
 //!   one retry. The data plane: a NodePool of two VMs on different zones,
@@ -419,6 +419,13 @@ async fn outlives(nodes: usize, name: &str, loss: Loss) -> anyhow::Result<()> {
                 kubevirt_lab::wait::node_ready(n?).then_some(())
             })
             .await?;
+            // Its pod runs again, and both hops take it back.
+            let back = async {
+                lab.infra_proxy.until_forwarding(tcp(web.ingress), 2).await;
+                plane.proxy.until_forwarding(tcp(live_port), 2).await;
+            };
+            kubevirt_lab::wait::within(JOIN_WAIT, || "the Services to take the VM back".to_string(), back)
+                .await?;
             ensure!(
                 !gone.contains(&node_of(&member)),
                 "etcd member {} is back on lost node {}",
@@ -427,8 +434,8 @@ async fn outlives(nodes: usize, name: &str, loss: Loss) -> anyhow::Result<()> {
             );
             format!(
                 "; 3 API servers again after {:.1} s; the lost nodes fenced, \
-                 3 etcd members ({} on {}) and VM {lost_vm} Ready on {restarted_on} \
-                 again {:.1} s later",
+                 3 etcd members ({} on {}) and VM {lost_vm} Ready on {restarted_on}, \
+                 its pod served again, {:.1} s later",
                 servers_back.as_secs_f64(),
                 lost_members[0],
                 node_of(&member),

@@ -69,6 +69,18 @@ impl ServiceProxy {
         });
     }
 
+    /// Serves on the addresses of `nodes` again, as when their machines
+    /// start again (at whatever address their Nodes then report).
+    pub fn node_up<'a>(&self, nodes: impl IntoIterator<Item = &'a str>) {
+        self.down.send_if_modified(|down| {
+            let before = down.len();
+            for node in nodes {
+                down.remove(node);
+            }
+            down.len() != before
+        });
+    }
+
     /// Stops watching and closes every listener (as dropping it does).
     pub fn stop(&self) {
         self.task.abort();
