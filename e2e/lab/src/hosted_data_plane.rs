@@ -51,7 +51,7 @@ use kubevirt_infra::kubevirt::VirtualMachineInstance;
 use lab_guest::kubelet::{self, GuestNode};
 use lab_net::bridge::Bridge;
 use lab_net::proxy::Listen;
-use lab_net::{Protocol, ServiceProxy};
+use lab_net::ServiceProxy;
 use serde_json::json;
 use tokio::sync::watch;
 use tokio::task::{AbortHandle, JoinHandle, JoinSet};
@@ -227,15 +227,13 @@ impl HostedDataPlane {
                     .collect();
             node_ports.insert(node.clone(), addresses);
         }
-        let tcp = |addr| Listen {
-            protocol: Protocol::Tcp,
-            addr,
-        };
         let every = self.nodes.len();
         let routed = async {
-            lab.infra_proxy.until_forwarding(tcp(ingress), every).await;
+            lab.infra_proxy
+                .until_forwarding(Listen::tcp(ingress), every)
+                .await;
             for addr in node_ports.values().flatten() {
-                self.proxy.until_forwarding(tcp(*addr), every).await;
+                self.proxy.until_forwarding(Listen::tcp(*addr), every).await;
             }
         };
         wait::within(

@@ -69,14 +69,8 @@ async fn traffic_through_the_namespace() -> anyhow::Result<()> {
 
     // Through a ClusterIP: round robin over both, TCP and UDP, the client kept.
     let mut plane = Dataplane::new(netns.clone());
-    let vip = Listen {
-        protocol: Protocol::Tcp,
-        addr: addr("10.96.0.10:80"),
-    };
-    let vip_udp = Listen {
-        protocol: Protocol::Udp,
-        addr: addr("10.96.0.10:53"),
-    };
+    let vip = Listen::tcp(addr("10.96.0.10:80"));
+    let vip_udp = Listen::udp(addr("10.96.0.10:53"));
     let mut want = BTreeMap::from([
         (vip, forward(&["10.192.0.2:8080", "10.192.0.3:8080"], None)),
         (vip_udp, forward(&["10.192.0.2:5353"], None)),

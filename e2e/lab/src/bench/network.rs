@@ -16,7 +16,7 @@ use futures::future::try_join_all;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::api::{Api, DeleteParams, PostParams};
 use lab_net::proxy::{Listen, Route};
-use lab_net::{Protocol, client};
+use lab_net::client;
 use serde_json::json;
 
 use super::{Params, Report, Samples};
@@ -158,10 +158,7 @@ async fn expose(
         .parse()
         .map_err(invalid)?;
     let ingress = SocketAddr::new(ip, 80);
-    let at_ingress = Listen {
-        protocol: Protocol::Tcp,
-        addr: ingress,
-    };
+    let at_ingress = Listen::tcp(ingress);
     let routed = async {
         lab.infra_proxy
             .wait_for(|s| matches!(s.get(&at_ingress), Some(Route::Forward(_))))

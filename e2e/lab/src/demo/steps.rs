@@ -440,10 +440,7 @@ async fn ask(
         routed,
     )
     .await?;
-    let ingress = lab_net::proxy::Listen {
-        protocol: lab_net::Protocol::Tcp,
-        addr: to,
-    };
+    let ingress = lab_net::proxy::Listen::tcp(to);
     let served = lab
         .infra_proxy
         .wait_for(|serving| serving.contains_key(&ingress));

@@ -341,7 +341,7 @@ async fn outlives(nodes: usize, name: &str, loss: Loss) -> anyhow::Result<()> {
             .get(live_vm)
             .and_then(|ports| ports.first())
             .context("the live node's port")?;
-        let tcp = |addr| lab_net::proxy::Listen { protocol: lab_net::Protocol::Tcp, addr };
+        let tcp = lab_net::proxy::Listen::tcp;
         let moved = async {
             lab.infra_proxy.until_forwarding(tcp(web.ingress), 1).await;
             plane.proxy.until_forwarding(tcp(live_port), 1).await;

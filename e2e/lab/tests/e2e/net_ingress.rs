@@ -305,10 +305,7 @@ async fn traffic_from_the_infra_ingress_to_guest_pods() -> anyhow::Result<()> {
     }
     // Once the infra Service is Local too, the client's address is kept
     // end to end (the CCM carries the policy over).
-    let listen = Listen {
-        protocol: Protocol::Tcp,
-        addr: http,
-    };
+    let listen = Listen::tcp(http);
     let local = lab.infra_proxy.wait_for(
         |s| matches!(s.get(&listen), Some(Route::Forward(f)) if f.source == Source::Client),
     );

@@ -41,6 +41,24 @@ pub struct Listen {
     pub addr: SocketAddr,
 }
 
+impl Listen {
+    /// TCP on `addr`.
+    pub fn tcp(addr: SocketAddr) -> Listen {
+        Listen {
+            protocol: Protocol::Tcp,
+            addr,
+        }
+    }
+
+    /// UDP on `addr`.
+    pub fn udp(addr: SocketAddr) -> Listen {
+        Listen {
+            protocol: Protocol::Udp,
+            addr,
+        }
+    }
+}
+
 /// What a listener does.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Route {
