@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use futures::future::try_join_all;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::api::{Api, DeleteParams, PostParams};
-use lab_net::proxy::{Listen, Route};
 use lab_net::client;
+use lab_net::proxy::{Listen, Route};
 use serde_json::json;
 
 use super::{Params, Report, Samples};

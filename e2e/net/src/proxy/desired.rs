@@ -255,10 +255,7 @@ fn service_routes(
         for (node, ips) in node_ips {
             let local_endpoints = ready_endpoints_on(slices, node);
             for ip in ips {
-                let listen = Listen {
-                    protocol: Protocol::Tcp,
-                    addr: SocketAddr::new(*ip, port),
-                };
+                let listen = Listen::tcp(SocketAddr::new(*ip, port));
                 let health = Health {
                     namespace: namespace.clone(),
                     name: name.clone(),
@@ -402,10 +399,7 @@ mod tests {
     }
 
     fn listen(addr: &str) -> Listen {
-        Listen {
-            protocol: Protocol::Tcp,
-            addr: addr.parse().expect("addr"),
-        }
+        Listen::tcp(addr.parse().expect("addr"))
     }
 
     fn backends_of(routes: &BTreeMap<Listen, Route>, addr: &str) -> Vec<String> {
