@@ -147,6 +147,7 @@ pub(crate) async fn run(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
         let now = tokio::select! {
+            biased;
             _ = shutdown.cancelled() => {
                 stop_all(&mut containers, Duration::ZERO).await;
                 forget(&shared, &name);
@@ -161,52 +162,62 @@ pub(crate) async fn run(
             }
             at = tick.tick() => at.into_std(),
         };
-        // A claim's volume never changes once bound: looked up once.
-        if claims.is_none() {
-            match claims_of(&shared, &pod).await {
-                Ok(c) => claims = Some(c),
-                Err(e) => {
-                    tracing::debug!(pod = %name, "claims not ready: {e}");
-                    continue;
+        // One relist, given up as soon as the pod is deleted or its node
+        // goes (a status write may wait on a slow API server): the
+        // processes stop at once, as a dying machine's do.
+        let relist = async {
+            // A claim's volume never changes once bound: looked up once.
+            if claims.is_none() {
+                match claims_of(&shared, &pod).await {
+                    Ok(c) => claims = Some(c),
+                    Err(e) => {
+                        tracing::debug!(pod = %name, "claims not ready: {e}");
+                        return;
+                    }
                 }
             }
-        }
-        let Some(claims) = &claims else { continue };
-        for c in containers.iter_mut() {
-            step(&shared, &pod, now, (ip, host_ip), &node, claims, c).await;
-        }
-        let states: BTreeMap<String, ContainerState> = containers
-            .iter()
-            .map(|c| (c.name.clone(), c.state.clone()))
-            .collect();
-        let pids: Vec<u32> = containers
-            .iter()
-            .filter_map(|c| c.process.as_ref().and_then(|p| p.daemon.pid()))
-            .collect();
-        shared
-            .processes
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(name.clone(), pids);
-        if all_ready(&states) != ready {
-            ready = !ready;
-            ready_since = jiff::Timestamp::now().to_string();
-        }
-        if reported.as_ref() != Some(&states) {
-            let body = pod_status(&pod, ip, host_ip, &started, &ready_since, &states);
-            let api: Api<Pod> =
-                Api::namespaced(shared.client.clone(), &pod.namespace().unwrap_or_default());
-            match api
-                .patch_status(
-                    &pod.name_any(),
-                    &PatchParams::default(),
-                    &Patch::Merge(&serde_json::json!({"status": body})),
-                )
-                .await
-            {
-                Ok(_) => reported = Some(states),
-                Err(e) => tracing::debug!(pod = %name, "pod status: {e}"),
+            let Some(claims) = &claims else { return };
+            for c in containers.iter_mut() {
+                step(&shared, &pod, now, (ip, host_ip), &node, claims, c).await;
             }
+            let states: BTreeMap<String, ContainerState> = containers
+                .iter()
+                .map(|c| (c.name.clone(), c.state.clone()))
+                .collect();
+            let pids: Vec<u32> = containers
+                .iter()
+                .filter_map(|c| c.process.as_ref().and_then(|p| p.daemon.pid()))
+                .collect();
+            shared
+                .processes
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(name.clone(), pids);
+            if all_ready(&states) != ready {
+                ready = !ready;
+                ready_since = jiff::Timestamp::now().to_string();
+            }
+            if reported.as_ref() != Some(&states) {
+                let body = pod_status(&pod, ip, host_ip, &started, &ready_since, &states);
+                let api: Api<Pod> =
+                    Api::namespaced(shared.client.clone(), &pod.namespace().unwrap_or_default());
+                match api
+                    .patch_status(
+                        &pod.name_any(),
+                        &PatchParams::default(),
+                        &Patch::Merge(&serde_json::json!({"status": body})),
+                    )
+                    .await
+                {
+                    Ok(_) => reported = Some(states),
+                    Err(e) => tracing::debug!(pod = %name, "pod status: {e}"),
+                }
+            }
+        };
+        tokio::select! {
+            () = relist => {}
+            () = shutdown.cancelled() => {}
+            () = deleted.cancelled() => {}
         }
     }
 }
