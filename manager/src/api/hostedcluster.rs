@@ -3,6 +3,8 @@
 //! spec names; the infra side is this (management) cluster, or an external
 //! infra cluster reached through `platform.kubevirt.credentials`.
 
+use std::collections::BTreeMap;
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
@@ -71,6 +73,14 @@ pub struct HostedClusterSpec {
     /// The hosted cluster's Service and pod networks.
     #[serde(default)]
     pub networking: ClusterNetworking,
+    /// Labels of the management nodes the pods of the control-plane
+    /// namespace must run on (HyperShift's `nodeSelector`). Whatever it
+    /// says, they tolerate the NoSchedule taints of nodes dedicated to
+    /// control planes (`hypershift.openshift.io/control-plane=true`) or to
+    /// this cluster (`hypershift.openshift.io/cluster=<control-plane
+    /// namespace>`) and prefer nodes labelled so, as HyperShift's do.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
     /// Platform settings.
     #[serde(default)]
     pub platform: HostedClusterPlatform,

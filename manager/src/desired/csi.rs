@@ -286,10 +286,15 @@ pub(crate) fn daemon_deployment(
     strategy: Option<DeploymentStrategy>,
     mut pod: PodSpec,
 ) -> Deployment {
-    // A daemon on a lost node comes back elsewhere as the control plane does.
+    // Placed as the control plane is: a daemon on a lost node comes back
+    // elsewhere as quickly.
+    pod.node_selector = inp.placement.node_selector();
     pod.tolerations
         .get_or_insert_with(Vec::new)
-        .extend(super::lost_node_tolerations());
+        .extend(inp.placement.tolerations());
+    pod.affinity
+        .get_or_insert_with(Default::default)
+        .node_affinity = Some(inp.placement.node_affinity());
     let selector = BTreeMap::from([("app".to_string(), app.to_string())]);
     let mut pod_labels = inp.owner_labels();
     pod_labels.extend(selector.clone());
@@ -761,13 +766,23 @@ mod tests {
     }
 
     #[test]
-    fn daemons_leave_a_lost_node_within_a_minute() {
-        let d = controller_deployment(&inputs(&hosted_cluster()), "h1");
-        let tolerations = d
-            .spec
-            .and_then(|s| s.template.spec)
-            .and_then(|p| p.tolerations)
+    fn daemons_are_placed_as_the_control_plane_and_leave_a_lost_node_within_a_minute() {
+        let mut hc = hosted_cluster();
+        hc.spec.node_selector = BTreeMap::from([("pool".into(), "control-planes".into())]);
+        let d = controller_deployment(&inputs(&hc), "h1");
+        let pod = d.spec.and_then(|s| s.template.spec).expect("pod");
+        assert_eq!(pod.node_selector, Some(hc.spec.node_selector.clone()));
+        let preferred = pod
+            .affinity
+            .and_then(|a| a.node_affinity)
+            .and_then(|n| n.preferred_during_scheduling_ignored_during_execution)
             .unwrap_or_default();
+        assert_eq!(preferred.len(), 2);
+        let tolerations = pod.tolerations.unwrap_or_default();
+        assert!(tolerations.iter().any(|t| {
+            t.key.as_deref() == Some("hypershift.openshift.io/cluster")
+                && t.value.as_deref() == Some("clusters-guest1")
+        }));
         let keys: Vec<_> = tolerations
             .iter()
             .filter(|t| {

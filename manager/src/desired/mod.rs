@@ -27,7 +27,9 @@ pub mod vm;
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::Toleration;
+use k8s_openapi::api::core::v1::{
+    NodeAffinity, NodeSelectorRequirement, NodeSelectorTerm, PreferredSchedulingTerm, Toleration,
+};
 
 use crate::api::{
     CloudProviderOptions, HostedCluster, ManualStorageDriverConfig, StorageDriverType,
@@ -136,6 +138,8 @@ pub struct ClusterInputs {
     pub hosted: bool,
     /// A hosted guest's endpoint, for the daemons' token kubeconfigs.
     pub guest_endpoint: Option<kubeconfig::ClusterEndpoint>,
+    /// Where the daemons' pods run.
+    pub placement: Placement,
 }
 
 impl ClusterInputs {
@@ -169,6 +173,7 @@ impl ClusterInputs {
             snapshot_api: true,
             hosted: hc.is_hosted(),
             guest_endpoint: None,
+            placement: Placement::of(hc),
             hc_namespace,
             hc_name,
         }
@@ -246,6 +251,7 @@ pub(crate) mod fixtures {
                 etcd: Default::default(),
                 services: Vec::new(),
                 networking: Default::default(),
+                node_selector: Default::default(),
                 platform: Default::default(),
             },
         );
@@ -387,19 +393,89 @@ mod tests {
 /// in about a minute, not six.
 pub const LOST_NODE_TOLERATION_SECONDS: i64 = 30;
 
-/// The tolerations of [`LOST_NODE_TOLERATION_SECONDS`].
-pub fn lost_node_tolerations() -> Vec<Toleration> {
-    [
-        "node.kubernetes.io/unreachable",
-        "node.kubernetes.io/not-ready",
-    ]
-    .iter()
-    .map(|key| Toleration {
-        key: Some(key.to_string()),
-        operator: Some("Exists".to_string()),
-        effect: Some("NoExecute".to_string()),
-        toleration_seconds: Some(LOST_NODE_TOLERATION_SECONDS),
-        ..Toleration::default()
-    })
-    .collect()
+/// The taint and label of management nodes dedicated to control planes
+/// (value `true`), HyperShift's.
+pub const CONTROL_PLANE_NODES: &str = "hypershift.openshift.io/control-plane";
+/// The taint and label of management nodes dedicated to one cluster's
+/// control plane (value: its control-plane namespace), HyperShift's.
+pub const CLUSTER_NODES: &str = "hypershift.openshift.io/cluster";
+
+/// Where the pods of a cluster's control-plane namespace run on the
+/// management cluster, as HyperShift places them: only on the nodes
+/// `spec.nodeSelector` selects; tolerating the NoSchedule taints of nodes
+/// dedicated to control planes or to this one, and preferring those nodes
+/// (this cluster's most); and leaving a lost node after
+/// [`LOST_NODE_TOLERATION_SECONDS`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Placement {
+    /// The control-plane namespace.
+    pub namespace: String,
+    pub node_selector: BTreeMap<String, String>,
+}
+
+impl Placement {
+    pub fn of(hc: &HostedCluster) -> Placement {
+        Placement {
+            namespace: names::control_plane_namespace(
+                hc.metadata.namespace.as_deref().unwrap_or_default(),
+                hc.metadata.name.as_deref().unwrap_or_default(),
+            ),
+            node_selector: hc.spec.node_selector.clone(),
+        }
+    }
+
+    /// The pods' `nodeSelector`, if any.
+    pub fn node_selector(&self) -> Option<BTreeMap<String, String>> {
+        (!self.node_selector.is_empty()).then(|| self.node_selector.clone())
+    }
+
+    pub fn tolerations(&self) -> Vec<Toleration> {
+        let dedicated = [
+            (CONTROL_PLANE_NODES, "true"),
+            (CLUSTER_NODES, self.namespace.as_str()),
+        ]
+        .into_iter()
+        .map(|(key, value)| Toleration {
+            key: Some(key.to_string()),
+            operator: Some("Equal".to_string()),
+            value: Some(value.to_string()),
+            effect: Some("NoSchedule".to_string()),
+            ..Toleration::default()
+        });
+        let lost = [
+            "node.kubernetes.io/unreachable",
+            "node.kubernetes.io/not-ready",
+        ]
+        .into_iter()
+        .map(|key| Toleration {
+            key: Some(key.to_string()),
+            operator: Some("Exists".to_string()),
+            effect: Some("NoExecute".to_string()),
+            toleration_seconds: Some(LOST_NODE_TOLERATION_SECONDS),
+            ..Toleration::default()
+        });
+        dedicated.chain(lost).collect()
+    }
+
+    /// The preference for dedicated nodes.
+    pub fn node_affinity(&self) -> NodeAffinity {
+        let prefer = |weight, key: &str, value: &str| PreferredSchedulingTerm {
+            weight,
+            preference: NodeSelectorTerm {
+                match_expressions: Some(vec![NodeSelectorRequirement {
+                    key: key.to_string(),
+                    operator: "In".to_string(),
+                    values: Some(vec![value.to_string()]),
+                }]),
+                match_fields: None,
+            },
+        };
+        NodeAffinity {
+            preferred_during_scheduling_ignored_during_execution: Some(vec![
+                prefer(50, CONTROL_PLANE_NODES, "true"),
+                prefer(100, CLUSTER_NODES, &self.namespace),
+            ]),
+            required_during_scheduling_ignored_during_execution: None,
+        }
+    }
 }

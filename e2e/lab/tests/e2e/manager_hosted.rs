@@ -354,8 +354,25 @@ async fn a_hosted_control_plane_runs_and_serves_through_its_endpoint() -> anyhow
     let hcs = hosted_clusters(&infra);
 
     let result = async {
-        hcs.create(&PostParams::default(), &hosted("hosted1", Some("1.32.13"))?)
+        // A management node dedicated to control planes, as HyperShift
+        // dedicates them (its label and NoSchedule taint), which the
+        // cluster also selects: every pod of its control plane runs there.
+        let dedicated = "infra-node-2";
+        Api::<k8s_openapi::api::core::v1::Node>::all(infra.clone())
+            .patch(
+                dedicated,
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(json!({
+                    "metadata": {"labels": {"pool": "control-planes",
+                        "hypershift.openshift.io/control-plane": "true"}},
+                    "spec": {"taints": [{"key": "hypershift.openshift.io/control-plane",
+                        "value": "true", "effect": "NoSchedule"}]},
+                })),
+            )
             .await?;
+        let mut hc = hosted("hosted1", Some("1.32.13"))?;
+        hc.data["spec"]["nodeSelector"] = json!({"pool": "control-planes"});
+        hcs.create(&PostParams::default(), &hc).await?;
         let hc = until_available(&lab, "hosted1").await?;
         for c in ["EtcdAvailable", "KubeAPIServerAvailable"] {
             ensure!(
@@ -415,6 +432,24 @@ async fn a_hosted_control_plane_runs_and_serves_through_its_endpoint() -> anyhow
                 hc.data["status"]
             );
         }
+        let elsewhere: Vec<String> = pods
+            .list(&Default::default())
+            .await?
+            .items
+            .iter()
+            .filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) != Some(dedicated))
+            .map(|p| {
+                format!(
+                    "{:?} on {:?}",
+                    p.metadata.name,
+                    p.spec.as_ref().map(|s| &s.node_name)
+                )
+            })
+            .collect();
+        ensure!(
+            elsewhere.is_empty(),
+            "control-plane pods off {dedicated}: {elsewhere:?}"
+        );
         daemons_act_as_their_own_accounts(&lab, &kubeconfig).await?;
         let (_bridge, hosted_client) = hcp::admin_client(&lab, &hc).await?;
         a_claim_becomes_a_data_volume_and_goes_with_it(&hosted_client, &infra).await?;

@@ -226,7 +226,10 @@ mod tests {
             None
         );
         let pod = spec.template.spec.as_ref().expect("pod");
-        assert!(pod.affinity.is_none());
+        // No anti-affinity for a single member: only the dedicated nodes'
+        // preference.
+        let affinity = pod.affinity.as_ref().expect("affinity");
+        assert!(affinity.pod_anti_affinity.is_none() && affinity.node_affinity.is_some());
         let c = &pod.containers[0];
         assert_eq!(c.image.as_deref(), Some("registry.k8s.io/etcd:3.5.16-0"));
         let args = c.args.as_ref().expect("args");

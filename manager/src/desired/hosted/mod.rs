@@ -114,6 +114,8 @@ pub struct HostedInputs {
     pub etcd_size: Quantity,
     /// The shared etcd the cluster keeps its data in, instead of its own.
     pub shared_etcd: Option<SharedEtcd>,
+    /// Where the control plane's pods run.
+    pub placement: super::Placement,
 }
 
 /// A cluster's place in a shared etcd.
@@ -246,6 +248,7 @@ impl HostedInputs {
                 .size
                 .unwrap_or_else(|| Quantity(DEFAULT_ETCD_SIZE.to_string())),
             shared_etcd,
+            placement: super::Placement::of(hc),
             hc_namespace,
             hc_name,
         })
@@ -340,7 +343,7 @@ pub(crate) fn pod_template(
 ) -> Value {
     let mut labels = inp.labels();
     labels.extend(HostedInputs::app_labels(app));
-    let (affinity, spread) = placement(inp, app);
+    let (affinity, spread) = affinity_and_spread(inp, app);
     serde_json::json!({
         "metadata": {
             "labels": labels,
@@ -348,9 +351,10 @@ pub(crate) fn pod_template(
         },
         "spec": {
             "automountServiceAccountToken": false,
+            "nodeSelector": inp.placement.node_selector(),
             "affinity": affinity,
             "topologySpreadConstraints": spread,
-            "tolerations": super::lost_node_tolerations(),
+            "tolerations": inp.placement.tolerations(),
             "containers": [container],
             "volumes": volumes,
         },
@@ -379,23 +383,24 @@ pub(crate) fn secret_volume(name: &str, secret: &str, keys: &[&str]) -> Value {
     serde_json::json!({"name": name, "secret": source})
 }
 
-/// Spread over nodes (and zones): required for HA, nothing otherwise.
-fn placement(inp: &HostedInputs, app: &str) -> (Value, Value) {
+/// The pods' affinity (dedicated nodes preferred; in HA, one replica of
+/// `app` per node, required) and, in HA, their spread over zones.
+fn affinity_and_spread(inp: &HostedInputs, app: &str) -> (Value, Value) {
+    let mut affinity = serde_json::json!({"nodeAffinity": inp.placement.node_affinity()});
     if !inp.highly_available() {
-        return (Value::Null, Value::Null);
+        return (affinity, Value::Null);
     }
     let selector = serde_json::json!({"matchLabels": HostedInputs::app_labels(app)});
-    (
-        serde_json::json!({"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
-            {"labelSelector": selector, "topologyKey": "kubernetes.io/hostname"}
-        ]}}),
-        serde_json::json!([{
-            "maxSkew": 1,
-            "topologyKey": "topology.kubernetes.io/zone",
-            "whenUnsatisfiable": "ScheduleAnyway",
-            "labelSelector": selector,
-        }]),
-    )
+    affinity["podAntiAffinity"] = serde_json::json!({"requiredDuringSchedulingIgnoredDuringExecution": [
+        {"labelSelector": selector, "topologyKey": "kubernetes.io/hostname"}
+    ]});
+    let spread = serde_json::json!([{
+        "maxSkew": 1,
+        "topologyKey": "topology.kubernetes.io/zone",
+        "whenUnsatisfiable": "ScheduleAnyway",
+        "labelSelector": selector,
+    }]);
+    (affinity, spread)
 }
 
 #[cfg(test)]
@@ -517,15 +522,46 @@ mod tests {
     }
 
     #[test]
-    fn control_plane_pods_leave_a_lost_node_within_half_a_minute() {
-        let pod = pod_template(&inputs(&hosted()), "etcd", "h", Value::Null, vec![]);
-        let tolerations = pod["spec"]["tolerations"].as_array().expect("tolerations");
-        assert_eq!(tolerations.len(), 2);
+    fn control_plane_pods_are_placed_as_hypershift_places_them() {
+        let mut hc = hosted();
+        hc.spec.node_selector = BTreeMap::from([("pool".into(), "control-planes".into())]);
+        let pod = pod_template(&inputs(&hc), "etcd", "h", Value::Null, vec![]);
+        let spec = &pod["spec"];
+        assert_eq!(
+            spec["nodeSelector"],
+            serde_json::json!({"pool": "control-planes"})
+        );
+        let tolerations = spec["tolerations"].as_array().expect("tolerations");
+        // Nodes dedicated to control planes, or to this one.
+        assert_eq!(
+            tolerations[..2],
+            [
+                serde_json::json!({"key": "hypershift.openshift.io/control-plane",
+                    "operator": "Equal", "value": "true", "effect": "NoSchedule"}),
+                serde_json::json!({"key": "hypershift.openshift.io/cluster",
+                    "operator": "Equal", "value": "clusters-guest1", "effect": "NoSchedule"}),
+            ]
+        );
+        // A lost node is left within half a minute.
+        assert_eq!(tolerations.len(), 4);
         assert!(
-            tolerations
+            tolerations[2..]
                 .iter()
                 .all(|t| t["effect"] == "NoExecute" && t["tolerationSeconds"] == 30)
         );
+        // Dedicated nodes are preferred, this cluster's most.
+        let preferred =
+            &spec["affinity"]["nodeAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"];
+        assert_eq!(preferred[0]["weight"], 50);
+        assert_eq!(preferred[1]["weight"], 100);
+        assert_eq!(
+            preferred[1]["preference"]["matchExpressions"][0],
+            serde_json::json!({"key": "hypershift.openshift.io/cluster",
+                "operator": "In", "values": ["clusters-guest1"]})
+        );
+        // Without a selector, any node.
+        let pod = pod_template(&inputs(&hosted()), "etcd", "h", Value::Null, vec![]);
+        assert!(pod["spec"]["nodeSelector"].is_null());
     }
 
     #[test]
