@@ -226,7 +226,6 @@ fn user_data_secret(vmi: &VirtualMachineInstance) -> Option<String> {
     })
 }
 
-/// One running VM's agent.
 /// What a VM's root disk keeps from its join: the kubelet's client
 /// certificate and key (`/var/lib/kubelet/pki`) and the version it runs.
 #[derive(Clone)]
@@ -239,6 +238,7 @@ struct Kept {
 /// The kept state of each VM (`namespace/name`), across its VMIs.
 type Disks = Arc<Mutex<HashMap<String, Kept>>>;
 
+/// One running VM's agent.
 struct Running {
     task: JoinHandle<()>,
     /// Its runtime's state ([`RUNTIME_ANNOTATION`]).

@@ -15,15 +15,15 @@
 //!   30 s), etcd keeps its quorum, and the node lifecycle controller marks
 //!   the nodes and their pods not ready, so the Services drop them; with a
 //!   zone lost, the lost API servers come back on the nodes left (the
-//!   control-plane pods tolerate a lost node for 30 s). Then the lost
-//!   nodes are fenced (the out-of-service taint, as an operator or a
-//!   machine health check says a machine is gone for good): the pod GC
-//!   deletes their pods, the lost etcd member starts again on a node left
-//!   from its volume (3 of 3 members), and so does the lost VM: its Node
-//!   is Ready again and the Services take its pod back. Until
+//!   control-plane pods tolerate a lost node for 30 s). Until
 //!   then a new connection may still reach the dead API server, so a write
 //!   can fail twice in a row: the interruption is measured, not bounded by
-//!   one retry. The data plane: a NodePool of two VMs on different zones,
+//!   one retry. Then the lost zone's nodes are fenced (the out-of-service
+//!   taint, as an operator or a machine health check says a machine is
+//!   gone for good): the pod GC deletes their pods, the lost etcd member
+//!   starts again on a node left from its volume (3 of 3 members), and so
+//!   does the lost VM: its Node is Ready again and the Services take its
+//!   pod back. The data plane: a NodePool of two VMs on different zones,
 //!   an echo pod on each; until the infra Service drops the lost VM (the
 //!   CCM follows the hosted cluster's EndpointSlices, which drop the pod
 //!   once the hosted node lifecycle controller sees the VM's kubelet
@@ -404,6 +404,12 @@ async fn outlives(nodes: usize, name: &str, loss: Loss) -> anyhow::Result<()> {
             })
             .await?;
             let member = pods.get(&lost_members[0]).await?;
+            ensure!(
+                !gone.contains(&node_of(&member)),
+                "etcd member {} is back on lost node {}",
+                lost_members[0],
+                node_of(&member)
+            );
             // So does the lost VM (its launcher pod deleted, KubeVirt
             // starts it again), and its kubelet, with the credentials its
             // disk kept, makes its Node Ready again.
@@ -426,12 +432,6 @@ async fn outlives(nodes: usize, name: &str, loss: Loss) -> anyhow::Result<()> {
             };
             kubevirt_lab::wait::within(JOIN_WAIT, || "the Services to take the VM back".to_string(), back)
                 .await?;
-            ensure!(
-                !gone.contains(&node_of(&member)),
-                "etcd member {} is back on lost node {}",
-                lost_members[0],
-                node_of(&member)
-            );
             format!(
                 "; 3 API servers again after {:.1} s; the lost nodes fenced, \
                  3 etcd members ({} on {}) and VM {lost_vm} Ready on {restarted_on}, \
