@@ -212,25 +212,40 @@ async fn heartbeat(shared: Arc<Shared>, stop: CancellationToken) {
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let now = MicroTime(jiff::Timestamp::now());
-        for node in shared.cfg.nodes.keys().filter(|n| !shared.is_lost(n)) {
-            let lease = Lease {
-                metadata: ObjectMeta {
-                    name: Some(node.clone()),
-                    namespace: Some("kube-node-lease".to_string()),
-                    ..ObjectMeta::default()
-                },
-                spec: Some(LeaseSpec {
-                    holder_identity: Some(node.clone()),
-                    lease_duration_seconds: Some(LEASE_SECONDS),
-                    renew_time: Some(now.clone()),
-                    ..LeaseSpec::default()
-                }),
-            };
-            let params = PatchParams::apply("lab-management-kubelet").force();
-            if let Err(e) = leases.patch(node, &params, &Patch::Apply(&lease)).await {
-                tracing::debug!(%node, "node lease: {e}");
-            }
+        // One round, given up when the kubelet stops: a renewal may hang on
+        // a connection whose server is gone.
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            () = renew_leases(&shared, &leases) => {}
+        }
+    }
+}
+
+/// Renews the Lease of every node not lost, each request bounded by the
+/// Lease's duration, as the kubelet's heartbeat client is.
+async fn renew_leases(shared: &Shared, leases: &Api<Lease>) {
+    let now = MicroTime(jiff::Timestamp::now());
+    for node in shared.cfg.nodes.keys().filter(|n| !shared.is_lost(n)) {
+        let lease = Lease {
+            metadata: ObjectMeta {
+                name: Some(node.clone()),
+                namespace: Some("kube-node-lease".to_string()),
+                ..ObjectMeta::default()
+            },
+            spec: Some(LeaseSpec {
+                holder_identity: Some(node.clone()),
+                lease_duration_seconds: Some(LEASE_SECONDS),
+                renew_time: Some(now.clone()),
+                ..LeaseSpec::default()
+            }),
+        };
+        let params = PatchParams::apply("lab-management-kubelet").force();
+        let patch = Patch::Apply(&lease);
+        let renewal = leases.patch(node, &params, &patch);
+        match tokio::time::timeout(Duration::from_secs(LEASE_SECONDS as u64), renewal).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::debug!(%node, "node lease: {e}"),
+            Err(_) => tracing::debug!(%node, "node lease: no answer within {LEASE_SECONDS} s"),
         }
     }
 }
